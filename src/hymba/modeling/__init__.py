@@ -1,0 +1,6 @@
+"""The Hymba model: layers (norms, RoPE, MLP), the hybrid mixer, and the language model."""
+
+from .model import CausalLMOutput, HymbaDecoderLayer, HymbaForCausalLM, HymbaModel
+from .mixer import HymbaMixer
+
+__all__ = ["CausalLMOutput", "HymbaDecoderLayer", "HymbaForCausalLM", "HymbaMixer", "HymbaModel"]

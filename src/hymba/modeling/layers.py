@@ -1,0 +1,89 @@
+"""The small building blocks: RMSNorm, rotary position embedding (default and NTK), the MLP."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import HymbaConfig
+
+
+class RMSNorm(nn.Module):
+    """Variance in fp32, normalise, cast back to the input dtype, then scale (the release's exact order)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+def rope_inv_freq(config: HymbaConfig) -> torch.Tensor:
+    """Inverse frequencies (fp32) of the rotary embedding over the query/key head dim.
+
+    NTK ("ntk"): the base is stretched once for the extended context,
+    base = theta * (2 * max_pos / orig_max_pos - 1) ** (d / (d - 2)).
+    """
+    d = config.head_dim
+    base = float(config.rope_theta)
+    if config.rope_type == "ntk":
+        ratio = 2 * config.max_position_embeddings / config.orig_max_position_embeddings - 1
+        base = base * ratio ** (d / (d - 2))
+    return base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, config: HymbaConfig):
+        super().__init__()
+        self.register_buffer("inv_freq", rope_inv_freq(config).float(), persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [batch, T, head_dim] for integer positions [batch, T] (padding, -1, is clamped to 0)."""
+        angles = positions.clamp(min=0).float()[..., None] * self.inv_freq.float()
+        emb = torch.cat([angles, angles], dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [batch, heads, T, d]; cos/sin [batch, T, d]. Rotate-half (non-interleaved) convention."""
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+
+class MLP(nn.Module):
+    """SiLU-gated (down(silu(gate(x)) * up(x))) or squared-ReLU (down(relu(up(x))^2)); no biases."""
+
+    def __init__(self, config: HymbaConfig):
+        super().__init__()
+        d, ffn = config.hidden_size, config.intermediate_size
+        self.act = config.mlp_hidden_act
+        if self.act == "silu":
+            self.gate_proj = nn.Linear(d, ffn, bias=False)
+        self.up_proj = nn.Linear(d, ffn, bias=False)
+        self.down_proj = nn.Linear(ffn, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act == "silu":
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(F.relu(self.up_proj(x)).square())
+
+
+class Experts(nn.Module):
+    """The release stores its single MLP as `moe.experts.0`; this container keeps those names."""
+
+    def __init__(self, config: HymbaConfig):
+        super().__init__()
+        self.experts = nn.ModuleList([MLP(config)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.experts[0](x)

@@ -1,0 +1,295 @@
+"""HymbaModel and HymbaForCausalLM, readable top to bottom:
+
+    input_ids -> embed, prepend meta tokens -> for each layer: x + mixer(norm(x)); h + mlp(norm(h))
+              -> final norm -> drop the meta positions -> lm_head (fp32 logits)
+
+Layers of a K/V group attend with the K/V of the group's first layer (passed along, never recomputed).
+An optional cache (engine.cache.HybridCache) is threaded through; the modules themselves hold no state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import HymbaConfig
+from ..ops import Kernels, get_kernels
+from .layers import Experts, RMSNorm, RotaryEmbedding
+from .mixer import ForwardContext, HymbaMixer
+
+
+class HymbaDecoderLayer(nn.Module):
+    def __init__(self, config: HymbaConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mamba = HymbaMixer(config, layer_idx)
+        if config.intermediate_size > 0:
+            self.pre_moe_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+            self.moe = Experts(config)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext, shared_kv=None):
+        mixed, kv = self.mamba(self.input_layernorm(x), ctx, shared_kv)
+        h = x + mixed
+        if hasattr(self, "moe"):
+            h = h + self.moe(self.pre_moe_layernorm(h))
+        return h, kv
+
+
+class HymbaModel(nn.Module):
+    """The decoder stack. Returns final-normed hidden states of the text positions only."""
+
+    def __init__(self, config: HymbaConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if config.num_memory_tokens > 0:
+            self.memory_tokens = nn.Parameter(torch.empty(config.num_memory_tokens, config.hidden_size))
+        self.layers = nn.ModuleList([HymbaDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.final_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config) if config.use_attention and config.rope else None
+        self.gradient_checkpointing = False
+        self._kernels_choice: str | Kernels = "auto"
+        self._kernels: dict[str, Kernels] = {}
+
+    # ---- kernels --------------------------------------------------------------------------------------------
+    def set_kernels(self, choice: str | Kernels) -> None:
+        """"auto" (default: the fastest available for the device), "reference", or a registered name."""
+        self._kernels_choice = choice
+        self._kernels = {}
+
+    def kernels_for(self, device: torch.device) -> Kernels:
+        key = str(device)
+        if key not in self._kernels:
+            self._kernels[key] = get_kernels(self._kernels_choice, device)
+        return self._kernels[key]
+
+    # ---- forward --------------------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                cache=None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, L] (or inputs_embeds [B, L, d]); attention_mask [B, L], 1 = token, 0 = padding (any
+        pattern). Without a cache the meta tokens are prepended here; a cache already holds them."""
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids or inputs_embeds")
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+            inputs_embeds = self.embed_tokens(input_ids)
+        B, L, _ = inputs_embeds.shape
+        device = inputs_embeds.device
+        if attention_mask is not None:
+            if attention_mask.shape != (B, L):
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
+                                 f"expected {(B, L)} like input_ids")
+            attention_mask = attention_mask.to(device=device, dtype=torch.bool)
+            if bool(attention_mask.all()):
+                attention_mask = None
+
+        M = self.config.num_memory_tokens
+        if cache is None:
+            x = inputs_embeds
+            if M > 0:
+                x = torch.cat([self.memory_tokens.to(x.dtype)[None].expand(B, -1, -1), x], dim=1)
+            valid = None
+            if attention_mask is not None:
+                valid = torch.cat([attention_mask.new_ones(B, M), attention_mask], dim=1)
+            start = torch.zeros(B, dtype=torch.long, device=device)
+        else:
+            x, valid, start = inputs_embeds, attention_mask, cache.next_position
+        positions = _positions(start, valid, x.shape[1], device)
+        hidden = self.run_layers(x, positions, valid, cache)
+        hidden = self.final_layernorm(hidden)
+        return hidden[:, M:] if cache is None else hidden
+
+    def run_layers(self, x: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None, cache=None):
+        """The layer stack on embeddings x [B, T, d] at `positions`; advances `cache` by T if given."""
+        ctx = self._context(x, positions, valid, cache)
+        kv_of: dict[int, tuple] = {}
+        for i, layer in enumerate(self.layers):
+            producer = self.config.kv_producer(i)
+            shared = kv_of.get(producer) if producer != i else None
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x, kv = checkpoint(layer, x, ctx, shared, use_reentrant=False)
+            else:
+                x, kv = layer(x, ctx, shared)
+            if kv is not None and producer == i:
+                kv_of[i] = kv
+        if cache is not None:
+            n_valid = valid.sum(1) if valid is not None else x.shape[1]
+            cache.end_chunk(x.shape[1], n_valid)
+        return x
+
+    def _context(self, x, positions, valid, cache) -> ForwardContext:
+        c = self.config
+        kernels = self.kernels_for(x.device)
+        cos = sin = None
+        if self.rotary is not None:
+            cos, sin = self.rotary(positions, x.dtype)
+        masks = {}
+        if c.use_attention:
+            key_positions = cache.begin_chunk(positions) if cache is not None else None
+            for is_global in {c.is_global(i) for i in range(c.num_hidden_layers)}:
+                k_pos = positions if cache is None else key_positions[is_global]
+                window = None if is_global else c.sliding_window
+                masks[is_global] = kernels.build_attention_mask(positions, k_pos, window, c.num_memory_tokens,
+                                                                dtype=x.dtype)
+        elif cache is not None:
+            cache.begin_chunk(positions)
+        ctx = ForwardContext(kernels, positions, valid, cos, sin, masks, cache)
+        if valid is not None and c.use_ssm:
+            B = x.shape[0]
+            flags = torch.cat([valid.new_ones(B, c.mamba_d_conv - 1), valid], dim=1).to(torch.int8)
+            ctx.conv_order = torch.argsort(flags, dim=1, stable=True)  # pads first, order otherwise kept
+            ctx.conv_inverse = torch.argsort(ctx.conv_order, dim=1)
+        return ctx
+
+    # ---- the shared meta-token prefix ------------------------------------------------------------------------
+    def meta_prefix(self):
+        """A batch-1 cache holding the meta tokens' K/V and the conv/SSM states after them: the same for every
+        request, so it is computed once per (weights, device, dtype) and reused."""
+        from ..engine.cache import HybridCache
+
+        p = self.embed_tokens.weight
+        key = (p.device, p.dtype, _weights_version(self))
+        cached = getattr(self, "_meta_prefix", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        M = self.config.num_memory_tokens
+        prefix = HybridCache(self.config, 1, 0, device=p.device, dtype=p.dtype)
+        if M > 0:
+            with torch.no_grad():
+                x = self.memory_tokens.to(p.dtype)[None]
+                positions = torch.arange(M, device=p.device)[None]
+                self.run_layers(x, positions, None, prefix)
+        self._meta_prefix = (key, prefix)
+        self.meta_prefix_computations = getattr(self, "meta_prefix_computations", 0) + 1
+        return prefix
+
+
+def _positions(start: torch.Tensor, valid: torch.Tensor | None, T: int, device) -> torch.Tensor:
+    """Position of each token: start + number of real tokens before it; -1 for padding."""
+    if valid is None:
+        return start[:, None] + torch.arange(T, device=device)[None]
+    before = torch.cumsum(valid.long(), dim=1) - 1
+    return torch.where(valid, start[:, None] + before, torch.full_like(before, -1))
+
+
+def _weights_version(module: nn.Module) -> int:
+    """Changes whenever any parameter is modified in place (optimizer steps, load_state_dict)."""
+    return sum(p._version for p in module.parameters())
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor  # [B, L, vocab] fp32 (L = logits_to_keep when given)
+    loss: torch.Tensor | None = None
+
+
+class HymbaForCausalLM(nn.Module):
+    def __init__(self, config: HymbaConfig, init: bool = True):
+        super().__init__()
+        self.config = config
+        self.model = HymbaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        if init and self.lm_head.weight.device.type != "meta":
+            self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, cache=None, inputs_embeds: torch.Tensor | None = None,
+                logits_to_keep: int = 0) -> CausalLMOutput:
+        """`labels` [B, L]: shifted next-token cross entropy (mean over labels != -100).
+        `logits_to_keep` > 0 computes logits for the last that many positions only (decoding)."""
+        hidden = self.model(input_ids, attention_mask, cache=cache, inputs_embeds=inputs_embeds)
+        if logits_to_keep > 0:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden).float()
+        loss = None
+        if labels is not None:
+            if labels.shape != hidden.shape[:2]:
+                raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {tuple(hidden.shape[:2])}")
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                   labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
+        return CausalLMOutput(logits=logits, loss=loss)
+
+    # ---- conveniences -----------------------------------------------------------------------------------------
+    def set_kernels(self, choice: str | Kernels) -> "HymbaForCausalLM":
+        self.model.set_kernels(choice)
+        return self
+
+    def gradient_checkpointing_enable(self, enable: bool = True) -> None:
+        self.model.gradient_checkpointing = enable
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        seen, total = set(), 0
+        for name, p in self.named_parameters():
+            if id(p) in seen or (exclude_embeddings and ("embed_tokens" in name or "lm_head" in name)):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def new_cache(self, batch_size: int, max_length: int):
+        """A cache for `batch_size` sequences of up to `max_length` text tokens, meta prefix already in."""
+        from ..engine.cache import HybridCache
+
+        cache = HybridCache(self.config, batch_size, max_length, device=self.device, dtype=self.dtype)
+        cache.fill_from_prefix(self.model.meta_prefix())
+        return cache
+
+    @torch.no_grad()
+    def init_weights(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
+        """Initialization for training from scratch.
+
+        Linear and embedding weights N(0, initializer_range), biases 0, norms 1, meta tokens N(0, std);
+        SSM: A_log = log(1..N) per channel (S4D-real), D = 1, and the dt bias set to softplus^-1 of dt drawn
+        log-uniformly in [dt_min, dt_max] (as Mamba does), so every channel starts with a useful time scale.
+        """
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+            elif isinstance(module, nn.Conv1d):
+                module.reset_parameters()
+            elif isinstance(module, HymbaMixer) and module.use_ssm:
+                N = module.d_state
+                module.A_log[0].copy_(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).expand(module.d_inner, N))
+                module.D[0].fill_(1.0)
+                dt = torch.exp(torch.rand(module.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+                dt = dt.clamp(min=dt_init_floor)
+                module.dt_proj[0].bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        if self.config.num_memory_tokens > 0:
+            nn.init.normal_(self.model.memory_tokens, std=std)
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | str | None = "auto",
+                        device: torch.device | str = "cpu", kernels: str = "auto") -> "HymbaForCausalLM":
+        from ..checkpoint import load_pretrained
+
+        return load_pretrained(cls, path, dtype=dtype, device=device, kernels=kernels)
+
+    def save_pretrained(self, path: str | os.PathLike, max_shard_size: int | str = "5GB") -> None:
+        from ..checkpoint import save_pretrained
+
+        save_pretrained(self, path, max_shard_size=max_shard_size)

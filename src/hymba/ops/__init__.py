@@ -1,0 +1,104 @@
+"""Kernels behind one small interface, so the model never branches on the backend.
+
+A `Kernels` bundle is chosen once per device (see `get_kernels`); the model calls its members:
+
+- `causal_conv1d(x, weight, bias, initial_state, activation) -> (y, final_state)`, channels-last x [B, L, d]
+- `conv_step(x, state, weight, bias, activation) -> y`, one token, `state` [B, K-1, d] updated in place
+- `selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state) -> (y, final_state)`
+- `ssm_step(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> y`, `state` updated in place
+- `build_attention_mask(q_pos, k_pos, window, num_meta, dtype) -> mask` (opaque to the model; once per forward)
+- `attention(q, k, v, mask, scale) -> out`
+
+The reference bundle is plain torch and runs anywhere; faster bundles register themselves with
+`register_kernels` and are checked against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .attention import build_sdpa_mask, sdpa_attention
+from .conv import causal_conv1d_ref, causal_conv1d_step_ref
+from .scan import selective_scan_chunked, selective_state_step
+
+
+@dataclass(frozen=True)
+class Kernels:
+    name: str
+    causal_conv1d: Callable
+    conv_step: Callable
+    selective_scan: Callable
+    ssm_step: Callable
+    build_attention_mask: Callable
+    attention: Callable
+
+
+REFERENCE = Kernels(
+    name="reference",
+    causal_conv1d=causal_conv1d_ref,
+    conv_step=causal_conv1d_step_ref,
+    selective_scan=selective_scan_chunked,
+    ssm_step=selective_state_step,
+    build_attention_mask=build_sdpa_mask,
+    attention=sdpa_attention,
+)
+
+# name -> factory returning a Kernels, or raising ImportError/RuntimeError when unavailable here.
+_FACTORIES: dict[str, Callable[[], Kernels]] = {"reference": lambda: REFERENCE}
+# Backends "auto" tries on CUDA, best first.
+_CUDA_PREFERENCE: list[str] = []
+
+
+def register_kernels(name: str, factory: Callable[[], Kernels], prefer_on_cuda: bool = False) -> None:
+    _FACTORIES[name] = factory
+    if prefer_on_cuda and name not in _CUDA_PREFERENCE:
+        _CUDA_PREFERENCE.insert(0, name)
+
+
+def available_kernels() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def get_kernels(name: str | Kernels = "auto", device: torch.device | str | None = None) -> Kernels:
+    """Resolve a backend name for a device. "auto": the fastest registered backend that works on CUDA,
+    the reference elsewhere (and whenever no faster one can be loaded)."""
+    if isinstance(name, Kernels):
+        return name
+    _load_optional_backends()
+    if name == "auto":
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        if dev.type == "cuda":
+            for candidate in _CUDA_PREFERENCE:
+                try:
+                    return _FACTORIES[candidate]()
+                except (ImportError, RuntimeError):
+                    continue
+        return REFERENCE
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown kernels {name!r}; available: {', '.join(available_kernels())}")
+    return _FACTORIES[name]()
+
+
+_loaded = False
+
+
+def _load_optional_backends() -> None:
+    """Import the GPU backends' registration modules if they exist; they must import without CUDA."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+
+    for module in ("hymba.ops.gpu",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+
+
+__all__ = ["Kernels", "REFERENCE", "available_kernels", "get_kernels", "register_kernels"]

@@ -1,0 +1,36 @@
+"""Attention through torch's scaled_dot_product_attention with an explicit boolean mask (any device)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .masks import allowed_keys
+
+
+def build_sdpa_mask(q_pos, k_pos, window, num_meta, dtype=torch.float32):
+    """[batch, 1, Tq, Tk] additive mask (0 or -inf) in `dtype`, built once per forward and layer kind (the
+    fused CPU/GPU kernels would otherwise convert a boolean mask on every call).
+
+    A query that may see nothing (a padding query) is let see every key, so its (ignored) output stays
+    finite instead of NaN, which would otherwise leak through 0 * NaN."""
+    ok = allowed_keys(q_pos, k_pos, window, num_meta)
+    ok = ok | ~ok.any(dim=-1, keepdim=True)
+    mask = torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, float("-inf"))
+    return mask[:, None]
+
+
+def sdpa_attention(q, k, v, mask, scale):
+    """q [batch, H, Tq, dk]; k [batch, Hkv, Tk, dk]; v [batch, Hkv, Tk, dv] (dv may differ from dk).
+
+    Grouped-query attention without materialising repeated K/V. Returns [batch, H, Tq, dv].
+    """
+    if k.dtype != q.dtype:
+        k, v = k.to(q.dtype), v.to(q.dtype)
+    gqa = q.shape[1] != k.shape[1]
+    dk, dv = q.shape[-1], v.shape[-1]
+    if dv != dk and dv % dk == 0:
+        # Fused SDPA kernels want equal q/k/v head dims: attend with each dk-wide slice of v (same weights).
+        return torch.cat([F.scaled_dot_product_attention(q, k, vs, attn_mask=mask, scale=scale, enable_gqa=gqa)
+                          for vs in v.split(dk, dim=-1)], dim=-1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)

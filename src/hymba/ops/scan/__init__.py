@@ -1,0 +1,6 @@
+"""Selective scan (the SSM heads): naive oracle, chunked torch reference, and a Triton kernel on CUDA."""
+
+from .chunked import selective_scan_chunked, selective_state_step
+from .naive import selective_scan_naive
+
+__all__ = ["selective_scan_chunked", "selective_scan_naive", "selective_state_step"]

@@ -1,0 +1,26 @@
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py and helpers
+
+SHARED = os.environ.get("HYMBA_SHARED") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # one core per worker on small CI machines
+
+
+@pytest.fixture
+def shared_dir():
+    """The project's shared folder (../shared beside the checkout, or $HYMBA_SHARED). Its absence is an error,
+    not a skip: the golden checkpoint and the evaluation data are part of what the suite checks."""
+    assert os.path.isdir(SHARED), f"shared folder not found at {SHARED}; set HYMBA_SHARED to its path"
+    return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
