@@ -218,6 +218,12 @@ class HymbaForCausalLM(nn.Module):
                                    labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
         return CausalLMOutput(logits=logits, loss=loss)
 
+    def generate(self, *args, **kwargs):
+        """Batched generation with the hybrid cache; see `hymba.engine.generate.generate`."""
+        from ..engine.generate import generate
+
+        return generate(self, *args, **kwargs)
+
     # ---- conveniences -----------------------------------------------------------------------------------------
     def set_kernels(self, choice: str | Kernels) -> "HymbaForCausalLM":
         self.model.set_kernels(choice)
