@@ -1,0 +1,148 @@
+"""`hymba generate`: continue a prompt with a checkpoint, streaming the text to the terminal.
+
+Shared with `hymba chat`: the model/tokenizer/sampling arguments and the loader below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory (config.json + safetensors)")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="directory with tokenizer.json (+ tokenizer_config.json); default: the model directory")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights and activations (auto: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sample")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1: off)")
+    p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop when the text contains TEXT (repeatable); it is not printed")
+    p.add_argument("--prefill-chunk-size", type=int, default=512, help="prompt tokens per prefill step")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the text to continue")
+    src.add_argument("--prompt-file", metavar="FILE", help="read the prompt from FILE ('-': standard input)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn of the chat template")
+    p.add_argument("--system", default=None, help="system message (with --chat)")
+    add_sampling_arguments(p, max_new_tokens=128)
+    p.add_argument("--quiet", action="store_true", help="no statistics line on stderr")
+
+
+def resolve_device_dtype(device: str, dtype: str):
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {device!r} is not a device ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    if dtype == "auto":
+        dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    return dev, getattr(torch, dtype)
+
+
+def load_model_and_tokenizer(args: argparse.Namespace):
+    """The checkpoint and its tokenizer, with errors that say which file or directory is wrong."""
+    from ..engine.tokenizer import load_tokenizer
+    from ..modeling import HymbaForCausalLM
+
+    model_dir = args.model
+    if not os.path.isdir(model_dir):
+        raise ValueError(f"--model {model_dir}: no such directory (expected a checkpoint: config.json + "
+                         "model.safetensors)")
+    if not os.path.exists(os.path.join(model_dir, "config.json")):
+        raise ValueError(f"--model {model_dir}: no config.json there; is it a checkpoint directory?")
+    tok_dir = args.tokenizer or model_dir
+    if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+        hint = "" if args.tokenizer else "; pass --tokenizer DIR to use another directory's tokenizer"
+        raise ValueError(f"no tokenizer.json in {tok_dir}{hint}")
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
+    tokenizer = load_tokenizer(tok_dir)
+    model = HymbaForCausalLM.from_pretrained(model_dir, dtype=dtype, device=device)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer in {tok_dir} has {tokenizer.vocab_size} tokens but the model in "
+                         f"{model_dir} only {model.config.vocab_size} (vocab_size): they do not belong together")
+    return model, tokenizer
+
+
+def generation_kwargs(args: argparse.Namespace) -> dict:
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0: greedy), got {args.temperature}")
+    sample = args.temperature > 0
+    return dict(max_new_tokens=args.max_new_tokens, do_sample=sample,
+                temperature=args.temperature if sample else 1.0, top_k=args.top_k if sample else 0,
+                top_p=args.top_p if sample else 1.0, repetition_penalty=args.repetition_penalty,
+                seed=args.seed if sample else None, stop_strings=args.stop or None,
+                prefill_chunk_size=args.prefill_chunk_size)
+
+
+def report(out, stream=sys.stderr) -> None:
+    """One line of statistics for a GenerateOutput of batch 1."""
+    n = out.num_new_tokens[0]
+    rate = (n - 1) / out.decode_seconds if n > 1 and out.decode_seconds > 0 else float("nan")
+    print(f"[{n} tokens ({out.finish_reasons[0]}); prefill {out.prefill_seconds:.2f} s, "
+          f"decode {rate:.1f} tokens/s]", file=stream)
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    if args.prompt_file == "-":
+        return sys.stdin.read()
+    try:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"--prompt-file {args.prompt_file}: {e.strerror}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import ConfigError
+    from ..engine.generate import generate
+    from ..engine.streaming import TextStreamer
+    from ..engine.tokenizer import TokenizerError
+
+    try:
+        kwargs = generation_kwargs(args)
+        prompt = _read_prompt(args)
+        model, tokenizer = load_model_and_tokenizer(args)
+        if args.chat:
+            messages = ([{"role": "system", "content": args.system}] if args.system else [])
+            messages.append({"role": "user", "content": prompt})
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        else:
+            ids = tokenizer.encode(prompt)
+        if not ids:
+            raise ValueError("the prompt is empty and the tokenizer adds no BOS token: nothing to continue from")
+    except (ValueError, FileNotFoundError, ConfigError, TokenizerError) as e:
+        print(f"hymba generate: error: {e}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    streamer = TextStreamer(tokenizer, prompt_ids=ids, stop_strings=kwargs["stop_strings"])
+    out = generate(model, torch.tensor([ids]), tokenizer=tokenizer, streamer=streamer, return_dict=True, **kwargs)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if not args.quiet:
+        report(out)
+    return 0

@@ -1,0 +1,263 @@
+"""Batched generation with the hybrid cache.
+
+    prompts [B, L] (left padded) -> cache = model.new_cache(B, L + max_new_tokens)   (meta prefix copied in)
+        -> prefill chunk by chunk (peak activation memory bounded by the chunk, not the prompt)
+        -> decode: pick a token per row, feed it back, until every row has finished
+
+A row finishes on an end-of-sequence token, on a stop string in its generated text, or after
+`max_new_tokens`. Finished rows are dropped from the cache (so they cost nothing more) and padded with
+`pad_token_id` in the output, which has the shape transformers' `generate` returns: [B, L + steps taken].
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .sampling import SamplingParams, apply_repetition_penalty, select_next_tokens, suppress_tokens
+from .streaming import IncrementalDecoder, StopStringMatcher, Streamer
+
+
+@dataclass
+class GenerateOutput:
+    """What `generate(..., return_dict=True)` returns."""
+
+    sequences: torch.Tensor  # [B, L + steps]: prompts, then generated tokens, pad_token_id after a row finished
+    finish_reasons: list[str]  # per row: "eos", "stop_string" or "length"
+    num_new_tokens: list[int]  # per row, the finishing token included
+    logits: torch.Tensor | None = None  # [B, steps, V] raw model logits per step (output_logits); NaN once finished
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    stop_strings_matched: list[str | None] = field(default_factory=list)
+
+
+def _check_prompts(input_ids, attention_mask, vocab_size: int, device):
+    if not isinstance(input_ids, torch.Tensor):
+        input_ids = torch.as_tensor(input_ids)
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+    if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise ValueError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
+    B, L = input_ids.shape
+    if B == 0 or L == 0:
+        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give every row at least one "
+                         "token (e.g. the BOS token)")
+    input_ids = input_ids.to(device=device, dtype=torch.long)
+    if attention_mask is None:
+        valid = torch.ones(B, L, dtype=torch.bool, device=device)
+    else:
+        attention_mask = torch.as_tensor(attention_mask)
+        if attention_mask.dim() == 1:
+            attention_mask = attention_mask[None]
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
+                             f"{tuple(input_ids.shape)} like input_ids")
+        valid = attention_mask.to(device=device) != 0
+        empty = (~valid.any(1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"attention_mask rows {empty} have no tokens at all; every prompt needs at least one")
+        # Left padding: once a row's tokens start, they do not stop (the mask never goes 1 -> 0).
+        bad = (valid[:, :-1] & ~valid[:, 1:]).any(1).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"attention_mask rows {bad} are not left-padded (a padding position follows a token). Generation "
+                "appends after the last column, so every row's prompt must end there: pad on the left, e.g. "
+                "tokenizer(texts, padding_side='left').")
+    real = input_ids[valid]
+    if real.numel() and (int(real.min()) < 0 or int(real.max()) >= vocab_size):
+        raise ValueError(f"input_ids hold token ids outside the vocabulary [0, {vocab_size}): "
+                         f"min {int(real.min())}, max {int(real.max())}")
+    return input_ids, valid
+
+
+def _resolve_ids(eos_token_id, pad_token_id, config, tokenizer) -> tuple[list[int], int]:
+    if eos_token_id is None:
+        eos = list(config.eos_token_ids)
+        if not eos and tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
+            eos = [tokenizer.eos_token_id]
+    elif isinstance(eos_token_id, int):
+        eos = [eos_token_id]
+    else:
+        eos = [int(t) for t in eos_token_id]
+    for t in eos:
+        if not 0 <= t < config.vocab_size:
+            raise ValueError(f"eos_token_id {t} is outside the vocabulary [0, {config.vocab_size})")
+    if pad_token_id is None:
+        for candidate in (config.pad_token_id, getattr(tokenizer, "pad_token_id", None), *eos, 0):
+            if candidate is not None:
+                pad_token_id = int(candidate)
+                break
+    return eos, int(pad_token_id)
+
+
+def _emit(streamer, tokens: list[int | None]) -> None:
+    if streamer is None:
+        return
+    if hasattr(streamer, "put"):
+        streamer.put(tokens)
+    else:
+        streamer(tokens)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int = 128,
+    min_new_tokens: int = 0,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    stop_strings: str | Sequence[str] | None = None,
+    tokenizer=None,
+    streamer: Streamer | Callable[[list[int | None]], None] | None = None,
+    prefill_chunk_size: int = 512,
+    return_dict: bool = False,
+    output_logits: bool = False,
+) -> torch.Tensor | GenerateOutput:
+    """Generate continuations of a batch of prompts; returns sequences [B, L + steps] (or a GenerateOutput).
+
+    input_ids [B, L] with attention_mask [B, L] (1 = token, 0 = padding; padding must be on the left).
+    Greedy (argmax) unless `do_sample`; sampling applies temperature, top_k (0: off), top_p (1: off) and is
+    reproducible from `seed` (or your own `generator`). `repetition_penalty` (> 1 discourages tokens already in
+    the row, prompt included) applies to both. `eos_token_id` (one or several; default: the config's, [] for
+    none) ends a row and is kept in the output; it is suppressed for the first `min_new_tokens` steps.
+    `stop_strings` end a row as soon as its generated text (decoded with `tokenizer`) contains one; the token
+    completing it is kept. `streamer`: an object with put(tokens_per_row)/end(), or a callable taking
+    tokens_per_row (None for rows already finished). Prompts longer than `prefill_chunk_size` are prefilled
+    chunk by chunk, with the same result.
+    """
+    config = model.config
+    device = model.device
+    if max_new_tokens < 0 or min_new_tokens < 0:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) and min_new_tokens ({min_new_tokens}) must be >= 0")
+    if prefill_chunk_size < 1:
+        raise ValueError(f"prefill_chunk_size must be >= 1, got {prefill_chunk_size}")
+    if seed is not None and generator is not None:
+        raise ValueError("pass seed or generator, not both")
+    params = SamplingParams(do_sample, temperature, top_k, top_p, repetition_penalty)
+    if not do_sample and (temperature != 1.0 or top_k != 0 or top_p != 1.0):
+        warnings.warn("temperature/top_k/top_p are ignored without do_sample=True (greedy decoding)", stacklevel=2)
+    if stop_strings is not None:
+        stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
+        StopStringMatcher(stop_strings)  # validates
+        if tokenizer is None:
+            raise ValueError("stop_strings need tokenizer= to turn the generated tokens into text")
+    eos, pad_token_id = _resolve_ids(eos_token_id, pad_token_id, config, tokenizer)
+    input_ids, valid = _check_prompts(input_ids, attention_mask, config.vocab_size, device)
+    B, L = input_ids.shape
+    return_dict = return_dict or output_logits
+    if generator is None and seed is not None and do_sample:
+        generator = torch.Generator(device=device).manual_seed(seed)
+
+    # Columns that are padding in every row carry nothing: skip them.
+    first = int(valid.any(0).nonzero()[0])
+    ids, mask = input_ids[:, first:], valid[:, first:]
+    has_pads = not bool(mask.all())
+
+    seen = None
+    if repetition_penalty != 1.0:
+        seen = torch.zeros(B, config.vocab_size, dtype=torch.bool, device=device)
+        row_of = torch.arange(B, device=device)[:, None].expand_as(ids)
+        seen[row_of[mask], ids[mask]] = True
+
+    t0 = time.perf_counter()
+    if max_new_tokens == 0:
+        if streamer is not None and hasattr(streamer, "end"):
+            streamer.end()
+        return _finish(input_ids, input_ids.new_empty(B, 0), ["length"] * B, [0] * B, None, [None] * B,
+                       0.0, 0.0, return_dict)
+    cache = model.new_cache(B, ids.shape[1] + max_new_tokens)
+    logits = None
+    for start in range(0, ids.shape[1], prefill_chunk_size):
+        end = start + prefill_chunk_size
+        chunk_mask = mask[:, start:end] if has_pads else None
+        logits = model(ids[:, start:end], attention_mask=chunk_mask, cache=cache, logits_to_keep=1).logits[:, -1]
+    prefill_seconds = time.perf_counter() - t0
+
+    rows = torch.arange(B, device=device)  # original row of each cache row
+    generated = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    all_logits = (torch.full((B, max_new_tokens, config.vocab_size), float("nan"), device=device)
+                  if output_logits else None)
+    reasons = ["length"] * B
+    counts = [0] * B
+    matched: list[str | None] = [None] * B
+    decoders = matchers = None
+    if stop_strings:
+        decoders = [IncrementalDecoder(tokenizer, input_ids[b][valid[b]].tolist(), skip_special_tokens=False)
+                    for b in range(B)]
+        matchers = [StopStringMatcher(stop_strings) for _ in range(B)]
+    eos_tensor = torch.tensor(eos, device=device, dtype=torch.long)
+
+    t0 = time.perf_counter()
+    steps = 0
+    for step in range(max_new_tokens):
+        if all_logits is not None:
+            all_logits[rows, step] = logits
+        scores = logits
+        if seen is not None:
+            scores = apply_repetition_penalty(scores, seen, repetition_penalty)
+        if step < min_new_tokens:
+            scores = suppress_tokens(scores, eos)
+        next_tokens = select_next_tokens(scores, params, generator)
+        generated[rows, step] = next_tokens
+        steps = step + 1
+        if seen is not None:
+            seen[torch.arange(len(rows), device=device), next_tokens] = True
+
+        row_list, token_list = rows.tolist(), next_tokens.tolist()
+        per_row: list[int | None] = [None] * B
+        for r, t in zip(row_list, token_list):
+            per_row[r] = t
+            counts[r] += 1
+        _emit(streamer, per_row)
+
+        done = torch.isin(next_tokens, eos_tensor) if eos else torch.zeros_like(next_tokens, dtype=torch.bool)
+        for i, r in enumerate(row_list):
+            if done[i]:
+                reasons[r] = "eos"
+        if matchers is not None:
+            for i, (r, t) in enumerate(zip(row_list, token_list)):
+                if done[i]:
+                    continue
+                matchers[r].feed(decoders[r].push([t]))
+                if matchers[r].stopped:
+                    done[i] = True
+                    reasons[r], matched[r] = "stop_string", matchers[r].matched
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        if bool(done.any()):  # drop finished rows: they cost nothing from here on
+            keep = (~done).nonzero().flatten()
+            cache.keep_rows(keep)
+            rows, next_tokens = rows[keep], next_tokens[keep]
+            if seen is not None:
+                seen = seen[keep]
+        logits = model(next_tokens[:, None], cache=cache, logits_to_keep=1).logits[:, -1]
+    decode_seconds = time.perf_counter() - t0
+    if streamer is not None and hasattr(streamer, "end"):
+        streamer.end()
+    new = generated[:, :steps]
+    return _finish(input_ids, new, reasons, counts, None if all_logits is None else all_logits[:, :steps],
+                   matched, prefill_seconds, decode_seconds, return_dict)
+
+
+def _finish(input_ids, new, reasons, counts, logits, matched, prefill_s, decode_s, return_dict):
+    sequences = torch.cat([input_ids, new], dim=1)
+    if not return_dict:
+        return sequences
+    return GenerateOutput(sequences=sequences, finish_reasons=reasons, num_new_tokens=counts, logits=logits,
+                          prefill_seconds=prefill_s, decode_seconds=decode_s, stop_strings_matched=matched)
