@@ -75,6 +75,19 @@ class HybridCache:
         self.length = M
         self.next_position.fill_(M)
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows `rows` (in that order), e.g. to stop spending work on finished sequences."""
+        if self._chunk is not None:
+            raise RuntimeError("keep_rows cannot run in the middle of a forward")
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.next_position.device)
+        for store in (self.k, self.v, self.slot_positions):
+            for key in store:
+                store[key] = store[key].index_select(0, rows)
+        self.conv_state = [t.index_select(0, rows) for t in self.conv_state]
+        self.ssm_state = [t.index_select(0, rows) for t in self.ssm_state]
+        self.next_position = self.next_position.index_select(0, rows)
+        self.batch_size = len(rows)
+
     # ---- called by the model, once per forward ----------------------------------------------------------------
     def _slots(self, index: torch.Tensor) -> torch.Tensor:
         """Window-layer slot of each index: meta tokens keep theirs, text goes round the ring."""
