@@ -1,0 +1,71 @@
+"""Fixtures for the evaluation tests: the released Hymba tokenizer (Llama-2 SentencePiece, in ../shared) and a
+small randomly initialised Hymba with its vocabulary, saved as a checkpoint directory with the tokenizer."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from hymba import HymbaConfig, HymbaForCausalLM
+from hymba.engine.tokenizer import load_tokenizer
+
+
+def small_lm_config(**overrides) -> HymbaConfig:
+    """Every Hymba feature (global + window layers, a K/V group, meta tokens) at toy width, Hymba's vocabulary."""
+    base = dict(vocab_size=32001, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
+                intermediate_size=48, mamba_d_state=4, mamba_d_conv=4, mamba_dt_rank=4, num_memory_tokens=4,
+                sliding_window=8, global_attn_idx=[0, 3], kv_reuse_group=[[1, 2]],
+                max_position_embeddings=512, orig_max_position_embeddings=128,
+                bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    base.update(overrides)
+    return HymbaConfig(**base)
+
+
+def randomized(model: HymbaForCausalLM, seed: int = 0, scale: float = 0.5) -> HymbaForCausalLM:
+    """Weights moved off their initial values, so the model has a non-trivial, non-uniform distribution."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * scale
+            if "norm" in name:
+                p.copy_(1 + 0.1 * noise)
+            elif not name.endswith("A_log.0"):
+                p.add_(noise)
+    return model.eval()
+
+
+SHARED = os.environ.get("HYMBA_SHARED") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared():
+    assert os.path.isdir(SHARED), f"shared folder not found at {SHARED}; set HYMBA_SHARED"
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def eval_data_dir(shared):
+    return os.path.join(shared, "data", "eval")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(shared):
+    return load_tokenizer(os.path.join(shared, "hymba-1.5b"))
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    torch.manual_seed(0)
+    return randomized(HymbaForCausalLM(small_lm_config()), seed=1)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory, small_model, shared):
+    """The small model saved in the released layout, with Hymba's tokenizer files beside it."""
+    path = str(tmp_path_factory.mktemp("small-hymba"))
+    small_model.save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(shared, "hymba-1.5b", name), path)
+    return path
