@@ -9,8 +9,9 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py and helpers
 SHARED = os.environ.get("HYMBA_SHARED") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)  # one core per worker on small CI machines
+# One thread per test process: the suite runs as 2 xdist workers on 2-core machines, and oversubscribed
+# OpenMP threads make small ops hundreds of times slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -120,9 +120,10 @@ def load_pretrained(cls, path, dtype="auto", device="cpu", kernels="auto") -> "H
     with torch.device("meta"):
         model = cls(config, init=False)
     check_state_dict(model, tensors, path)
-    state = {n: t.to(dtype) for n, t in tensors.items() if not _IGNORABLE.fullmatch(n)}
+    wanted = set(model.state_dict())  # drops the ignorable extras (and lm_head when tied)
     if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
+        wanted.discard("lm_head.weight")
+    state = {n: t.to(dtype) for n, t in tensors.items() if n in wanted}
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight

@@ -38,6 +38,11 @@ INERT_KEYS: dict[str, Any] = {
     "torch_dtype": "bfloat16",
     "transformers_version": "4.44.0",
 }
+# Inert keys whose other values would describe variants the release never used and we do not implement.
+UNSUPPORTED_IF_NOT: dict[str, tuple] = {
+    "num_experts": (1,), "num_experts_per_tok": (1,), "num_mamba": (1,), "memory_tokens_interspersed_every": (0,),
+    "kv_weight_reuse": (False,), "kv_reuse_every_i_layer": (-1, 0),
+}
 # Keys derived from the others: accepted on read, recomputed on write (the release ignores what the file says).
 DERIVED_KEYS = ("v_head_dim", "conv_dim", "layer_type", "model_type", "architectures", "auto_map")
 
@@ -92,8 +97,8 @@ class HymbaConfig:
     # Our own keys: the paper's baselines from the same code.
     use_attention: bool = True
     use_ssm: bool = True
-    # Inert official keys as read from a file, written back unchanged.
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Inert official keys as read from a file, written back unchanged (not part of the architecture).
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.mamba_dt_rank, str):
@@ -213,6 +218,10 @@ class HymbaConfig:
             _check_conv_dim(d["conv_dim"], d)
         if "mlp_hidden_act" not in d and d.get("hidden_act") in MLP_ACTS:
             d["mlp_hidden_act"] = d["hidden_act"]
+        for key, supported in UNSUPPORTED_IF_NOT.items():
+            if key in d and d[key] not in supported:
+                raise ConfigError(f"{key}={d[key]!r} is not supported (the released models use {supported[0]!r}); "
+                                  "this checkpoint describes a variant hymba does not implement")
         names = {f.name for f in fields(cls)} - {"extra"}
         known = {k: d[k] for k in names if k in d}
         extra = dict(d.pop("extra", {}) or {})

@@ -51,7 +51,8 @@ class HybridCache:
         self.ssm_state: list[torch.Tensor] = []
         if c.use_ssm:
             self.conv_state = [torch.zeros(B, c.mamba_d_conv - 1, c.d_inner, **kw) for _ in range(c.num_hidden_layers)]
-            self.ssm_state = [torch.zeros(B, c.d_inner, c.mamba_d_state, device=device, dtype=torch.float32)
+            ssm_dtype = torch.promote_types(dtype, torch.float32)  # fp32 state (float64 for a float64 model)
+            self.ssm_state = [torch.zeros(B, c.d_inner, c.mamba_d_state, device=device, dtype=ssm_dtype)
                               for _ in range(c.num_hidden_layers)]
         self.length = 0  # slots of the index space consumed so far (meta + text, padding included)
         self.next_position = torch.zeros(B, dtype=torch.long, device=device)  # per row: meta + real tokens

@@ -19,7 +19,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        h = x.float()
+        h = x.to(torch.promote_types(dtype, torch.float32))
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(dtype)
 
@@ -41,11 +41,20 @@ def rope_inv_freq(config: HymbaConfig) -> torch.Tensor:
 class RotaryEmbedding(nn.Module):
     def __init__(self, config: HymbaConfig):
         super().__init__()
-        self.register_buffer("inv_freq", rope_inv_freq(config).float(), persistent=False)
+        # float64 master copy: a model cast to another dtype keeps exact frequencies
+        self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # keep the frequencies in float64 whatever dtype the model is cast to (device moves still apply)
+        inv = self.inv_freq
+        super()._apply(fn, recurse)
+        self.inv_freq = inv.to(self.inv_freq.device)
+        return self
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [batch, T, head_dim] for integer positions [batch, T] (padding, -1, is clamped to 0)."""
-        angles = positions.clamp(min=0).float()[..., None] * self.inv_freq.float()
+        ct = torch.promote_types(dtype, torch.float32)  # fp32 angles (float64 for a float64 model)
+        angles = positions.clamp(min=0).to(ct)[..., None] * self.inv_freq.to(ct)
         emb = torch.cat([angles, angles], dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 

@@ -152,8 +152,9 @@ class HymbaMixer(nn.Module):
         dt = F.linear(dt, self.dt_proj[0].weight)  # the bias is added in fp32 inside the scan, before softplus
         if valid is not None:  # softplus(-inf) = 0: padding leaves the state exactly unchanged
             dt = dt.masked_fill(~valid[..., None], float("-inf"))
-        A = -torch.exp(self.A_log[0].float())
-        D, dt_bias = self.D[0].float(), self.dt_proj[0].bias.float()
+        ct = torch.promote_types(x.dtype, torch.float32)  # SSM parameters in fp32 (float64 for a float64 model)
+        A = -torch.exp(self.A_log[0].to(ct))
+        D, dt_bias = self.D[0].to(ct), self.dt_proj[0].bias.to(ct)
         if step:
             y = kern.ssm_step(ssm_state, xc[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, z[:, 0], dt_bias, True)
             return y[:, None]

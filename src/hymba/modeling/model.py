@@ -209,7 +209,8 @@ class HymbaForCausalLM(nn.Module):
         hidden = self.model(input_ids, attention_mask, cache=cache, inputs_embeds=inputs_embeds)
         if logits_to_keep > 0:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden).float()
+        logits = self.lm_head(hidden)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 (float64 stays float64)
         loss = None
         if labels is not None:
             if labels.shape != hidden.shape[:2]:

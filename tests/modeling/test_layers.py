@@ -1,0 +1,72 @@
+"""RMSNorm, rotary embeddings (default and NTK) and the MLP against closed forms."""
+
+import math
+
+import torch
+
+from hymba.config import HymbaConfig
+from hymba.modeling.layers import MLP, RMSNorm, RotaryEmbedding, apply_rotary, rope_inv_freq
+
+
+def test_rmsnorm_by_hand():
+    n = RMSNorm(2, eps=0.0)
+    n.weight.data = torch.tensor([1.0, 2.0])
+    x = torch.tensor([[3.0, 4.0]])
+    rms = math.sqrt((9 + 16) / 2)
+    torch.testing.assert_close(n(x), torch.tensor([[3 / rms, 2 * 4 / rms]]))
+
+
+def test_rmsnorm_casts_back_before_scaling():
+    n = RMSNorm(8)
+    n.weight.data = torch.randn(8)
+    x = torch.randn(3, 8).to(torch.bfloat16)
+    expected = n.weight * (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6)).to(torch.bfloat16)
+    torch.testing.assert_close(n(x), expected)
+
+
+def test_ntk_base_of_the_release():
+    c = HymbaConfig.from_preset("hymba-1.5b")
+    base = 10000 * (2 * 8192 / 2048 - 1) ** (64 / 62)
+    assert abs(base - 74534.8) < 0.1
+    torch.testing.assert_close(rope_inv_freq(c), torch.tensor([base ** (-2 * i / 64) for i in range(32)],
+                                                              dtype=torch.float64))
+
+
+def test_default_rope_frequencies():
+    c = HymbaConfig.from_preset("tiny", rope_type="default", rope_theta=500.0)
+    torch.testing.assert_close(rope_inv_freq(c), torch.tensor([500.0 ** (-2 * i / 16) for i in range(8)],
+                                                              dtype=torch.float64))
+
+
+def test_rotary_is_a_rotation_of_pairs_i_and_i_plus_half():
+    c = HymbaConfig.from_preset("tiny", rope_type="default")
+    rot = RotaryEmbedding(c)
+    pos = torch.tensor([[0, 1, 7, 300]])
+    cos, sin = rot(pos, torch.float64)
+    x = torch.randn(1, 2, 4, 16, dtype=torch.float64)
+    got = apply_rotary(x, cos, sin)
+    # closed form: the complex number (x_i + i x_{i+8}) times exp(i * pos * f_i)
+    freqs = rope_inv_freq(c)
+    z = torch.complex(x[..., :8], x[..., 8:])
+    angle = pos[0, :, None].double() * freqs
+    rz = z * torch.polar(torch.ones_like(angle), angle)
+    # angles are computed in fp32, as the release does: agreement to fp32 rounding at position 300
+    torch.testing.assert_close(got, torch.cat([rz.real, rz.imag], dim=-1), rtol=1e-5, atol=1e-5)
+    # relative property: <R(p) q, R(p') k> depends only on p - p'
+    q, k = torch.randn(16, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+
+    def rotated(v, p):
+        cs, sn = rot(torch.tensor([[p]]), torch.float64)
+        return apply_rotary(v[None, None, None], cs, sn).flatten()
+    assert torch.allclose(rotated(q, 10) @ rotated(k, 4), rotated(q, 106) @ rotated(k, 100))
+
+
+def test_mlp_variants():
+    c = HymbaConfig.from_preset("tiny")
+    m = MLP(c).double()
+    x = torch.randn(3, 64, dtype=torch.float64)
+    g, u = x @ m.gate_proj.weight.T, x @ m.up_proj.weight.T
+    torch.testing.assert_close(m(x), (g * torch.sigmoid(g) * u) @ m.down_proj.weight.T)
+    r = MLP(c.replace(mlp_hidden_act="relu2")).double()
+    assert not hasattr(r, "gate_proj")
+    torch.testing.assert_close(r(x), torch.relu(x @ r.up_proj.weight.T) ** 2 @ r.down_proj.weight.T)

@@ -1,0 +1,203 @@
+"""The model against an independent from-the-formulas implementation, and its structural promises."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import reference
+from helpers import randomized, small_config
+from hymba import HymbaConfig, HymbaForCausalLM
+
+VARIANTS = {
+    "release-like": {},
+    "qk-rms-norm": dict(kq_norm="rms"),
+    "relu2": dict(mlp_hidden_act="relu2"),
+    "untied": dict(tie_word_embeddings=False),
+    "proj-biases": dict(mamba_proj_bias=True),
+    "no-conv-bias": dict(mamba_conv_bias=False),
+    "default-rope": dict(rope_type="default", rope_theta=300.0),
+    "no-rope": dict(rope=False),
+    "no-inner-norms": dict(mamba_inner_layernorms=False),
+    "groups-of-two": dict(num_hidden_layers=6, global_attn_idx=[0, 5], kv_reuse_group=[[1, 2], [3, 4]]),
+    "gqa-4-heads": dict(num_attention_heads=4, num_key_value_heads=2),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_matches_reference_implementation(variant):
+    config = small_config(**VARIANTS[variant])
+    model = randomized(HymbaForCausalLM(config)).double().eval()
+    ids = torch.randint(0, config.vocab_size, (17,), generator=torch.Generator().manual_seed(1)).tolist()
+    with torch.no_grad():
+        got = model(torch.tensor([ids])).logits[0]
+    sd = {k: v for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        sd.pop("lm_head.weight")
+    expected = reference.forward(sd, config.to_dict(), ids)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_consumer_layers_have_no_kv_weights():
+    config = small_config(kq_norm="rms")
+    model = HymbaForCausalLM(config)
+    H, dk, dv, di = 2, 8, 16, 32
+    for i, layer in enumerate(model.model.layers):
+        rows = layer.mamba.in_proj.weight.shape[0]
+        if config.makes_kv(i):
+            assert rows == H * dk + 1 * dk + 1 * dv + 2 * di
+            assert hasattr(layer.mamba.self_attn, "k_norm")
+        else:
+            assert rows == H * dk + 2 * di
+            assert not hasattr(layer.mamba.self_attn, "k_norm")
+    assert [config.makes_kv(i) for i in range(5)] == [True, True, False, False, True]
+
+
+def test_every_parameter_gets_a_gradient():
+    for name in ("tiny", "tiny-attention-only", "tiny-ssm-only"):
+        model = HymbaForCausalLM(HymbaConfig.from_preset(name, kq_norm="rms", mamba_proj_bias=True))
+        ids = torch.randint(0, 512, (2, 20))
+        model(ids, labels=ids).loss.backward()
+        missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert not missing, f"{name}: no gradient for {missing}"
+
+
+def test_loss_is_shifted_cross_entropy_with_ignore_index():
+    model = HymbaForCausalLM(HymbaConfig.from_preset("tiny")).eval()
+    ids = torch.randint(0, 512, (2, 12))
+    labels = ids.clone()
+    labels[0, :5] = -100
+    out = model(ids, labels=labels)
+    logp = out.logits.log_softmax(-1)
+    terms = [-logp[b, t - 1, labels[b, t]] for b in range(2) for t in range(1, 12) if labels[b, t] != -100]
+    torch.testing.assert_close(out.loss, torch.stack(terms).mean())
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padding_gives_each_row_its_own_logits(side):
+    config = small_config()
+    model = randomized(HymbaForCausalLM(config)).eval()
+    a = torch.randint(0, 50, (1, 9))
+    b = torch.randint(0, 50, (1, 15))
+    batch = torch.zeros(2, 15, dtype=torch.long)
+    mask = torch.zeros(2, 15, dtype=torch.long)
+    where = slice(6, 15) if side == "left" else slice(0, 9)
+    batch[0, where], mask[0, where] = a, 1
+    batch[1], mask[1] = b, 1
+    with torch.no_grad():
+        out = model(batch, attention_mask=mask).logits
+        torch.testing.assert_close(out[0, where], model(a).logits[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[1], model(b).logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_pad_token_values_do_not_matter():
+    model = randomized(HymbaForCausalLM(small_config())).eval()
+    ids = torch.randint(0, 50, (1, 12))
+    mask = torch.ones(1, 12, dtype=torch.long)
+    mask[0, :4] = 0
+    other = ids.clone()
+    other[0, :4] = torch.randint(0, 50, (4,))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, attention_mask=mask).logits[0, 4:],
+                                   model(other, attention_mask=mask).logits[0, 4:])
+
+
+def test_attention_only_preset_is_a_llama_block():
+    """3 layers, no SSM, no meta tokens, all global: a Llama decoder written out by hand."""
+    config = HymbaConfig.from_preset("tiny-attention-only", num_hidden_layers=3, intermediate_size=40)
+    model = randomized(HymbaForCausalLM(config)).double().eval()
+    ids = torch.randint(0, 512, (2, 11))
+    H, Hkv, dk, d = 4, 2, 16, 64
+
+    def rms(x, w):
+        return w * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    pos = torch.arange(11, dtype=torch.float64)
+    inv = 10000.0 ** (-torch.arange(0, dk, 2, dtype=torch.float64) / dk)
+    ang = torch.cat([pos[:, None] * inv, pos[:, None] * inv], -1)
+
+    def rope(x):
+        x1, x2 = x[..., : dk // 2], x[..., dk // 2:]
+        return x * ang.cos() + torch.cat([-x2, x1], -1) * ang.sin()
+
+    x = model.model.embed_tokens.weight[ids]
+    for layer in model.model.layers:
+        W = layer.mamba.in_proj.weight
+        wq, wk, wv = W[: H * dk], W[H * dk: H * dk + Hkv * dk], W[H * dk + Hkv * dk:]
+        h = rms(x, layer.input_layernorm.weight)
+        q = rope((h @ wq.T).view(2, 11, H, dk).transpose(1, 2))
+        k = rope((h @ wk.T).view(2, 11, Hkv, dk).transpose(1, 2)).repeat_interleave(H // Hkv, 1)
+        v = (h @ wv.T).view(2, 11, Hkv, dk).transpose(1, 2).repeat_interleave(H // Hkv, 1)
+        s = q @ k.transpose(-1, -2) / dk ** 0.5
+        s = s.masked_fill(~torch.ones(11, 11, dtype=torch.bool).tril(), float("-inf"))
+        o = (s.softmax(-1) @ v).transpose(1, 2).reshape(2, 11, d)
+        x = x + o @ layer.mamba.out_proj.weight.T  # o_proj
+        mlp = layer.moe.experts[0]
+        h = rms(x, layer.pre_moe_layernorm.weight)
+        x = x + (F.silu(h @ mlp.gate_proj.weight.T) * (h @ mlp.up_proj.weight.T)) @ mlp.down_proj.weight.T
+    logits = rms(x, model.model.final_layernorm.weight) @ model.model.embed_tokens.weight.T
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits.double(), logits)
+
+
+def test_gradient_checkpointing_gives_identical_gradients():
+    torch.manual_seed(0)
+    a = HymbaForCausalLM(HymbaConfig.from_preset("tiny"))
+    b = HymbaForCausalLM(HymbaConfig.from_preset("tiny"))
+    b.load_state_dict(a.state_dict())
+    b.gradient_checkpointing_enable()
+    ids = torch.randint(0, 512, (2, 16))
+    la, lb = a(ids, labels=ids).loss, b(ids, labels=ids).loss
+    la.backward()
+    lb.backward()
+    torch.testing.assert_close(la, lb)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+def test_half_precision_close_to_float32(dtype, tolerance):
+    model = HymbaForCausalLM(HymbaConfig.from_preset("tiny")).eval()
+    ids = torch.randint(0, 512, (2, 40))
+    with torch.no_grad():
+        ref = model(ids).logits
+        low = model.to(dtype)(ids).logits
+    assert low.dtype == torch.float32
+    assert (low - ref).norm() / ref.norm() < tolerance
+
+
+def test_bad_inputs_are_named():
+    model = HymbaForCausalLM(HymbaConfig.from_preset("tiny"))
+    with pytest.raises(ValueError, match=r"input_ids must be \[batch, length\]"):
+        model(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        model(torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="labels have shape"):
+        model(torch.zeros(2, 5, dtype=torch.long), labels=torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_release_layout_on_meta_device():
+    """Parameter count and every tensor name/shape of the 1.5B release, from the format document."""
+    with torch.device("meta"):
+        model = HymbaForCausalLM(HymbaConfig.from_preset("hymba-1.5b"), init=False)
+    assert model.num_parameters() == 1_522_797_824
+    expected = {"model.embed_tokens.weight": (32001, 1600), "model.memory_tokens": (128, 1600),
+                "model.final_layernorm.weight": (1600,), "lm_head.weight": (32001, 1600)}
+    consumers = {2, 4, 6, 8, 10, 12, 14, 17, 18, 20, 22, 24, 26, 28, 30}
+    for i in range(32):
+        p = f"model.layers.{i}."
+        expected.update({
+            p + "input_layernorm.weight": (1600,), p + "pre_moe_layernorm.weight": (1600,),
+            p + "mamba.in_proj.weight": (8000 if i in consumers else 8960, 1600),
+            p + "mamba.out_proj.weight": (1600, 3200),
+            p + "mamba.conv1d.weight": (3200, 1, 4), p + "mamba.conv1d.bias": (3200,),
+            p + "mamba.x_proj.0.weight": (132, 3200), p + "mamba.dt_proj.0.weight": (3200, 100),
+            p + "mamba.dt_proj.0.bias": (3200,), p + "mamba.A_log.0": (3200, 16), p + "mamba.D.0": (3200,),
+            p + "mamba.dt_layernorm.weight": (100,), p + "mamba.B_layernorm.weight": (16,),
+            p + "mamba.C_layernorm.weight": (16,), p + "mamba.pre_avg_layernorm1.weight": (3200,),
+            p + "mamba.pre_avg_layernorm2.weight": (3200,),
+            p + "moe.experts.0.gate_proj.weight": (5504, 1600), p + "moe.experts.0.up_proj.weight": (5504, 1600),
+            p + "moe.experts.0.down_proj.weight": (1600, 5504),
+        })
+    got = {n: tuple(t.shape) for n, t in model.state_dict().items()}
+    assert got == expected
+    assert model.lm_head.weight is model.model.embed_tokens.weight
