@@ -191,7 +191,7 @@ def generate(
 
     rows = torch.arange(B, device=device)  # original row of each cache row
     generated = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-    all_logits = (torch.full((B, max_new_tokens, config.vocab_size), float("nan"), device=device)
+    all_logits = (torch.full((B, max_new_tokens, logits.shape[-1]), float("nan"), device=device, dtype=logits.dtype)
                   if output_logits else None)
     reasons = ["length"] * B
     counts = [0] * B
