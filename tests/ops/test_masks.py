@@ -63,3 +63,43 @@ def test_sdpa_attention_against_explicit_softmax():
                 s = torch.stack([q[b, h, t] @ k[b, h // 2, j] for j in keys]) * dk ** -0.5
                 ref[b, h, t] = (s.softmax(0)[:, None] * v[b, h // 2, keys]).sum(0)
     torch.testing.assert_close(out, ref)
+
+
+def dense_only(q_pos, k_pos, window, M, dtype):
+    ok = allowed_keys(q_pos, k_pos, window, M)
+    ok = ok | ~ok.any(-1, keepdim=True)
+    return torch.zeros(ok.shape, dtype=dtype).masked_fill_(~ok, float("-inf"))[:, None]
+
+
+import pytest  # noqa: E402
+
+from hymba.ops.attention.windowed import WindowedMask, plan_windowed  # noqa: E402
+
+
+@pytest.mark.parametrize("M, W, block, pads", [(8, 16, None, (0, 0)), (0, 5, 7, (0, 0)), (3, 4, 9, (11, 0)),
+                                                (4, 6, 8, (0, 13))])
+def test_blocked_window_attention_equals_dense(M, W, block, pads):
+    B, H, Hkv, T, dk = 2, 4, 2, 190, 8
+    left, right = pads
+    valid = torch.ones(B, T, dtype=torch.bool)
+    valid[0, M:M + left] = False
+    if right:
+        valid[1, T - right:] = False
+    pos = torch.where(valid, torch.cumsum(valid.long(), 1) - 1, -1)
+    plan = plan_windowed(pos, pos, W, M, torch.float64, block=block)
+    assert isinstance(plan, WindowedMask)
+    q = torch.randn(B, H, T, dk, dtype=torch.float64)
+    k, v = torch.randn(B, Hkv, T, dk, dtype=torch.float64), torch.randn(B, Hkv, T, 2 * dk, dtype=torch.float64)
+    got = sdpa_attention(q, k, v, plan, 0.4)
+    want = sdpa_attention(q, k, v, dense_only(pos, pos, W, M, torch.float64), 0.4)
+    torch.testing.assert_close(got[valid.nonzero(as_tuple=True)[0], :, valid.nonzero(as_tuple=True)[1]],
+                               want[valid.nonzero(as_tuple=True)[0], :, valid.nonzero(as_tuple=True)[1]])
+
+
+def test_blocked_plan_refuses_non_contiguous_rows():
+    T, M = 200, 4
+    valid = torch.ones(1, T, dtype=torch.bool)
+    valid[0, 50:60] = False  # a hole in the middle: the key range of a block would miss allowed keys
+    pos = torch.where(valid, torch.cumsum(valid.long(), 1) - 1, -1)
+    assert plan_windowed(pos, pos, 8, M, torch.float32, block=16) is None
+    assert isinstance(build_sdpa_mask(pos, pos, 8, M), torch.Tensor)  # the dense mask serves instead

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .masks import allowed_keys
+from .windowed import WindowedMask, plan_windowed, windowed_attention
 
 
 def build_sdpa_mask(q_pos, k_pos, window, num_meta, dtype=torch.float32):
@@ -14,6 +15,10 @@ def build_sdpa_mask(q_pos, k_pos, window, num_meta, dtype=torch.float32):
 
     A query that may see nothing (a padding query) is let see every key, so its (ignored) output stays
     finite instead of NaN, which would otherwise leak through 0 * NaN."""
+    if window is not None:
+        plan = plan_windowed(q_pos, k_pos, window, num_meta, dtype)
+        if plan is not None:  # long plain forward: block by block, O(T * window)
+            return plan
     ok = allowed_keys(q_pos, k_pos, window, num_meta)
     ok = ok | ~ok.any(dim=-1, keepdim=True)
     mask = torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, float("-inf"))
@@ -27,10 +32,17 @@ def sdpa_attention(q, k, v, mask, scale):
     """
     if k.dtype != q.dtype:
         k, v = k.to(q.dtype), v.to(q.dtype)
-    gqa = q.shape[1] != k.shape[1]
+    if isinstance(mask, WindowedMask):
+        return windowed_attention(q, k, v, mask, scale, _sdpa)
+    return _sdpa(q, k, v, mask, scale)
+
+
+def _sdpa(q, k, v, mask, scale, is_causal=False):
+    """Heads at dim -3 (extra leading dims allowed). Fused SDPA kernels want equal q/k/v head dims, so a
+    wider v is attended slice by slice (same attention weights for each dk-wide slice)."""
+    gqa = q.shape[-3] != k.shape[-3]
     dk, dv = q.shape[-1], v.shape[-1]
     if dv != dk and dv % dk == 0:
-        # Fused SDPA kernels want equal q/k/v head dims: attend with each dk-wide slice of v (same weights).
-        return torch.cat([F.scaled_dot_product_attention(q, k, vs, attn_mask=mask, scale=scale, enable_gqa=gqa)
-                          for vs in v.split(dk, dim=-1)], dim=-1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+        return torch.cat([F.scaled_dot_product_attention(q, k, vs, attn_mask=mask, scale=scale, is_causal=is_causal,
+                                                         enable_gqa=gqa) for vs in v.split(dk, dim=-1)], dim=-1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=is_causal, enable_gqa=gqa)
