@@ -381,3 +381,12 @@ def save_samples(samples: Sequence[RecallSample], path: str) -> None:
 
     atomic_write_text(path, "".join(json.dumps({"tokens": s.tokens, "spans": s.spans, "info": s.info}) + "\n"
                                     for s in samples))
+
+
+def evaluate_recall(model, samples: Sequence[RecallSample], by: Sequence[str] = (), batch_size: int = 8,
+                    progress=None) -> dict[str, Any]:
+    """Score `samples` and summarise: overall accuracy, the table grouped by `by`, and the sample set's sizes."""
+    correct = score_samples(model, samples, batch_size=batch_size, progress=progress)
+    overall = accuracy_table(samples, correct)[0]
+    return {"accuracy": overall["accuracy"], "answers": overall["answers"], **describe(samples),
+            "by": list(by), "table": accuracy_table(samples, correct, by) if by else [overall]}

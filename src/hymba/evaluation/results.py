@@ -39,16 +39,20 @@ def _cell(value: Any, digits: int) -> str:
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
-                   headers: Mapping[str, str] | None = None, digits: int = 4) -> str:
-    """A GitHub markdown table of `rows` (dicts), in the order of `columns` (default: the first row's keys)."""
+                   headers: Mapping[str, str] | None = None, digits: int = 4,
+                   formats: Mapping[str, str] | None = None) -> str:
+    """A GitHub markdown table of `rows` (dicts), in the order of `columns` (default: the first row's keys).
+    Floats get `digits` decimals unless `formats` gives a column its own format ("{:g}", "{:.1%}", ...)."""
     if not rows:
         return "(no rows)\n"
     columns = list(columns or rows[0].keys())
     headers = headers or {}
+    formats = {"depth": "{:g}", **(formats or {})}
     lines = ["| " + " | ".join(headers.get(c, c) for c in columns) + " |",
              "|" + "|".join("---" for _ in columns) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join(_cell(r.get(c), digits) for c in columns) + " |")
+        lines.append("| " + " | ".join(formats[c].format(r[c]) if c in formats and r.get(c) is not None
+                                       else _cell(r.get(c), digits) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 

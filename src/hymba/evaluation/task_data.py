@@ -207,15 +207,22 @@ CONVERTERS: dict[str, Callable[[dict, str, int], dict]] = {
 
 
 def convert_file(layout: str, path: str, subject: str | None = None) -> list[dict]:
+    """The documents of one local file (optionally one MMLU subject), converted and validated once per file."""
+    docs = _converted(layout, path)
+    if subject is None:
+        return list(docs)
+    chosen = [d for d in docs if d.get("subject") == subject]
+    if not chosen:
+        raise TaskDataError(f"{path} has no items of subject {subject!r}")
+    return chosen
+
+
+@functools.lru_cache(maxsize=16)
+def _converted(layout: str, path: str) -> tuple[dict, ...]:
     if layout not in CONVERTERS:
         raise TaskDataError(f"unknown local task layout {layout!r}; known: {sorted(CONVERTERS)}")
     convert = CONVERTERS[layout]
-    docs = [convert(row, path, n) for n, row in enumerate(read_jsonl(path), start=1)]
-    if subject is not None:
-        docs = [d for d in docs if d["subject"] == subject]
-        if not docs:
-            raise TaskDataError(f"{path} has no items of subject {subject!r}")
-    return docs
+    return tuple(convert(row, path, n) for n, row in enumerate(read_jsonl(path), start=1))
 
 
 # ---- the entry point named by the task YAMLs ------------------------------------------------------------------
