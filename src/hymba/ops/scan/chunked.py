@@ -51,21 +51,24 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     inputs = du.view(batch, n_chunks, Q, d, 1) * B  # delta * u * B
 
     # Time-in-chunk moved to the front, so that each loop step below reads contiguous memory.
-    decay_t = torch.exp(log_decay).permute(2, 0, 1, 3, 4).contiguous()  # [Q, batch, chunks, d, N]
-    inputs_t = inputs.permute(2, 0, 1, 3, 4).contiguous()
-    C_t = C.permute(2, 0, 1, 3, 4).contiguous()
+    # Unbound into per-step views: indexing `x[t]` in the loop would make autograd allocate a full-size zero
+    # gradient per step (quadratic in Q); unbind's backward is a single stack.
+    decay_t = torch.exp(log_decay).permute(2, 0, 1, 3, 4).contiguous().unbind(0)  # Q x [batch, chunks, d, N]
+    inputs_t = inputs.permute(2, 0, 1, 3, 4).contiguous().unbind(0)
+    C_t = C.permute(2, 0, 1, 3, 4).contiguous().unbind(0)
 
     # 1) each chunk's end state from a zero start, all chunks at once (Q steps)
     starts = h[:, None]
     if n_chunks > 1:
         local = torch.zeros(batch, n_chunks - 1, d, N, dtype=ct, device=u.device)
         for t in range(Q):
-            local = decay_t[t, :, :-1] * local + inputs_t[t, :, :-1]
+            local = decay_t[t][:, :-1] * local + inputs_t[t][:, :-1]
         # 2) the true start state of every chunk (L/Q steps over [batch, d, N])
-        chunk_decay = torch.exp(log_decay[:, :-1].sum(2))
+        chunk_decay = torch.exp(log_decay[:, :-1].sum(2)).unbind(1)
+        local = local.unbind(1)
         starts = [h]
         for c in range(n_chunks - 1):
-            starts.append(chunk_decay[:, c] * starts[-1] + local[:, c])
+            starts.append(chunk_decay[c] * starts[-1] + local[c])
         starts = torch.stack(starts, dim=1)
     # 3) the outputs, every chunk from its true start (Q steps)
     state = starts
