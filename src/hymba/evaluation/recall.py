@@ -272,15 +272,24 @@ FILLER_SENTENCES = [
 def needle_text_samples(tokenizer, *, context_lengths: Sequence[int], depths: Sequence[float],
                         samples_per_cell: int = 5, seed: int = 0,
                         haystack_sentences: Sequence[str] | None = None) -> list[RecallSample]:
-    """A sentence "The secret number is NNNNNN." hidden at relative `depth` (at a sentence boundary) of about
-    `context_length` tokens of filler prose, then "What is the secret number? The secret number is" and the
-    number, scored. Filler sentences are drawn at random from `haystack_sentences` (default: built-in prose)."""
-    sentences = list(haystack_sentences or FILLER_SENTENCES)
+    """A sentence "The secret number is NNNNNN." hidden at relative `depth` (at a sentence boundary) of filler
+    prose, then "What is the secret number? The secret number is" and the number, scored; the whole sample is
+    as close to `context_length` tokens as whole sentences allow (never longer). Filler sentences are drawn at
+    random from `haystack_sentences` (default: built-in prose)."""
+    sentences = [s.strip() for s in (haystack_sentences or FILLER_SENTENCES) if s.strip()]
     if not sentences:
         raise ValueError("haystack_sentences is empty")
     rng = np.random.default_rng(seed)
     question = "\nWhat is the secret number? The secret number is"
-    lengths = [len(tokenizer.encode(" " + s, add_special_tokens=False)) for s in sentences]
+    # A sentence's tokens where it sits (after a sentence end and a space), to fill most of a context quickly.
+    base = len(tokenizer.encode("x.", add_special_tokens=False))
+    cost = [len(tokenizer.encode("x. " + s, add_special_tokens=False)) - base for s in sentences]
+
+    def build(hay: list[int], depth: float, number: str) -> tuple[list[int], list[tuple[int, int]]]:
+        at = int(round(depth * len(hay)))
+        parts = [sentences[i] for i in hay[:at]] + [f"The secret number is {number}."] + [sentences[i] for i in hay[at:]]
+        return _encode_spans(tokenizer, [(" ".join(parts) + question, False), (" " + number, True)])
+
     samples = []
     for length in context_lengths:
         for depth in depths:
@@ -288,18 +297,25 @@ def needle_text_samples(tokenizer, *, context_lengths: Sequence[int], depths: Se
                 raise ValueError(f"depths are fractions in [0, 1], got {depth}")
             for _ in range(samples_per_cell):
                 number = str(int(rng.integers(100000, 1000000)))
-                needle = f" The secret number is {number}."
-                budget = length - len(tokenizer.encode(needle + question + " " + number))
-                hay, used = [], 0
-                while True:
+                tokens, _ = build([], depth, number)
+                if len(tokens) > length:
+                    raise ValueError(f"context length {length} is shorter than the needle and question alone "
+                                     f"({len(tokens)} tokens)")
+                hay, estimate = [], len(tokens)
+                while True:  # fast: estimated costs, up to a margin below the target
                     i = int(rng.integers(len(sentences)))
-                    if used + lengths[i] > budget:
+                    if estimate + cost[i] > length - 2 * max(cost):
                         break
-                    hay.append(" " + sentences[i])
-                    used += lengths[i]
-                at = int(round(depth * len(hay)))
-                body = "".join(hay[:at]) + needle + "".join(hay[at:])
-                tokens, spans = _encode_spans(tokenizer, [(body.lstrip() + question, False), (" " + number, True)])
+                    hay.append(i)
+                    estimate += cost[i]
+                while True:  # exact: add any sentence that still fits
+                    for i in rng.permutation(len(sentences)):
+                        if len(build(hay + [int(i)], depth, number)[0]) <= length:
+                            hay.append(int(i))
+                            break
+                    else:
+                        break
+                tokens, spans = build(hay, depth, number)
                 samples.append(RecallSample(tokens, spans, {"context_length": length, "depth": depth,
                                                             "tokens": len(tokens)}))
     return samples

@@ -1,0 +1,147 @@
+"""HymbaLM (lm-eval's model interface) against direct computations with the model on the same strings, and a
+`hymba eval` run end to end on a small checkpoint."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from hymba.evaluation.lm_eval_adapter import HymbaLM
+
+from lm_eval.api.instance import Instance  # noqa: E402  (after the adapter set the offline switches)
+
+
+def instances(kind, args_list):
+    return [Instance(request_type=kind, doc={}, arguments=args, idx=i) for i, args in enumerate(args_list)]
+
+
+def sequence_logprob(model, ids, first):
+    """(sum of log p(ids[j] | ids[:j]) for j >= first, all argmax?) from one unpadded forward, in float64."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+    total = sum(logp[j - 1, ids[j]].item() for j in range(first, len(ids)))
+    greedy = all(int(logp[j - 1].argmax()) == ids[j] for j in range(first, len(ids)))
+    return total, greedy
+
+
+PAIRS = [("Question: What do bees make?\nAnswer:", " honey"),
+         ("The capital of France is", " Paris, a city on the Seine."),
+         ("Roof shingle removal: A man is sitting on a roof. He", " starts pulling up roofing on a roof."),
+         ("", "An empty context is scored after the BOS token."),
+         ("Trailing space moves to the continuation ", "here")]
+
+
+def test_loglikelihood_equals_direct_computation(small_model, tokenizer):
+    lm = HymbaLM(model=small_model, tokenizer=tokenizer, batch_size=2)
+    got = lm.loglikelihood(instances("loglikelihood", PAIRS), disable_tqdm=True)
+    for (context, continuation), (logprob, greedy) in zip(PAIRS, got):
+        if context:
+            text = context.rstrip() + context[len(context.rstrip()):] + continuation
+            ids = tokenizer.encode(text)
+            first = len(tokenizer.encode(context.rstrip()))
+        else:
+            ids = [tokenizer.bos_token_id] + tokenizer.encode(continuation, add_special_tokens=False)
+            first = 1
+        want, want_greedy = sequence_logprob(small_model, ids, first)
+        assert logprob == pytest.approx(want, abs=1e-4)
+        assert greedy == want_greedy
+        assert logprob < 0
+
+
+def test_long_contexts_lose_their_start_and_are_counted(small_model, tokenizer):
+    context, continuation = " ".join(["word"] * 40), " end"
+    lm = HymbaLM(model=small_model, tokenizer=tokenizer, max_length=12)
+    ((logprob, _),) = lm.loglikelihood(instances("loglikelihood", [(context, continuation)]), disable_tqdm=True)
+    whole = tokenizer.encode(context + continuation)
+    n_cont = len(whole) - len(tokenizer.encode(context))
+    kept = whole[-13:]  # max_length inputs + the last target
+    assert logprob == pytest.approx(sequence_logprob(small_model, kept, len(kept) - n_cont)[0], abs=1e-4)
+    assert lm.truncated_requests == 1
+
+
+TEXT = ("Hymba runs attention heads and state-space heads side by side in every layer; the meta tokens give "
+        "them somewhere to look.")
+
+
+def test_rolling_loglikelihood_in_one_window_is_the_whole_text_after_bos(small_model, tokenizer):
+    lm = HymbaLM(model=small_model, tokenizer=tokenizer)
+    (total,) = lm.loglikelihood_rolling(instances("loglikelihood_rolling", [(TEXT,)]), disable_tqdm=True)
+    ids = [tokenizer.bos_token_id] + tokenizer.encode(TEXT, add_special_tokens=False)
+    assert total == pytest.approx(sequence_logprob(small_model, ids, 1)[0], abs=1e-4)
+
+
+def test_rolling_loglikelihood_over_several_windows_follows_lm_evals_rule(small_model, tokenizer):
+    """Tokens are predicted in blocks of max_length; each block reads the max_length tokens before its end."""
+    L = 7
+    lm = HymbaLM(model=small_model, tokenizer=tokenizer, max_length=L, batch_size=3)
+    (total,) = lm.loglikelihood_rolling(instances("loglikelihood_rolling", [(TEXT,)]), disable_tqdm=True)
+    s = [tokenizer.bos_token_id] + tokenizer.encode(TEXT, add_special_tokens=False)
+    n = len(s) - 1
+    want = 0.0
+    for i in range(1, n + 1):
+        block_end = min(((i - 1) // L + 1) * L, n) + 1  # one past the block's last token, in s
+        begin = max(0, block_end - 1 - L)
+        with torch.no_grad():
+            logits = small_model(torch.tensor([s[begin:i]])).logits[0, -1].double()
+        want += torch.log_softmax(logits, -1)[s[i]].item()
+    assert n > 3 * L
+    assert total == pytest.approx(want, abs=1e-4)
+
+
+def naive_greedy(model, tokenizer, prompt, max_new):
+    ids = tokenizer.encode(prompt)
+    new = []
+    for _ in range(max_new):
+        with torch.no_grad():
+            nxt = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
+        if nxt == tokenizer.eos_token_id:
+            break
+        new.append(nxt)
+    return tokenizer.decode(new)
+
+
+def test_generate_until_is_greedy_decoding_cut_at_the_stop_string(small_model, tokenizer):
+    prompts = ["Once upon a time", "The three laws of robotics are", "Q: 2 + 2 =\nA:"]
+    full = [naive_greedy(small_model, tokenizer, p, 8) for p in prompts]
+    stop = full[1][len(full[1]) // 2:][:2]  # a piece from the middle of the second continuation
+    assert stop and stop in full[1]
+    lm = HymbaLM(model=small_model, tokenizer=tokenizer, batch_size=2, max_gen_toks=8)
+    requests = [(p, {"until": [stop], "do_sample": False}) for p in prompts]
+    got = lm.generate_until(instances("generate_until", requests), disable_tqdm=True)
+    for text, ref in zip(got, full):
+        assert text == ref[:ref.find(stop)] if stop in ref else text == ref
+    assert len(got[1]) < len(full[1])
+
+
+def test_hymba_eval_runs_two_tasks_end_to_end(checkpoint_dir, eval_data_dir, tmp_path, small_model, tokenizer):
+    """The command on a checkpoint directory: JSON and markdown written, and every logged loglikelihood and
+    accuracy equal to a direct computation on the logged strings."""
+    from hymba.cli import main
+
+    out = tmp_path / "results.json"
+    code = main(["eval", "--model", checkpoint_dir, "--tasks", "arc_easy,winogrande", "--limit", "3",
+                 "--data-dir", eval_data_dir, "--batch-size", "4", "--out", str(out), "--log-samples",
+                 "--device", "cpu"])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert set(results["results"]) == {"arc_easy", "winogrande"}
+    assert results["n-samples"]["arc_easy"]["effective"] == 3
+    table = (tmp_path / "results.md").read_text()
+    assert "| arc_easy | acc_norm |" in table and "| winogrande | acc |" in table
+    for task in ("arc_easy", "winogrande"):
+        accs = []
+        for sample in results["samples"][task]:
+            lls = []
+            for (context, continuation), resp in zip(sample["arguments"].values() if isinstance(
+                    sample["arguments"], dict) else sample["arguments"], sample["resps"]):
+                ids = tokenizer.encode(context + continuation)
+                want, _ = sequence_logprob(small_model, ids, len(tokenizer.encode(context)))
+                assert float(resp[0][0]) == pytest.approx(want, abs=1e-4)
+                lls.append(want)
+            assert len(lls) == (4 if task == "arc_easy" else 2)
+            gold = sample["target"] if task == "arc_easy" else int(sample["doc"]["label"])
+            accs.append(float(max(range(len(lls)), key=lls.__getitem__) == int(gold)))
+            assert sample["acc"] == accs[-1]
+        assert results["results"][task]["acc,none"] == pytest.approx(sum(accs) / len(accs))
+        assert not math.isnan(results["results"][task]["acc,none"])
