@@ -22,15 +22,19 @@ B/C [batch, L, N], A [d, N] (negative), fp32 state, a delta of -inf (before soft
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
+_LN2 = tl.constexpr(LN2)
+_LOG2E = tl.constexpr(LOG2E)
 
 # Launch configurations, chosen on an H100 (benchmarks/bench_scan.py measures the alternatives).
-FWD_CONFIG = dict(BD=32, num_warps=1, PF=4)
+FWD_CONFIG = dict(BD=32, num_warps=1, PF=8, PB=1)
 BWD_CONFIG = dict(BD=32, num_warps=4)
 CHUNK = 64  # steps between saved states; also the backward's time tile
 
@@ -38,32 +42,62 @@ CHUNK = 64  # steps between saved states; also the backward's time tile
 # ---- shared device helpers --------------------------------------------------------------------------------
 @triton.jit
 def _softplus(x):
-    """log(1 + e^x), linear above 20 like torch's; log1p by Kahan's trick so small values keep their
-    precision; softplus(-inf) = 0 exactly."""
-    e = tl.exp(x)
-    one_e = 1.0 + e
-    lp = tl.where(one_e == 1.0, e, tl.log(one_e) * e / tl.where(one_e == 1.0, 1.0, one_e - 1.0))
-    return tl.where(x > 20.0, x, lp)
+    """log(1 + e^x), linear above 20 like torch's; e^x itself far to the left (keeps its relative precision);
+    softplus(-inf) = 0 exactly, which makes a step with delta = -inf a no-op."""
+    e = tl.exp2(x * _LOG2E)
+    sp = tl.where(x < -15.0, e, tl.log2(1.0 + e) * _LN2)
+    return tl.where(x > 20.0, x, sp)
 
 
 @triton.jit
-def _load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, t, L, cols, cmask, s_ul, s_dl, s_zl, s_bl, s_cl,
-               N: tl.constexpr, HAS_Z: tl.constexpr):
-    """The inputs of time step t for this program's channels (zeros past the end)."""
-    tm = t < L
-    m = cmask & tm
+def _sigmoid(x, FAST: tl.constexpr):
+    """FAST (16-bit outputs): one tanh.approx instead of an exp and a division, exact to ~2^-11."""
+    if FAST:
+        th = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [x * 0.5], dtype=tl.float32,
+                                       is_pure=True, pack=1)
+        return 0.5 * th + 0.5
+    else:
+        return tl.sigmoid(x)
+
+
+@triton.jit
+def _load_x(u_ptr, dt_ptr, z_ptr, t, L, cols, cmask, s_ul, s_dl, s_zl, HAS_Z: tl.constexpr):
+    """u, delta, z of time step t for this program's channels (zeros past the end)."""
+    m = cmask & (t < L)
     u = tl.load(u_ptr + t * s_ul + cols, mask=m, other=0.0)
     dt = tl.load(dt_ptr + t * s_dl + cols, mask=m, other=0.0)
     if HAS_Z:
         z = tl.load(z_ptr + t * s_zl + cols, mask=m, other=0.0)
     else:
         z = u
+    return u, dt, z
+
+
+@triton.jit
+def _unpack_bf16x4(w):
+    """Four bf16 values packed in an int64 (element 0 in the low bits) -> four fp32 scalars."""
+    lo = w.to(tl.int32)
+    hi = (w >> 32).to(tl.int32)
+    return ((lo << 16).to(tl.float32, bitcast=True), (lo & -65536).to(tl.float32, bitcast=True),
+            (hi << 16).to(tl.float32, bitcast=True), (hi & -65536).to(tl.float32, bitcast=True))
+
+
+@triton.jit
+def _load_bc(b_ptr, c_ptr, t, L, s_bl, s_cl, N: tl.constexpr, PACK: tl.constexpr):
+    """B_t and C_t as 2N fp32 scalars (the same for every channel). PACK: bf16 rows read as int64 words, four
+    values per load (a quarter of the load instructions and no per-value address arithmetic)."""
+    tm = t < L
     bs = ()
     cs = ()
-    for n in tl.static_range(N):
-        bs = bs + (tl.load(b_ptr + t * s_bl + n, mask=tm, other=0.0).to(tl.float32),)
-        cs = cs + (tl.load(c_ptr + t * s_cl + n, mask=tm, other=0.0).to(tl.float32),)
-    return u, dt, z, bs, cs
+    if PACK:
+        for q in tl.static_range(N // 4):
+            bs = bs + _unpack_bf16x4(tl.load(b_ptr + t * s_bl + q, mask=tm, other=0))
+            cs = cs + _unpack_bf16x4(tl.load(c_ptr + t * s_cl + q, mask=tm, other=0))
+    else:
+        for n in tl.static_range(N):
+            bs = bs + (tl.load(b_ptr + t * s_bl + n, mask=tm, other=0.0).to(tl.float32),)
+            cs = cs + (tl.load(c_ptr + t * s_cl + n, mask=tm, other=0.0).to(tl.float32),)
+    return bs, cs
 
 
 # ---- forward ----------------------------------------------------------------------------------------------
@@ -73,9 +107,9 @@ def _scan_fwd_kernel(
     y_ptr, ht_ptr, ckpt_ptr,
     L, d, n_chunks,
     s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_bb, s_bl, s_cb, s_cl, s_yb, s_yl,
-    N: tl.constexpr, BD: tl.constexpr, PF: tl.constexpr, CHUNK: tl.constexpr,
+    N: tl.constexpr, BD: tl.constexpr, PF: tl.constexpr, PB: tl.constexpr, CHUNK: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-    SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
+    SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, FAST: tl.constexpr, PACK: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -101,10 +135,13 @@ def _scan_fwd_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=cm, other=0.0)
 
-    ring = ()
+    # Software pipeline: the inputs of the next PF steps (and B, C of the next PB) are already in flight.
+    ring_x = ()
     for i in tl.static_range(PF):
-        ring = ring + (_load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, i, L, cols, cm,
-                                  s_ul, s_dl, s_zl, s_bl, s_cl, N, HAS_Z),)
+        ring_x = ring_x + (_load_x(u_ptr, dt_ptr, z_ptr, i, L, cols, cm, s_ul, s_dl, s_zl, HAS_Z),)
+    ring_bc = ()
+    for i in tl.static_range(PB):
+        ring_bc = ring_bc + (_load_bc(b_ptr, c_ptr, i, L, s_bl, s_cl, N, PACK),)
 
     for t0 in range(0, L, PF):
         if SAVE:
@@ -114,9 +151,10 @@ def _scan_fwd_kernel(
                     tl.store(ckpt_ptr + (base + n) * d + cols, h[n], mask=cm)
         for i in tl.static_range(PF):
             t = t0 + i
-            u, dt, z, bs, cs = ring[0]
-            ring = ring[1:] + (_load_step(u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, t + PF, L, cols, cm,
-                                          s_ul, s_dl, s_zl, s_bl, s_cl, N, HAS_Z),)
+            u, dt, z = ring_x[0]
+            bs, cs = ring_bc[0]
+            ring_x = ring_x[1:] + (_load_x(u_ptr, dt_ptr, z_ptr, t + PF, L, cols, cm, s_ul, s_dl, s_zl, HAS_Z),)
+            ring_bc = ring_bc[1:] + (_load_bc(b_ptr, c_ptr, t + PB, L, s_bl, s_cl, N, PACK),)
             u = u.to(tl.float32)
             dt = dt.to(tl.float32)
             if HAS_BIAS:
@@ -137,7 +175,7 @@ def _scan_fwd_kernel(
             h = new_h
             if HAS_Z:
                 zf = z.to(tl.float32)
-                y = y * zf * tl.sigmoid(zf)
+                y = y * zf * _sigmoid(zf, FAST)
             tl.store(y_ptr + t * s_yl + cols, y.to(y_ptr.dtype.element_ty), mask=cm & (t < L))
 
     for n in tl.static_range(N):
@@ -166,9 +204,9 @@ def _scan_bwd_kernel(
     du_ptr, ddt_ptr, dz_ptr, da_ptr, dbp_ptr, dcp_ptr, dd_ptr, dbias_ptr, dh0_ptr,
     L, d, n_chunks, nb,
     s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_bb, s_bl, s_cb, s_cl, s_gb, s_gl,
-    N: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DHT: tl.constexpr,
-    SOFTPLUS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -186,16 +224,15 @@ def _scan_bwd_kernel(
     ddt_ptr += b * L * d
     dz_ptr += b * L * d
 
-    a2 = ()
-    g = ()  # per state: a_first * g_first of the chunk after the current one (d final state at the start)
-    da = ()
-    for n in tl.static_range(N):
-        a2 = a2 + (tl.load(a2_ptr + cols * N + n, mask=cm, other=0.0),)
-        if HAS_DHT:
-            g = g + (tl.load(dht_ptr + (b * d + cols) * N + n, mask=cm, other=0.0),)
-        else:
-            g = g + (tl.zeros([BD], tl.float32),)
-        da = da + (tl.zeros([BD], tl.float32),)
+    # Per-state carries as [BD, NP] tiles (the state loop below is a runtime loop, so the kernel compiles
+    # once per state, not N times): g = a_first * g_first of the chunk after the current one, da = dA so far.
+    ns = tl.arange(0, NP)
+    m_dn = cm[:, None] & (ns < N)[None, :]
+    if HAS_DHT:
+        g = tl.load(dht_ptr + (b * d + cols[:, None]) * N + ns[None, :], mask=m_dn, other=0.0)
+    else:
+        g = tl.zeros([BD, NP], tl.float32)
+    da = tl.zeros([BD, NP], tl.float32)
     if HAS_D:
         dskip = tl.load(dskip_ptr + cols, mask=cm, other=0.0)
     if HAS_BIAS:
@@ -220,7 +257,7 @@ def _scan_bwd_kernel(
         dy = tl.load(dy_ptr + t[:, None] * s_gl + cols[None, :], mask=m2, other=0.0).to(tl.float32)
         if HAS_Z:
             z = tl.load(z_ptr + t[:, None] * s_zl + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-            sz = tl.sigmoid(z)
+            sz = _sigmoid(z, FAST)
             dyg = dy * z * sz
         else:
             dyg = dy
@@ -232,37 +269,37 @@ def _scan_bwd_kernel(
         dug = tl.zeros([T, BD], tl.float32)
         ddt = tl.zeros([T, BD], tl.float32)
         ones = tl.full([T, BD], 1.0, tl.float32)
-        new_g = ()
-        new_da = ()
-        for n in tl.static_range(N):
+        for n in range(0, N):
+            sel = (ns == n)[None, :]
+            a2n = tl.load(a2_ptr + cols * N + n, mask=cm, other=0.0)
             bn = tl.load(b_ptr + t * s_bl + n, mask=tm, other=0.0).to(tl.float32)
             cn = tl.load(c_ptr + t * s_cl + n, mask=tm, other=0.0).to(tl.float32)
             h0 = tl.load(ckpt_ptr + ((b * n_chunks + ci) * N + n) * d + cols, mask=cm, other=0.0)
-            a = tl.exp2(dt * a2[n][None, :])
+            a = tl.exp2(dt * a2n[None, :])
             bx = dtu * bn[:, None]
             ap, hl = tl.associative_scan((a, bx), 0, _lin_combine)
             h = hl + ap * h0[None, :]
             ypre += h * cn[:, None]
             c = cn[:, None] * dyg
             _, p, v = tl.associative_scan((a, ones, c), 0, _adjoint_combine, reverse=True)
-            gg = v + p * g[n][None, :]
-            new_g = new_g + (tl.sum(tl.where(rows[:, None] == 0, a * gg, 0.0), axis=0),)
+            gn = tl.sum(tl.where(sel, g, 0.0), axis=1)
+            gg = v + p * gn[None, :]
+            g_first = tl.sum(tl.where(rows[:, None] == 0, a * gg, 0.0), axis=0)
+            g = tl.where(sel, g_first[:, None], g)
             hm = h - bx  # a_t * h_{t-1}
             dug += gg * bn[:, None]
-            ddt += gg * ((a2[n] * LN2)[None, :] * hm + u * bn[:, None])
-            new_da = new_da + (da[n] + tl.sum(gg * dt * hm, axis=0),)
+            ddt += gg * ((a2n * _LN2)[None, :] * hm + u * bn[:, None])
+            da += tl.where(sel, tl.sum(gg * dt * hm, axis=0)[:, None], 0.0)
             part = ((pid_d * nb + b) * L + t) * N + n
             tl.store(dbp_ptr + part, tl.sum(gg * dtu, axis=1), mask=tm)
             tl.store(dcp_ptr + part, tl.sum(h * dyg, axis=1), mask=tm)
-        g = new_g
-        da = new_da
 
         du = dug * dt
         if HAS_D:
             du += dskip[None, :] * dyg
             dd_acc += tl.sum(dyg * u, axis=0)
         if SOFTPLUS:
-            ddt = ddt * tl.sigmoid(dtr)
+            ddt = ddt * _sigmoid(dtr, FAST)
         ddt = tl.where(m2, ddt, 0.0)
         dbias_acc += tl.sum(ddt, axis=0)
         off = t[:, None] * d + cols[None, :]
@@ -272,9 +309,9 @@ def _scan_bwd_kernel(
             dz = dy * ypre * sz * (1.0 + z * (1.0 - sz))
             tl.store(dz_ptr + off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
 
-    for n in tl.static_range(N):
-        tl.store(da_ptr + (b * d + cols) * N + n, da[n], mask=cm)
-        tl.store(dh0_ptr + (b * d + cols) * N + n, g[n], mask=cm)
+    out = (b * d + cols[:, None]) * N + ns[None, :]
+    tl.store(da_ptr + out, da, mask=m_dn)
+    tl.store(dh0_ptr + out, g, mask=m_dn)
     tl.store(dd_ptr + b * d + cols, dd_acc, mask=cm)
     tl.store(dbias_ptr + b * d + cols, dbias_acc, mask=cm)
 
@@ -286,6 +323,7 @@ def _ssm_step_kernel(
     d, s_sb, s_ub, s_db, s_zb, s_bb, s_cb, s_yb,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    FAST: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -312,7 +350,7 @@ def _ssm_step_kernel(
         y += u * tl.load(dskip_ptr + cols, mask=cm, other=0.0)
     if HAS_Z:
         z = tl.load(z_ptr + b * s_zb + cols, mask=cm, other=0.0).to(tl.float32)
-        y = y * z * tl.sigmoid(z)
+        y = y * z * _sigmoid(z, FAST)
     tl.store(y_ptr + b * s_yb + cols, y.to(y_ptr.dtype.element_ty), mask=cm)
 
 
@@ -320,6 +358,21 @@ def _ssm_step_kernel(
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
     """The kernels need unit stride on the last axis; rows may be strided (views into a projection)."""
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _fast(out: torch.Tensor) -> bool:
+    """Approximate transcendentals (below the output's own precision) for 16-bit outputs on a real GPU."""
+    return out.element_size() == 2 and os.environ.get("TRITON_INTERPRET", "0") != "1"
+
+
+def _packed_bc(B: torch.Tensor, C: torch.Tensor, N: int):
+    """bf16 B/C viewed as int64 words (4 values each) when the layout allows it."""
+    if B.dtype == C.dtype == torch.bfloat16 and N % 4 == 0 and os.environ.get("TRITON_HYMBA_NO_PACK") != "1":
+        try:
+            return B.view(torch.int64), C.view(torch.int64), True
+        except RuntimeError:  # misaligned rows: fall back to one load per value
+            pass
+    return B, C, False
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -363,16 +416,17 @@ def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=
     if CHUNK % cfg["PF"]:
         raise ValueError(f"selective_scan: prefetch depth {cfg['PF']} must divide the chunk ({CHUNK})")
     zz = z if z is not None else u
+    Bk, Ck, pack = _packed_bc(B, C, N)
     grid = (triton.cdiv(d, cfg["BD"]), batch)
     _scan_fwd_kernel[grid](
-        u, delta, zz, B, C, a2, D if D is not None else a2, delta_bias if delta_bias is not None else a2,
+        u, delta, zz, Bk, Ck, a2, D if D is not None else a2, delta_bias if delta_bias is not None else a2,
         h0 if h0 is not None else ht, y, ht, ckpt if ckpt is not None else ht,
         L, d, n_chunks,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
-        B.stride(0), B.stride(1), C.stride(0), C.stride(1), y.stride(0), y.stride(1),
-        N=N, BD=cfg["BD"], PF=cfg["PF"], CHUNK=CHUNK,
+        Bk.stride(0), Bk.stride(1), Ck.stride(0), Ck.stride(1), y.stride(0), y.stride(1),
+        N=N, BD=cfg["BD"], PF=cfg["PF"], PB=cfg["PB"], CHUNK=CHUNK,
         HAS_Z=z is not None, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
-        SOFTPLUS=bool(delta_softplus), SAVE=save_states, num_warps=cfg["num_warps"],
+        SOFTPLUS=bool(delta_softplus), SAVE=save_states, FAST=_fast(y), PACK=pack, num_warps=cfg["num_warps"],
     )
     return y, ht, ckpt
 
@@ -411,9 +465,9 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
             L, d, n_chunks, batch,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
             B.stride(0), B.stride(1), C.stride(0), C.stride(1), dy.stride(0), dy.stride(1),
-            N=N, BD=cfg["BD"], T=CHUNK,
+            N=N, NP=triton.next_power_of_2(N), BD=cfg["BD"], T=CHUNK,
             HAS_Z=z is not None, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, HAS_DHT=dht is not None,
-            SOFTPLUS=bool(delta_softplus), num_warps=cfg["num_warps"],
+            SOFTPLUS=bool(delta_softplus), FAST=_fast(du), num_warps=cfg["num_warps"],
         )
     else:
         for t in (da, dbp, dcp, dd, dbias):
@@ -521,7 +575,7 @@ def ssm_step_triton(state, u, delta, A, B, C, D=None, z=None, delta_bias=None, d
         d, state.stride(0), u.stride(0), delta.stride(0), zz.stride(0), B.stride(0), C.stride(0), y.stride(0),
         N=N, NP=triton.next_power_of_2(N), BD=BD,
         HAS_Z=z is not None, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        num_warps=4,
+        FAST=_fast(y), num_warps=4,
     )
     return y
 

@@ -1,0 +1,181 @@
+"""Decoding as one CUDA graph per model step, over a static cache.
+
+A decode step of a 1.5B model at large batch is a few milliseconds of GPU work split into hundreds of
+kernels; launched from Python, the launches alone cost about as much. Captured once as a CUDA graph and
+replayed, the step costs its GPU time only.
+
+A graph replays fixed addresses and shapes, so the cache must not move or grow and every index it writes
+must live on the device:
+
+- `StaticHybridCache` keeps one more slot in the sliding-window ring (window + 1), so a decode step writes
+  its own K/V first and then attends over the ring alone; the stock cache instead concatenates the ring with
+  the new token, a copy of the whole ring per layer per step. Global layers attend over their whole buffer;
+  empty slots have position -1 and are masked, as always.
+- The write index of a decode step is a device tensor advanced inside the graph.
+
+Prefill still runs eagerly (any length, padding, chunks) through the same cache. The meta-token prefix is
+shared: the cache starts as a copy of `model.model.meta_prefix()`, computed once per weights version.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .cache import CacheFullError, HybridCache
+
+
+class StaticHybridCache(HybridCache):
+    """A HybridCache whose decode steps (one token per row, no padding) have static shapes and device-side
+    indices, so a whole model step can be captured in a CUDA graph. Prefill works as in HybridCache."""
+
+    def __init__(self, config, batch_size: int, max_length: int, device=None, dtype: torch.dtype = torch.float32):
+        super().__init__(config, batch_size, max_length, device=device, dtype=dtype)
+        c = config
+        self.static_shapes = True
+        if c.sliding_window is not None and self.ring:
+            ring = min(c.sliding_window + 1, max_length)  # the query's own key sits in the ring too
+            if ring != self.ring:
+                self.ring = ring
+                M = self.num_meta
+                for i in list(self.k):
+                    if not c.is_global(i):
+                        self.k[i] = torch.zeros(batch_size, c.num_key_value_heads, M + ring, c.head_dim,
+                                                device=device, dtype=dtype)
+                        self.v[i] = torch.zeros(batch_size, c.num_key_value_heads, M + ring, c.v_head_dim,
+                                                device=device, dtype=dtype)
+                if False in self.slot_positions:
+                    self.slot_positions[False] = torch.full((batch_size, M + ring), -1, dtype=torch.int32,
+                                                            device=device)
+        self.length_t = torch.zeros(1, dtype=torch.long, device=device)  # == self.length, on the device
+        self._step: tuple | None = None
+
+    # ---- the decode step: device-side indices, whole buffers ----------------------------------------------
+    def begin_chunk(self, positions: torch.Tensor):
+        if positions.shape[1] != 1:
+            self._step = None
+            return super().begin_chunk(positions)
+        B = positions.shape[0]
+        if B != self.batch_size:
+            raise ValueError(f"cache was made for batch {self.batch_size}, got a batch of {B}")
+        if self.length + 1 > self.capacity:
+            raise CacheFullError(f"cache holds {self.max_length} text tokens (+{self.num_meta} meta); it is full")
+        pos32 = positions.to(torch.int32)
+        idx = self.length_t
+        M = self.num_meta
+        slot = torch.where(idx < M, idx, M + (idx - M) % max(self.ring, 1))
+        keys = {}
+        if True in self.slot_positions:
+            self.slot_positions[True].index_copy_(1, idx, pos32)
+            keys[True] = self.slot_positions[True]
+        if False in self.slot_positions:
+            self.slot_positions[False].index_copy_(1, slot, pos32)
+            keys[False] = self.slot_positions[False]
+        self._step = (idx, slot)
+        return keys
+
+    def attention_kv(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        if self._step is None:
+            return super().attention_kv(layer, k, v)
+        idx, slot = self._step
+        where = idx if self.config.is_global(layer) else slot
+        K, V = self.k[layer], self.v[layer]
+        K.index_copy_(2, where, k.to(K.dtype))
+        V.index_copy_(2, where, v.to(V.dtype))
+        return K, V
+
+    def end_chunk(self, T: int, n_valid) -> None:
+        super().end_chunk(T, n_valid)
+        self.length_t += T
+        self._step = None
+
+    # ---- reuse ---------------------------------------------------------------------------------------------
+    def reset(self, prefix: HybridCache) -> None:
+        """Empty the cache in place (the graph keeps its addresses) and refill it from the meta prefix."""
+        for buf in self.slot_positions.values():
+            buf.fill_(-1)
+        self.length = 0
+        self.length_t.zero_()
+        self.next_position.zero_()
+        self._chunk = self._step = None
+        self.fill_from_prefix(prefix)
+        self.length_t.fill_(self.length)
+
+
+class CUDAGraphDecoder:
+    """Greedy-or-not decoding with the model step captured as a CUDA graph.
+
+        dec = CUDAGraphDecoder(model, batch_size=128, max_length=8192 + 256)
+        logits = dec.prefill(input_ids, attention_mask)   # [B, V] for the last position (eager)
+        for _ in range(n):
+            logits = dec.step(next_tokens)                # [B, V], one graph replay
+
+    `step` returns a view of the graph's static output: copy it before the next step if you keep it.
+    """
+
+    def __init__(self, model, batch_size: int, max_length: int, warmup: int = 2):
+        if model.device.type != "cuda":
+            raise RuntimeError("CUDA graphs need the model on a CUDA device")
+        self.model = model
+        self.batch_size = batch_size
+        self.cache = StaticHybridCache(model.config, batch_size, max_length, device=model.device, dtype=model.dtype)
+        self._prefix = model.model.meta_prefix()
+        self.cache.fill_from_prefix(self._prefix)
+        self.cache.length_t.fill_(self.cache.length)
+        self._ids = torch.zeros(batch_size, 1, dtype=torch.long, device=model.device)
+        self._graph = torch.cuda.CUDAGraph()
+        self._capture(warmup)
+        self.cache.reset(self._prefix)
+
+    @torch.no_grad()
+    def _forward_step(self) -> torch.Tensor:
+        return self.model(self._ids, cache=self.cache, logits_to_keep=1).logits[:, -1]
+
+    @torch.no_grad()
+    def _capture(self, warmup: int) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up: compile kernels, create handles, settle the allocator
+            for _ in range(warmup):
+                self._forward_step()
+        torch.cuda.current_stream().wait_stream(stream)
+        length = self.cache.length
+        with torch.cuda.graph(self._graph):
+            self._logits = self._forward_step()
+        self.cache.length = length  # capture ran the Python side once without running the kernels
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                chunk_size: int | None = None) -> torch.Tensor:
+        """Run the prompts (left padding allowed) through the cache eagerly; logits [B, V] of the last position."""
+        if self.cache.length != self.cache.num_meta:
+            self.cache.reset(self._prefix)
+        L = input_ids.shape[1]
+        chunk = chunk_size or L
+        logits = None
+        for s in range(0, L, chunk):
+            m = attention_mask[:, s:s + chunk] if attention_mask is not None else None
+            logits = self.model(input_ids[:, s:s + chunk], attention_mask=m, cache=self.cache, logits_to_keep=1).logits
+        return logits[:, -1]
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token per row ([B] or [B, 1]); logits [B, V] for it, from one graph replay."""
+        if self.cache.length + 1 > self.cache.capacity:
+            raise CacheFullError(f"cache holds {self.cache.max_length} text tokens; it is full")
+        self._ids.copy_(tokens.view(self.batch_size, 1))
+        self._graph.replay()
+        self.cache.length += 1
+        return self._logits
+
+    @torch.no_grad()
+    def greedy(self, first_tokens: torch.Tensor, steps: int) -> torch.Tensor:
+        """`steps` greedy tokens per row after `first_tokens`; [B, steps]."""
+        out = torch.empty(self.batch_size, steps, dtype=torch.long, device=self._ids.device)
+        tok = first_tokens.view(self.batch_size)
+        for i in range(steps):
+            tok = self.step(tok).argmax(-1)
+            out[:, i] = tok
+        return out
+
+
+__all__ = ["CUDAGraphDecoder", "StaticHybridCache"]

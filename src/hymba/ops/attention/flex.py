@@ -1,0 +1,132 @@
+"""Attention on CUDA: FlexAttention for prefill and training, grouped SDPA for decode steps.
+
+The mask rule is the one of `masks.allowed_keys`, written as a FlexAttention `mask_mod` over token positions
+(meta tokens 0..M-1, text M+j, padding -1), so one rule serves plain forwards, padded batches, chunked
+prefill and a cache. Block masks are built once per forward and layer kind; when the positions are those of
+a plain unpadded forward (0..T-1 in every row) the mask depends only on (T, window, M) and is cached across
+forwards: causal for global layers, sliding window + meta tokens for the others. FlexAttention handles GQA
+without repeating K/V and a value head dim twice the query's.
+
+Decode steps (a handful of query tokens against a long cache) skip block masks: the query heads of a K/V
+group are folded into the query axis ([B, Hkv, G*Tq, dk]) and go through SDPA with an additive mask, which
+reads each cached K/V once and needs nothing compiled (CUDA-graph friendly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+
+from .sdpa import build_sdpa_mask, sdpa_attention
+
+# Queries per forward below which attention runs as a decode step (grouped SDPA) rather than FlexAttention.
+FLEX_MIN_QUERIES = 64
+
+
+@dataclass
+class AttentionMask:
+    """What `build_flex_mask` returns: a FlexAttention block mask, or an additive mask for SDPA."""
+
+    block_mask: object | None = None  # torch.nn.attention.flex_attention.BlockMask
+    additive: torch.Tensor | None = None  # [B, 1, Tq, Tk]
+    _grouped: dict = field(default_factory=dict)  # G -> additive mask repeated for G folded query heads
+
+    def grouped(self, G: int) -> torch.Tensor:
+        if G not in self._grouped:
+            B, _, Tq, Tk = self.additive.shape
+            self._grouped[G] = self.additive[:, :, None].expand(B, 1, G, Tq, Tk).reshape(B, 1, G * Tq, Tk)
+        return self._grouped[G]
+
+
+def _plain_mask_mod(window: int | None, num_meta: int):
+    if window is None:
+        def causal(b, h, q, k):
+            return k <= q
+        return causal
+
+    def window_meta(b, h, q, k):
+        return (k <= q) & ((q - k <= window) | (k < num_meta))
+    return window_meta
+
+
+def positions_mask_mod(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, num_meta: int):
+    """`allowed_keys` as a mask_mod: reads each row's query and key positions."""
+    def mask_mod(b, h, qi, ki):
+        q = q_pos[b, qi]
+        k = k_pos[b, ki]
+        ok = (k >= 0) & (k <= q)
+        if window is not None:
+            ok = ok & ((q - k <= window) | (k < num_meta))
+        return ok
+    return mask_mod
+
+
+@lru_cache(maxsize=32)
+def _plain_block_mask(T: int, window: int | None, num_meta: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(_plain_mask_mod(window, num_meta), None, None, T, T, device=device)
+
+
+def _is_plain(q_pos: torch.Tensor, k_pos: torch.Tensor) -> bool:
+    """Positions 0..T-1 in every row, keys = queries (a no-cache forward without padding). Positions are
+    non-decreasing with -1 for pads, so it is enough that each row starts at 0 and ends at T-1."""
+    if q_pos is not k_pos and not (q_pos.shape == k_pos.shape and torch.equal(q_pos, k_pos)):
+        return False
+    T = q_pos.shape[1]
+    ends = torch.stack([q_pos[:, 0], q_pos[:, -1]])
+    return bool((ends == torch.tensor([[0], [T - 1]], device=ends.device)).all())
+
+
+def build_flex_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, num_meta: int,
+                    dtype: torch.dtype = torch.float32) -> AttentionMask:
+    """The `Kernels.build_attention_mask` contract: once per forward and layer kind."""
+    Tq, Tk = q_pos.shape[1], k_pos.shape[1]
+    if q_pos.device.type != "cuda" or Tq < FLEX_MIN_QUERIES:
+        return AttentionMask(additive=build_sdpa_mask(q_pos, k_pos, window, num_meta, dtype))
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if _is_plain(q_pos, k_pos):
+        return AttentionMask(block_mask=_plain_block_mask(Tq, window, num_meta, str(q_pos.device)))
+    q_pos, k_pos = q_pos.to(torch.int32), k_pos.to(torch.int32)
+    mod = positions_mask_mod(q_pos, k_pos, window, num_meta)
+    return AttentionMask(block_mask=create_block_mask(mod, q_pos.shape[0], None, Tq, Tk, device=q_pos.device))
+
+
+_compiled_flex = None
+
+
+def _flex():
+    global _compiled_flex
+    if _compiled_flex is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _compiled_flex = torch.compile(flex_attention)
+    return _compiled_flex
+
+
+def flex_attention(q, k, v, mask: AttentionMask, scale: float):
+    """The `Kernels.attention` contract. q [B, H, Tq, dk]; k [B, Hkv, Tk, dk]; v [B, Hkv, Tk, dv]."""
+    if k.dtype != q.dtype:
+        k, v = k.to(q.dtype), v.to(q.dtype)
+    if mask.block_mask is not None:
+        return _flex()(q, k, v, block_mask=mask.block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    return grouped_sdpa(q, k, v, mask, scale)
+
+
+def grouped_sdpa(q, k, v, mask: AttentionMask, scale: float):
+    """Attention for a few queries: the G query heads sharing a K/V head become G query rows of that head,
+    so SDPA sees plain multi-head attention and no K/V is repeated."""
+    B, H, Tq, dk = q.shape
+    Hkv = k.shape[1]
+    G = H // Hkv
+    if G == 1:
+        return sdpa_attention(q, k, v, mask.additive, scale)
+    qg = q.reshape(B, Hkv, G * Tq, dk)  # head h = kv * G + g  ->  row g * Tq + t of kv head `kv`
+    return sdpa_attention(qg, k, v, mask.grouped(G), scale).view(B, H, Tq, v.shape[-1])
+
+
+__all__ = ["AttentionMask", "build_flex_mask", "flex_attention", "grouped_sdpa", "positions_mask_mod",
+           "FLEX_MIN_QUERIES"]

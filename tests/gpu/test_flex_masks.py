@@ -1,0 +1,95 @@
+"""FlexAttention's mask_mod implements the position rule of `allowed_keys` exactly, for every way positions
+arise (plain, padded, chunked prefill against a cache, a decode step against a ring), and the attention
+wrappers compute what the SDPA reference computes (GQA, value heads twice as wide)."""
+
+import pytest
+import torch
+from torch.nn.attention.flex_attention import create_block_mask, create_mask, flex_attention
+
+from hymba.ops.attention import allowed_keys, build_sdpa_mask, sdpa_attention
+from hymba.ops.attention.flex import (AttentionMask, _is_plain, _plain_mask_mod, build_flex_mask, grouped_sdpa,
+                                      positions_mask_mod)
+
+M, W = 3, 4
+
+
+def position_cases():
+    plain = torch.arange(12)[None].expand(2, -1)
+    left_pad = torch.tensor([[-1, -1, 0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])
+    holes = torch.tensor([[0, 1, -1, 2, 3, -1, -1, 4, 5, 6]])
+    # a chunk of 3 queries at positions 9..11 against a cache of 12 keys (ring slots, one empty)
+    chunk_q = torch.tensor([[9, 10, 11]])
+    chunk_k = torch.tensor([[0, 1, 2, 8, 5, 6, 7, -1, 9, 10, 11, 4]])
+    decode_q = torch.tensor([[20], [15]])
+    decode_k = torch.tensor([[0, 1, 2, 17, 18, 19, 20, 16], [0, 1, 2, -1, 13, 14, 15, 12]])
+    return [(plain, plain), (left_pad, left_pad), (holes, holes), (chunk_q, chunk_k), (decode_q, decode_k)]
+
+
+@pytest.mark.parametrize("window", [None, W])
+@pytest.mark.parametrize("case", range(5))
+def test_mask_mod_is_allowed_keys(case, window):
+    q_pos, k_pos = position_cases()[case]
+    mod = positions_mask_mod(q_pos, k_pos, window, M)
+    got = create_mask(mod, q_pos.shape[0], 1, q_pos.shape[1], k_pos.shape[1], device="cpu")[:, 0]
+    want = allowed_keys(q_pos, k_pos, window, M)
+    assert torch.equal(got, want)
+    # the hand-checked corner: window layers see the meta tokens plus exactly window + 1 keys
+    if case == 0 and window is not None:
+        assert want[0, 11].nonzero().squeeze(1).tolist() == [0, 1, 2, 7, 8, 9, 10, 11]
+
+
+@pytest.mark.parametrize("window", [None, W])
+def test_plain_mask_mod_matches_positions(window):
+    pos = torch.arange(16)[None]
+    plain = create_mask(_plain_mask_mod(window, M), 1, 1, 16, 16, device="cpu")[0, 0]
+    assert torch.equal(plain, allowed_keys(pos, pos, window, M)[0])
+
+
+def test_is_plain():
+    pos = torch.arange(8)[None].expand(3, -1)
+    assert _is_plain(pos, pos)
+    assert not _is_plain(pos + 1, pos + 1)  # a cache continuation
+    padded = pos.clone()
+    padded[1, 0] = -1
+    assert not _is_plain(padded, padded)
+    assert not _is_plain(pos, torch.arange(9)[None].expand(3, -1))
+
+
+def test_cpu_masks_are_the_reference():
+    q_pos, k_pos = position_cases()[1]
+    m = build_flex_mask(q_pos, k_pos, W, M, torch.float32)
+    assert m.block_mask is None
+    assert torch.equal(m.additive, build_sdpa_mask(q_pos, k_pos, W, M, torch.float32))
+
+
+def _qkv(B, H, Hkv, Tq, Tk, dk, dtype=torch.float64):
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(B, H, Tq, dk, generator=g, dtype=dtype)
+    k = torch.randn(B, Hkv, Tk, dk, generator=g, dtype=dtype)
+    v = torch.randn(B, Hkv, Tk, 2 * dk, generator=g, dtype=dtype)
+    return q, k, v
+
+
+def test_grouped_sdpa_folds_query_heads_exactly():
+    q_pos, k_pos = position_cases()[4]
+    q, k, v = _qkv(2, 6, 2, 1, 8, 4)
+    mask = AttentionMask(additive=build_sdpa_mask(q_pos, k_pos, W, M, torch.float64))
+    got = grouped_sdpa(q, k, v, mask, 0.5)
+    want = sdpa_attention(q, k, v, mask.additive, 0.5)
+    assert got.shape == (2, 6, 1, 8)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # each query head really uses kv head h // G: recompute head 4 (kv head 1) by hand
+    s = (q[:, 4, :1] @ k[:, 1].transpose(-1, -2)) * 0.5 + mask.additive[:, 0]  # [B, 1, Tk]
+    torch.testing.assert_close(got[:, 4], s.softmax(-1) @ v[:, 1])
+
+
+def test_flex_block_mask_with_gqa_and_wide_values_matches_sdpa():
+    """FlexAttention (eager, on the CPU) with our block mask: GQA and dv = 2 dk, padded rows included."""
+    torch.nn.attention.flex_attention._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
+    q_pos = k_pos = torch.tensor([[-1, -1, 0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])
+    q, k, v = _qkv(2, 4, 2, 10, 10, 8, dtype=torch.float32)
+    bm = create_block_mask(positions_mask_mod(q_pos, k_pos, W, M), 2, None, 10, 10, device="cpu", BLOCK_SIZE=16)
+    got = flex_attention(q, k, v, block_mask=bm, scale=0.3, enable_gqa=True)
+    want = sdpa_attention(q, k, v, build_sdpa_mask(q_pos, k_pos, W, M, torch.float32), 0.3)
+    real = q_pos >= 0  # padding queries are ignored by the model (flex gives 0, the reference any finite value)
+    torch.testing.assert_close(got.transpose(1, 2)[real], want.transpose(1, 2)[real], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,58 @@
+"""The fast bundle registers itself without CUDA or Triton, and "auto" falls back to the reference."""
+
+import importlib
+
+import pytest
+import torch
+
+from hymba import ops
+from hymba.ops import REFERENCE, Kernels, available_kernels, get_kernels, register_kernels
+
+
+def test_gpu_module_imports_without_cuda_and_registers():
+    gpu = importlib.import_module("hymba.ops.gpu")
+    assert hasattr(gpu, "build_triton_kernels")
+    assert {"triton", "triton-conv"} <= set(available_kernels())
+    assert "triton" in ops._CUDA_PREFERENCE
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only fallback")
+def test_triton_bundle_refuses_without_cuda_and_auto_falls_back():
+    with pytest.raises((RuntimeError, ImportError), match="CUDA|triton"):
+        get_kernels("triton")
+    assert get_kernels("auto", "cuda") is REFERENCE
+    assert get_kernels("auto", "cpu") is REFERENCE
+
+
+def test_auto_tries_cuda_backends_best_first(monkeypatch):
+    calls = []
+
+    def broken():
+        calls.append("broken")
+        raise ImportError("no such library")
+
+    fake = Kernels("fake", *(lambda *a, **k: None for _ in range(6)))
+
+    def working():
+        calls.append("working")
+        return fake
+
+    monkeypatch.setattr(ops, "_FACTORIES", dict(ops._FACTORIES))
+    monkeypatch.setattr(ops, "_CUDA_PREFERENCE", [])
+    register_kernels("working", working, prefer_on_cuda=True)
+    register_kernels("broken", broken, prefer_on_cuda=True)  # registered last: tried first
+    assert get_kernels("auto", "cuda") is fake
+    assert calls == ["broken", "working"]
+    assert get_kernels("auto", "cpu") is REFERENCE  # never on a CPU device
+
+
+def test_bundle_contract_on_cpu():
+    pytest.importorskip("triton")
+    from hymba.ops.gpu import build_triton_kernels
+
+    k = build_triton_kernels(conv="triton", require_cuda=False)
+    assert k.name == "triton-conv"
+    for name in ("causal_conv1d", "conv_step", "selective_scan", "ssm_step", "build_attention_mask", "attention"):
+        assert callable(getattr(k, name))
+    with pytest.raises(ValueError, match="conv must be"):
+        build_triton_kernels(conv="cuda", require_cuda=False)

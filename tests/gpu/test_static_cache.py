@@ -1,0 +1,69 @@
+"""The CUDA-graph decode path's cache, checked on the CPU with the reference kernels: decode steps with
+device-side indices over a ring of window + 1 slots give the logits of the plain forward, past the window
+and after a padded prefill; reset() starts over in place."""
+
+import pytest
+import torch
+
+from helpers import randomized, small_config
+from hymba import HymbaForCausalLM
+from hymba.engine.cache import CacheFullError
+from hymba.engine.cuda_graph import CUDAGraphDecoder, StaticHybridCache
+
+
+def _model():
+    torch.manual_seed(0)
+    return randomized(HymbaForCausalLM(small_config()).double().eval())
+
+
+def _decode(model, cache, prompt, mask, steps_ids):
+    out = [model(prompt, attention_mask=mask, cache=cache).logits[:, -1]]
+    for t in range(steps_ids.shape[1]):
+        out.append(model(steps_ids[:, t:t + 1], cache=cache).logits[:, -1])
+    return torch.stack(out, 1)
+
+
+@torch.no_grad()
+def test_static_decode_matches_full_forward_past_the_window():
+    model = _model()
+    c = model.config
+    B, P, S = 2, 3, 9  # 12 tokens with a window of 4: the ring wraps twice
+    ids = torch.randint(0, c.vocab_size, (B, P + S))
+    cache = StaticHybridCache(c, B, P + S, dtype=torch.float64)
+    assert cache.ring == c.sliding_window + 1
+    window_layer = next(i for i in cache.k if not c.is_global(i))
+    assert cache.k[window_layer].shape[2] == c.num_memory_tokens + c.sliding_window + 1
+    cache.fill_from_prefix(model.model.meta_prefix())
+    cache.length_t.fill_(cache.length)
+    got = _decode(model, cache, ids[:, :P], None, ids[:, P:])
+    want = model(ids).logits[:, P - 1:]
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    assert int(cache.length_t) == cache.length == c.num_memory_tokens + P + S
+    with pytest.raises(CacheFullError):
+        model(ids[:, :1], cache=cache)
+
+
+@torch.no_grad()
+def test_static_decode_after_left_padded_prefill_and_reset():
+    model = _model()
+    c = model.config
+    ids = torch.randint(0, c.vocab_size, (2, 10))
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[0, :2] = 0  # row 0: a 3-token prompt, left padded
+    cache = StaticHybridCache(c, 2, 12, dtype=torch.float64)
+    prefix = model.model.meta_prefix()
+    cache.reset(prefix)
+    for _ in range(2):  # the second round checks that reset() really empties the cache
+        got = _decode(model, cache, ids[:, :5], mask, ids[:, 5:])
+        for row, start in ((0, 2), (1, 0)):
+            want = model(ids[row:row + 1, start:]).logits[0, 4 - start:]
+            torch.testing.assert_close(got[row], want, rtol=1e-9, atol=1e-9)
+        cache.reset(prefix)
+        assert cache.length == c.num_memory_tokens and int(cache.length_t) == cache.length
+
+
+def test_graph_decoder_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU refusal")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        CUDAGraphDecoder(_model(), batch_size=1, max_length=8)

@@ -1,0 +1,132 @@
+"""The Triton kernels against the float64 oracles, run by Triton's CPU interpreter (skipped without triton).
+
+Sizes are tiny (the interpreter runs every program in numpy) but every path is crossed: several chunks and a
+ragged last one, several channel blocks with a ragged last one, the optional inputs on and off, padding
+(delta = -inf) as an exact no-op, the initial and final states, every gradient, the in-place decode steps."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from hymba.ops.conv import causal_conv1d_ref, causal_conv1d_step_ref  # noqa: E402
+from hymba.ops.conv import triton_conv  # noqa: E402
+from hymba.ops.scan import selective_scan_naive, selective_state_step  # noqa: E402
+from hymba.ops.scan import triton_scan  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _small_tiles(monkeypatch):
+    monkeypatch.setattr(triton_scan, "CHUNK", 8)
+    monkeypatch.setitem(triton_scan.FWD_CONFIG, "BD", 16)
+    monkeypatch.setitem(triton_scan.FWD_CONFIG, "PF", 4)
+    monkeypatch.setitem(triton_scan.FWD_CONFIG, "PB", 2)
+    monkeypatch.setitem(triton_scan.BWD_CONFIG, "BD", 16)
+    monkeypatch.setattr(triton_conv, "BL", 8)
+    monkeypatch.setattr(triton_conv, "BD", 16)
+
+
+def _scan_inputs(batch=2, L=19, d=20, N=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return dict(u=r(batch, L, d), delta=r(batch, L, d) - 1, A=-torch.rand(d, N, generator=g) * 2 - 0.1,
+                B=r(batch, L, N), C=r(batch, L, N), D=r(d), z=r(batch, L, d), delta_bias=r(d) * 0.5,
+                initial_state=r(batch, d, N))
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(z=None, D=None, delta_bias=None, initial_state=None)])
+def test_scan_forward_matches_naive(opts):
+    x = {**_scan_inputs(), **opts}
+    y, final = triton_scan.selective_scan_triton(**x)
+    y_ref, final_ref = selective_scan_naive(**{k: (v.double() if v is not None else None) for k, v in x.items()})
+    assert _rel(y, y_ref) < 1e-5 and _rel(final, final_ref) < 1e-5
+
+
+def test_scan_padding_is_an_exact_no_op():
+    x = _scan_inputs(batch=1, L=12)
+    x["delta"][0, 4:9] = float("-inf")
+    y, final = triton_scan.selective_scan_triton(**x)
+    keep = [0, 1, 2, 3, 9, 10, 11]
+    short = {k: v[:, keep] if k in ("u", "delta", "B", "C", "z") else v for k, v in x.items()}
+    y_short, final_short = triton_scan.selective_scan_triton(**short)
+    assert torch.equal(final, final_short)
+    assert torch.equal(y[:, keep], y_short)
+
+
+def test_scan_gradients_match_naive():
+    x = _scan_inputs()
+    x["delta"][1, 3:6] = float("-inf")
+    leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+    y, final = triton_scan.selective_scan_triton(**leaves)
+    gy, gf = torch.randn_like(y), torch.randn_like(final)
+    ((y * gy).sum() + (final * gf).sum()).backward()
+    ref = {k: v.double().requires_grad_(True) for k, v in x.items()}
+    y_ref, final_ref = selective_scan_naive(**ref)
+    ((y_ref * gy.double()).sum() + (final_ref * gf.double()).sum()).backward()
+    for k in x:
+        assert _rel(leaves[k].grad, ref[k].grad) < 1e-5, k
+
+
+def test_scan_without_grad_saves_nothing_and_backward_refuses_if_needed():
+    x = _scan_inputs(L=9)
+    with torch.no_grad():
+        y, _ = triton_scan.selective_scan_triton(**x)
+    y2, _, ckpt = triton_scan.scan_fwd(**x, save_states=False)
+    assert ckpt is None and torch.equal(y, y2)
+    _, _, ckpt = triton_scan.scan_fwd(**x, save_states=True)
+    assert ckpt.shape == (2, 2, 4, 20)  # 9 steps in chunks of 8; the state at the start of each
+    torch.testing.assert_close(ckpt[:, 0], x["initial_state"].transpose(1, 2))
+
+
+def test_scan_rejects_bad_shapes():
+    x = _scan_inputs()
+    with pytest.raises(ValueError, match="B must have shape"):
+        triton_scan.selective_scan_triton(**{**x, "B": x["B"][:, :, :3]})
+    with pytest.raises(ValueError, match="A must be"):
+        triton_scan.selective_scan_triton(**{**x, "A": x["A"].t()})
+
+
+def test_ssm_step_updates_state_in_place():
+    x = _scan_inputs(batch=3, L=1, d=20, N=4)
+    step = {k: (v[:, 0] if k in ("u", "delta", "B", "C", "z") else v) for k, v in x.items() if k != "initial_state"}
+    s1, s2 = x["initial_state"].clone(), x["initial_state"].clone()
+    y1 = triton_scan.ssm_step_triton(s1, **step)
+    y2 = selective_state_step(s2, **step)
+    torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s1, s2, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="float32"):
+        triton_scan.ssm_step_triton(s1.double(), **step)
+
+
+@pytest.mark.parametrize("L,with_state,with_bias", [(21, True, True), (2, True, False), (17, False, True)])
+def test_conv_forward_and_gradients(L, with_state, with_bias):
+    g = torch.Generator().manual_seed(L)
+    B, d, K = 2, 20, 4
+    x = torch.randn(B, L, d, generator=g)
+    w = torch.randn(d, K, generator=g)
+    b = torch.randn(d, generator=g) if with_bias else None
+    s0 = torch.randn(B, K - 1, d, generator=g) if with_state else None
+    leaves = [t.clone().requires_grad_(True) if t is not None else None for t in (x, w, b, s0)]
+    y, fs = triton_conv.causal_conv1d_triton(*leaves, "silu")
+    ref = [t.double().requires_grad_(True) if t is not None else None for t in (x, w, b, s0)]
+    y_ref, fs_ref = causal_conv1d_ref(*ref, "silu")
+    assert _rel(y, y_ref) < 1e-6 and torch.equal(fs.double(), fs_ref)
+    gy, gf = torch.randn_like(y), torch.randn_like(fs)
+    ((y * gy).sum() + (fs * gf).sum()).backward()
+    ((y_ref * gy.double()).sum() + (fs_ref * gf.double()).sum()).backward()
+    for a, r in zip(leaves, ref):
+        if a is not None:
+            assert _rel(a.grad, r.grad) < 1e-6
+
+
+def test_conv_step_updates_state_in_place():
+    g = torch.Generator().manual_seed(3)
+    x, w, b = torch.randn(3, 40, generator=g), torch.randn(40, 4, generator=g), torch.randn(40, generator=g)
+    s1 = torch.randn(3, 3, 40, generator=g)
+    s2 = s1.clone()
+    torch.testing.assert_close(triton_conv.conv_step_triton(x, s1, w, b), causal_conv1d_step_ref(x, s2, w, b))
+    torch.testing.assert_close(s1, s2, rtol=0, atol=0)
