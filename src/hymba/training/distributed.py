@@ -1,0 +1,171 @@
+"""Data parallelism for the trainer: process group set-up from torchrun's environment, DDP or FSDP2
+(`fully_shard`) wrapping, collectives that are no-ops in a single process, and the model/optimizer state
+through `torch.distributed.checkpoint` (sharded: each rank writes and reads its own part).
+
+    torchrun --nproc_per_node 2 -m hymba train --config cfg.yaml distributed.strategy=fsdp
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+STRATEGIES = ("ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device is cuda but no CUDA device is available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def setup(device: str = "auto", backend: str = "auto") -> DistInfo:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); a plain single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if backend == "auto":
+            backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return DistInfo(rank, world, local_rank, dev)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# ---- collectives (identity in a single process) ---------------------------------------------------------------
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+    return obj
+
+
+# ---- wrapping -------------------------------------------------------------------------------------------------
+def wrap_model(model: nn.Module, strategy: str, info: DistInfo) -> nn.Module:
+    """DDP, or FSDP2 with every decoder layer its own unit and the rest (embeddings, meta tokens, final
+    norm, tied head) in the root unit. Single-process runs get the model back unwrapped."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"distributed.strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if not info.distributed:
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+    from torch.distributed.fsdp import fully_shard
+
+    # Layers hand their K/V (views of the input projection) to the next layers of their group; nothing
+    # modifies them in place, which is the case this warning is about.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+    for layer in _decoder_layers(model):
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def _decoder_layers(model: nn.Module) -> list[nn.Module]:
+    from ..modeling.model import HymbaDecoderLayer
+
+    return [m for m in model.modules() if isinstance(m, HymbaDecoderLayer)]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under a DDP wrapper (FSDP2 shards in place: the model is its own unwrapped self)."""
+    return model.module if hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module) else model
+
+
+def set_gradient_sync(model: nn.Module, enabled: bool):
+    """Skip the gradient all-reduce on accumulation micro-batches but the last (a context manager)."""
+    import contextlib
+
+    if hasattr(model, "no_sync") and not enabled:  # DDP
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()
+
+
+# ---- sharded state ----------------------------------------------------------------------------------------------
+def save_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, path: str) -> None:
+    """Model and optimizer state through torch.distributed.checkpoint (every rank calls this)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process.*")
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+
+
+def load_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, path: str) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
+        dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) state dict on the CPU, on rank 0 (other ranks get an empty dict); every rank
+    must call this when the model is sharded."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    inner = unwrap(model)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
+    return get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -1,0 +1,193 @@
+"""Direct preference optimization (Rafailov et al., 2023) against a frozen reference model.
+
+Each JSONL line holds `prompt`, `chosen` and `rejected`. A prompt that is a list of chat messages is rendered
+with the chat template and each response becomes the final assistant turn (only its tokens are scored); a
+prompt that is a string is used as raw text, followed by the response and EOS.
+
+For a pair, with log-probabilities summed over the response tokens,
+    m = (log pi(chosen) - log pi(rejected)) - (log ref(chosen) - log ref(rejected))
+    loss = -(1 - eps) * log sigmoid(beta * m) - eps * log sigmoid(-beta * m)      (eps: dpo.label_smoothing)
+The reference is `dpo.reference` if given, else the starting model: with LoRA, the same network with its
+adapters switched off (no second copy); without, a frozen copy taken before training.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import distributed as D
+from .config import TrainConfig
+from .data import DataError
+from .sft import IGNORE, ExampleLoader, check_messages, load_tokenizer_for, read_jsonl, tokenize_chat
+from .trainer import Batch, TrainingError, even_shards
+
+Example = tuple[list[int], list[int]]  # (ids, labels)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair DPO losses and the implicit reward margins beta * m (inputs: summed log-probs per pair)."""
+    margin = beta * ((policy_chosen - policy_rejected) - (ref_chosen - ref_rejected))
+    loss = -(1 - label_smoothing) * F.logsigmoid(margin) - label_smoothing * F.logsigmoid(-margin)
+    return loss, margin
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum over positions of log p(labels[t] | < t), where labels != -100: [B, L, V], [B, L] -> [B]."""
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                          ignore_index=IGNORE, reduction="none")
+    return -nll.view(labels.shape[0], -1).sum(-1)
+
+
+def _response_text(value: Any, where: str, field: str) -> str:
+    if isinstance(value, str):
+        return value
+    if (isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict)
+            and value[0].get("role") == "assistant" and isinstance(value[0].get("content"), str)):
+        return value[0]["content"]
+    raise DataError(f"{where}: '{field}' must be a string or a list holding one assistant message")
+
+
+def tokenize_pair(tokenizer, record: dict[str, Any], where: str) -> tuple[Example, Example]:
+    prompt = record["prompt"]
+    out = []
+    for field in ("chosen", "rejected"):
+        response = _response_text(record[field], where, field)
+        if isinstance(prompt, list):
+            messages = check_messages(prompt, where) + [{"role": "assistant", "content": response}]
+            out.append(tokenize_chat(tokenizer, messages, "auto", only_last=True))
+        elif isinstance(prompt, str):
+            head = tokenizer.encode(prompt, add_special_tokens=True)
+            tail = tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id]
+            out.append((head + tail, [IGNORE] * len(head) + tail))
+        else:
+            raise DataError(f"{where}: 'prompt' must be a string or a list of chat messages")
+    return out[0], out[1]
+
+
+class DPOTask:
+    name = "dpo"
+
+    def __init__(self) -> None:
+        self.tokenizer_dir: str | None = None
+        self.device = torch.device("cpu")
+        self.reference: nn.Module | None = None
+        self.skipped_long = 0
+
+    def _load(self, path: str, cfg: TrainConfig) -> list[tuple[Example, Example]]:
+        pairs = []
+        for lineno, record in read_jsonl(path, ("prompt", "chosen", "rejected")):
+            where = f"{path}:{lineno}"
+            try:
+                chosen, rejected = tokenize_pair(self.tokenizer, record, where)
+            except DataError as e:
+                raise DataError(e if str(e).startswith(where) else f"{where}: {e}") from None
+            longest = max(len(chosen[0]), len(rejected[0]))
+            if longest > cfg.data.seq_len:
+                if not cfg.data.drop_long:
+                    raise DataError(f"{where}: {longest} tokens, more than data.seq_len={cfg.data.seq_len} (raise "
+                                    "data.seq_len, or data.drop_long=true to skip such pairs)")
+                self.skipped_long += 1
+                continue
+            pairs.append((chosen, rejected))
+        return pairs
+
+    def prepare(self, cfg: TrainConfig, info: D.DistInfo) -> None:
+        if not cfg.data.path:
+            raise TrainingError("DPO needs data.path: a JSONL file of {\"prompt\", \"chosen\", \"rejected\"} pairs")
+        if self.tokenizer_dir is None:
+            self.tokenizer, self.tokenizer_dir = load_tokenizer_for(cfg)
+        if self.tokenizer.eos_token_id is None:
+            raise TrainingError(f"tokenizer {self.tokenizer_dir} has no eos_token: responses could not be ended")
+        self.pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id) if i is not None)
+        self.train = self._load(cfg.data.path, cfg)
+        self.val = self._load(cfg.data.val_path, cfg) if cfg.data.val_path else []
+        if not self.train:
+            raise DataError(f"{cfg.data.path}: every pair is longer than data.seq_len={cfg.data.seq_len}")
+        self.beta, self.label_smoothing = cfg.dpo.beta, cfg.dpo.label_smoothing
+        self.shuffle = cfg.data.shuffle
+        self.device = info.device
+        if self.skipped_long and info.is_main:
+            print(f"skipped {self.skipped_long} pair(s) longer than data.seq_len={cfg.data.seq_len}")
+
+    def model_overrides(self) -> dict[str, Any]:
+        t = self.tokenizer
+        return {"vocab_size": t.vocab_size, "bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_id,
+                "pad_token_id": t.pad_token_id}
+
+    def check_model(self, model: nn.Module) -> None:
+        if model.config.vocab_size < self.tokenizer.vocab_size:
+            raise TrainingError(f"tokenizer {self.tokenizer_dir} has {self.tokenizer.vocab_size} ids, the model only "
+                                f"{model.config.vocab_size}")
+
+    def attach(self, model: nn.Module, cfg: TrainConfig, info: D.DistInfo) -> None:
+        """Fix the reference before training starts."""
+        from ..modeling import HymbaForCausalLM
+
+        if cfg.dpo.reference:
+            self.reference = HymbaForCausalLM.from_pretrained(cfg.dpo.reference, dtype=torch.float32,
+                                                              device=info.device)
+        elif cfg.lora.enabled:
+            self.reference = None  # the policy with adapters off
+        else:
+            self.reference = copy.deepcopy(model)
+        if self.reference is not None:
+            self.reference.eval().requires_grad_(False)
+            if self.reference.config.vocab_size != model.config.vocab_size:
+                raise TrainingError("the DPO reference and the policy have different vocabularies")
+
+    def collate(self, pairs: list[tuple[Example, Example]]) -> Batch:
+        rows = [p[0] for p in pairs] + [p[1] for p in pairs]
+        width = max(len(r[0]) for r in rows)
+        n = len(pairs)
+        ids = torch.full((2 * n, width), self.pad_id, dtype=torch.long)
+        labels = torch.full((2 * n, width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((2 * n, width), dtype=torch.long)
+        for i, (r_ids, r_labels) in enumerate(rows):
+            ids[i, :len(r_ids)] = torch.tensor(r_ids)
+            labels[i, :len(r_labels)] = torch.tensor(r_labels)
+            mask[i, :len(r_ids)] = 1
+        # [pairs, 2 (chosen, rejected), width]: micro-batches split by pair
+        shape = lambda t: t.view(2, n, width).transpose(0, 1).contiguous()  # noqa: E731
+        return {"input_ids": shape(ids), "attention_mask": shape(mask), "labels": shape(labels)}
+
+    def train_loader(self, global_batch: int, info: D.DistInfo, seed: int) -> ExampleLoader:
+        return ExampleLoader(self.train, global_batch, info, seed, self.shuffle, self.collate)
+
+    def val_batches(self, micro_batch: int, info: D.DistInfo, max_batches: int) -> Iterator[Batch]:
+        for indices in even_shards(len(self.val), micro_batch, info, max_batches):
+            yield self.collate([self.val[i] for i in indices])
+
+    def count(self, batch: Batch) -> int:
+        return int(batch["input_ids"].shape[0])
+
+    def tokens(self, batch: Batch) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def _reference_logps(self, model: nn.Module, ids, mask, labels) -> torch.Tensor:
+        with torch.no_grad():
+            if self.reference is not None:
+                return sequence_logps(self.reference(ids, attention_mask=mask).logits, labels)
+            from .lora import adapters_disabled
+
+            inner = D.unwrap(model)
+            with adapters_disabled(inner):
+                return sequence_logps(inner(ids, attention_mask=mask).logits, labels)
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        n, _, width = batch["input_ids"].shape
+        flat = {k: v.transpose(0, 1).reshape(2 * n, width).to(self.device) for k, v in batch.items()}
+        ids, mask, labels = flat["input_ids"], flat["attention_mask"], flat["labels"]
+        policy = sequence_logps(model(ids, attention_mask=mask).logits, labels)
+        ref = self._reference_logps(model, ids, mask, labels)
+        losses, margin = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], self.beta, self.label_smoothing)
+        chosen_reward = self.beta * (policy[:n] - ref[:n]).detach()
+        rejected_reward = self.beta * (policy[n:] - ref[n:]).detach()
+        return losses.sum(), {"accuracy": (margin > 0).float().sum(), "margin": margin.detach().sum(),
+                              "chosen_reward": chosen_reward.sum(), "rejected_reward": rejected_reward.sum()}

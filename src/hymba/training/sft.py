@@ -1,0 +1,217 @@
+"""Supervised fine-tuning on chat data: the loss only on what the assistant says.
+
+Each JSONL line holds `{"messages": [{"role": "system" | "user" | "assistant", "content": "..."}, ...]}`.
+A conversation is rendered with the tokenizer's chat template and tokenized once, whole, the way `hymba
+chat` tokenizes a prompt (no special tokens added beyond the template's). An assistant turn's text is what
+the template adds between the conversation so far rendered with the generation prompt and the conversation
+including that turn; tokens starting inside such a span get labels, every other token gets -100. When the
+template does not end a reply with EOS (the release's does not), EOS is inserted after it and labelled, so
+the model learns where to stop (`sft.eos_after_assistant`: auto | never).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import distributed as D
+from .config import TrainConfig
+from .data import BatchSchedule, DataError
+from .trainer import Batch, TrainingError, even_shards, pad_batch
+
+IGNORE = -100
+
+
+def read_jsonl(path: str, required: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) for every non-blank line, each checked for the `required` fields."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file {path} does not exist")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object")
+            missing = [k for k in required if k not in record]
+            if missing:
+                raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+            records.append((lineno, record))
+    if not records:
+        raise DataError(f"{path}: no examples")
+    return records
+
+
+def check_messages(messages: Any, where: str) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: 'messages' must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: messages[{i}] must be an object with string 'role' and 'content'")
+    return messages
+
+
+def assistant_spans(tokenizer, messages: list[dict[str, str]], only_last: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns (of the last one only, with
+    only_last)."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=False)
+    spans = []
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if only_last:
+        turns = turns[-1:]
+    for i in turns:
+        before = tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True) if i else ""
+        after = tokenizer.apply_chat_template(messages[:i + 1], add_generation_prompt=False)
+        if not (after.startswith(before) and text.startswith(after)):
+            raise DataError("the chat template does not render a conversation as the concatenation of its turns "
+                            "(rendering a prefix of the messages changes earlier text), so assistant turns cannot be "
+                            "located; SFT needs a prefix-stable template")
+        if len(after) > len(before):
+            spans.append((len(before), len(after)))
+    return text, spans
+
+
+def tokenize_chat(tokenizer, messages: list[dict[str, str]], eos_after_assistant: str = "auto",
+                  only_last: bool = False) -> tuple[list[int], list[int]]:
+    """(input ids, labels): labels equal the ids on assistant tokens (and inserted EOS), -100 elsewhere."""
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError("the conversation has no assistant message: nothing to learn")
+    text, spans = assistant_spans(tokenizer, messages, only_last)
+    enc = tokenizer.backend.encode(text, add_special_tokens=False)
+    eos = tokenizer.eos_token_id
+    if eos is None and eos_after_assistant != "never":
+        raise DataError(f"{tokenizer.source}: no eos_token, so replies cannot be ended (sft.eos_after_assistant=never "
+                        "to train without one)")
+    ids: list[int] = []
+    labels: list[int] = []
+    span_of = [next((k for k, (s, e) in enumerate(spans) if s <= start < e), -1) for start, _ in enc.offsets]
+    for j, (tid, k) in enumerate(zip(enc.ids, span_of)):
+        ids.append(tid)
+        labels.append(tid if k >= 0 else IGNORE)
+        ends_span = k >= 0 and (j + 1 == len(enc.ids) or span_of[j + 1] != k)
+        if ends_span and eos_after_assistant != "never" and tid != eos:
+            ids.append(eos)
+            labels.append(eos)
+    if all(label == IGNORE for label in labels):
+        raise DataError("no assistant token survived tokenization (empty replies?)")
+    return ids, labels
+
+
+def load_tokenizer_for(cfg: TrainConfig):
+    """The tokenizer of data.tokenizer, else of model.init_from."""
+    from ..engine.tokenizer import load_tokenizer
+
+    directory = cfg.data.tokenizer or cfg.model.init_from
+    if not directory or not os.path.exists(os.path.join(directory, "tokenizer.json")):
+        raise TrainingError("fine-tuning needs a tokenizer: set model.init_from to a checkpoint that has "
+                            "tokenizer.json, or data.tokenizer to a tokenizer directory")
+    return load_tokenizer(directory), directory
+
+
+class ExampleLoader:
+    """Shuffled global batches of pre-tokenized examples; `collate` builds this rank's tensors."""
+
+    def __init__(self, examples: list, global_batch: int, info: D.DistInfo, seed: int, shuffle: bool, collate):
+        self.examples, self.collate = examples, collate
+        self.schedule = BatchSchedule(len(examples), global_batch, info.rank, info.world_size, seed, shuffle)
+
+    def next_batch(self) -> Batch:
+        return self.collate([self.examples[i] for i in self.schedule.next_indices()])
+
+    def state_dict(self) -> dict[str, int]:
+        return self.schedule.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.schedule.load_state_dict(state)
+
+
+class SFTTask:
+    name = "sft"
+
+    def __init__(self) -> None:
+        self.tokenizer_dir: str | None = None
+        self.device = torch.device("cpu")
+        self.skipped_long = 0
+
+    def _load(self, path: str, cfg: TrainConfig) -> list[tuple[list[int], list[int]]]:
+        examples = []
+        for lineno, record in read_jsonl(path, ("messages",)):
+            where = f"{path}:{lineno}"
+            try:
+                ids, labels = tokenize_chat(self.tokenizer, check_messages(record["messages"], where),
+                                            cfg.sft.eos_after_assistant)
+            except DataError as e:
+                raise DataError(f"{where}: {e}") from None
+            if len(ids) > cfg.data.seq_len:
+                if not cfg.data.drop_long:
+                    raise DataError(f"{where}: {len(ids)} tokens, more than data.seq_len={cfg.data.seq_len} (raise "
+                                    "data.seq_len, or data.drop_long=true to skip such examples)")
+                self.skipped_long += 1
+                continue
+            examples.append((ids, labels))
+        return examples
+
+    def prepare(self, cfg: TrainConfig, info: D.DistInfo) -> None:
+        if not cfg.data.path:
+            raise TrainingError("SFT needs data.path: a JSONL file of {\"messages\": [...]} conversations")
+        self.tokenizer, self.tokenizer_dir = load_tokenizer_for(cfg)
+        self.pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None)
+        self.train = self._load(cfg.data.path, cfg)
+        self.val = self._load(cfg.data.val_path, cfg) if cfg.data.val_path else []
+        if not self.train:
+            raise DataError(f"{cfg.data.path}: every example is longer than data.seq_len={cfg.data.seq_len}")
+        self.shuffle = cfg.data.shuffle
+        self.device = info.device
+        if self.skipped_long and info.is_main:
+            print(f"skipped {self.skipped_long} example(s) longer than data.seq_len={cfg.data.seq_len}")
+
+    def model_overrides(self) -> dict[str, Any]:
+        t = self.tokenizer
+        return {"vocab_size": t.vocab_size, "bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_id,
+                "pad_token_id": t.pad_token_id}
+
+    def check_model(self, model: nn.Module) -> None:
+        if model.config.vocab_size < self.tokenizer.vocab_size:
+            raise TrainingError(f"tokenizer {self.tokenizer_dir} has {self.tokenizer.vocab_size} ids, the model only "
+                                f"{model.config.vocab_size}")
+
+    def attach(self, model: nn.Module, cfg: TrainConfig, info: D.DistInfo) -> None:
+        pass
+
+    def collate(self, examples: list[tuple[list[int], list[int]]]) -> Batch:
+        ids = pad_batch([e[0] for e in examples], self.pad_id)
+        labels = pad_batch([e[1] for e in examples], IGNORE)
+        mask = pad_batch([[1] * len(e[0]) for e in examples], 0)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def train_loader(self, global_batch: int, info: D.DistInfo, seed: int) -> ExampleLoader:
+        return ExampleLoader(self.train, global_batch, info, seed, self.shuffle, self.collate)
+
+    def val_batches(self, micro_batch: int, info: D.DistInfo, max_batches: int) -> Iterator[Batch]:
+        for indices in even_shards(len(self.val), micro_batch, info, max_batches):
+            yield self.collate([self.val[i] for i in indices])
+
+    def count(self, batch: Batch) -> int:
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+    def tokens(self, batch: Batch) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ids = batch["input_ids"].to(self.device)
+        mask = batch["attention_mask"].to(self.device)
+        labels = batch["labels"].to(self.device)
+        logits = model(ids, attention_mask=mask).logits
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                               ignore_index=IGNORE, reduction="sum")
+        return loss, {}
