@@ -27,7 +27,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int) -> N
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1: off)")
     p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="stop when the text contains TEXT (repeatable); it is not printed")
+                   help=r"stop when the text contains TEXT (repeatable; \n and \t are understood); "
+                        "it is not printed")
     p.add_argument("--prefill-chunk-size", type=int, default=512, help="prompt tokens per prefill step")
 
 
@@ -91,8 +92,21 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
     return dict(max_new_tokens=args.max_new_tokens, do_sample=sample,
                 temperature=args.temperature if sample else 1.0, top_k=args.top_k if sample else 0,
                 top_p=args.top_p if sample else 1.0, repetition_penalty=args.repetition_penalty,
-                seed=args.seed if sample else None, stop_strings=args.stop or None,
+                seed=args.seed if sample else None, stop_strings=[unescape(s) for s in args.stop or []] or None,
                 prefill_chunk_size=args.prefill_chunk_size)
+
+
+def unescape(text: str) -> str:
+    r"""`\n`, `\t` and `\\` typed on a command line, as the characters they stand for."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def report(out, stream=sys.stderr) -> None:

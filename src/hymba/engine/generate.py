@@ -201,7 +201,6 @@ def generate(
         decoders = [IncrementalDecoder(tokenizer, input_ids[b][valid[b]].tolist(), skip_special_tokens=False)
                     for b in range(B)]
         matchers = [StopStringMatcher(stop_strings) for _ in range(B)]
-    eos_tensor = torch.tensor(eos, device=device, dtype=torch.long)
 
     t0 = time.perf_counter()
     steps = 0
@@ -219,29 +218,23 @@ def generate(
         if seen is not None:
             seen[torch.arange(len(rows), device=device), next_tokens] = True
 
-        row_list, token_list = rows.tolist(), next_tokens.tolist()
         per_row: list[int | None] = [None] * B
-        for r, t in zip(row_list, token_list):
+        done = []
+        for r, t in zip(rows.tolist(), next_tokens.tolist()):
             per_row[r] = t
             counts[r] += 1
-        _emit(streamer, per_row)
-
-        done = torch.isin(next_tokens, eos_tensor) if eos else torch.zeros_like(next_tokens, dtype=torch.bool)
-        for i, r in enumerate(row_list):
-            if done[i]:
+            if t in eos:
                 reasons[r] = "eos"
-        if matchers is not None:
-            for i, (r, t) in enumerate(zip(row_list, token_list)):
-                if done[i]:
-                    continue
+            elif matchers is not None:
                 matchers[r].feed(decoders[r].push([t]))
                 if matchers[r].stopped:
-                    done[i] = True
                     reasons[r], matched[r] = "stop_string", matchers[r].matched
-        if bool(done.all()) or step == max_new_tokens - 1:
+            done.append(reasons[r] != "length")
+        _emit(streamer, per_row)
+        if all(done) or step == max_new_tokens - 1:
             break
-        if bool(done.any()):  # drop finished rows: they cost nothing from here on
-            keep = (~done).nonzero().flatten()
+        if any(done):  # drop finished rows from the cache: they cost nothing from here on
+            keep = torch.tensor([i for i, d in enumerate(done) if not d], device=device)
             cache.keep_rows(keep)
             rows, next_tokens = rows[keep], next_tokens[keep]
             if seen is not None:
