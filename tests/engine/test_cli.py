@@ -174,3 +174,11 @@ def test_the_installed_command_runs(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "78.60" in done.stdout and "Llama-3.2-3B" in done.stdout
+
+
+def test_stop_escapes_typed_on_a_command_line():
+    from hymba.cli.generate import unescape
+
+    assert unescape(r"a\nb\tc") == "a\nb\tc"
+    assert unescape(r"\\n") == "\\n"  # an escaped backslash stays a backslash
+    assert unescape(r"C:\x") == r"C:\x"  # anything else is left alone

@@ -253,3 +253,12 @@ def test_zero_new_tokens_and_one_dimensional_prompts(tiny_model):
 def test_model_generate_delegates(tiny_model):
     ids = torch.tensor([prompt_of(6, 512, seed=52)])
     assert torch.equal(tiny_model.generate(ids, max_new_tokens=5), generate(tiny_model, ids, max_new_tokens=5))
+
+
+def test_ragged_prompt_lists_are_left_padded(tiny_model):
+    prompts = [prompt_of(n, 512, seed=60 + n) for n in (3, 7)]
+    ids, mask = left_pad(prompts, pad=9)
+    expected = generate(tiny_model, ids, mask, max_new_tokens=6, eos_token_id=[], pad_token_id=9)
+    assert torch.equal(generate(tiny_model, prompts, max_new_tokens=6, eos_token_id=[], pad_token_id=9), expected)
+    with pytest.raises(ValueError, match="without attention_mask"):
+        generate(tiny_model, prompts, mask, max_new_tokens=2)

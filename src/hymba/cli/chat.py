@@ -1,7 +1,9 @@
 """`hymba chat`: a multi-turn conversation with an instruct checkpoint, rendered with its chat template.
 
 Each line on standard input is a user turn; the reply streams to standard output. `/reset` starts over (the
-system message stays), `/exit` or end of input (Ctrl-D, or the end of a piped file) leaves.
+system message stays), `/exit` or end of input (Ctrl-D, or the end of a piped file) leaves; Ctrl-C stops the
+reply being written. The whole conversation is prefilled again for every reply (a hybrid cache cannot be
+rewound to the re-rendered template, so reusing it would need the template to re-tokenize identically).
 """
 
 from __future__ import annotations
@@ -58,7 +60,12 @@ def run(args: argparse.Namespace) -> int:
         if text.startswith("/"):
             print(f"unknown command {text.split()[0]}; {HELP}", file=sys.stderr, flush=True)
             continue
-        out = session.reply(text, file=sys.stdout)
+        try:
+            out = session.reply(text, file=sys.stdout)
+        except KeyboardInterrupt:  # Ctrl-C stops this reply, not the conversation
+            session.messages.pop()  # the unanswered user turn
+            print("\n(interrupted; that turn is forgotten)", file=sys.stderr, flush=True)
+            continue
         sys.stdout.write("\n")
         sys.stdout.flush()
         if out.finish_reasons[0] == "length":

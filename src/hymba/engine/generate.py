@@ -35,7 +35,12 @@ class GenerateOutput:
     stop_strings_matched: list[str | None] = field(default_factory=list)
 
 
-def _check_prompts(input_ids, attention_mask, vocab_size: int, device):
+def _check_prompts(input_ids, attention_mask, vocab_size: int, pad_token_id: int, device):
+    if isinstance(input_ids, (list, tuple)) and input_ids and all(isinstance(r, (list, tuple)) for r in input_ids):
+        if attention_mask is not None:
+            raise ValueError("pass prompts as a list of token lists without attention_mask (they are left padded "
+                             "here), or as a padded tensor with its attention_mask")
+        input_ids, attention_mask = _left_pad(input_ids, pad_token_id)
     if not isinstance(input_ids, torch.Tensor):
         input_ids = torch.as_tensor(input_ids)
     if input_ids.dim() == 1:
@@ -74,6 +79,17 @@ def _check_prompts(input_ids, attention_mask, vocab_size: int, device):
         raise ValueError(f"input_ids hold token ids outside the vocabulary [0, {vocab_size}): "
                          f"min {int(real.min())}, max {int(real.max())}")
     return input_ids, valid
+
+
+def _left_pad(prompts, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if len(p):
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+    return ids, mask
 
 
 def _resolve_ids(eos_token_id, pad_token_id, config, tokenizer) -> tuple[list[int], int]:
@@ -131,7 +147,8 @@ def generate(
 ) -> torch.Tensor | GenerateOutput:
     """Generate continuations of a batch of prompts; returns sequences [B, L + steps] (or a GenerateOutput).
 
-    input_ids [B, L] with attention_mask [B, L] (1 = token, 0 = padding; padding must be on the left).
+    input_ids [B, L] with attention_mask [B, L] (1 = token, 0 = padding; padding must be on the left), or a
+    list of token lists of any lengths (left padded here with pad_token_id).
     Greedy (argmax) unless `do_sample`; sampling applies temperature, top_k (0: off), top_p (1: off) and is
     reproducible from `seed` (or your own `generator`). `repetition_penalty` (> 1 discourages tokens already in
     the row, prompt included) applies to both. `eos_token_id` (one or several; default: the config's, [] for
@@ -158,7 +175,7 @@ def generate(
         if tokenizer is None:
             raise ValueError("stop_strings need tokenizer= to turn the generated tokens into text")
     eos, pad_token_id = _resolve_ids(eos_token_id, pad_token_id, config, tokenizer)
-    input_ids, valid = _check_prompts(input_ids, attention_mask, config.vocab_size, device)
+    input_ids, valid = _check_prompts(input_ids, attention_mask, config.vocab_size, pad_token_id, device)
     B, L = input_ids.shape
     return_dict = return_dict or output_logits
     if generator is None and seed is not None and do_sample:
