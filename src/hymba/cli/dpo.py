@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import argparse
 
-from .train import add_common_arguments, run_training
+from .train import add_common_arguments, add_overrides, run_training
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR", help="the policy's starting checkpoint (model.init_from)")
     p.add_argument("--data", metavar="FILE.jsonl", help="training preference pairs (data.path)")
     p.add_argument("--val-data", metavar="FILE.jsonl", help="validation pairs (data.val_path)")
     p.add_argument("--reference", metavar="DIR", help="reference checkpoint (dpo.reference; default: --model)")
     add_common_arguments(p)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    _options(p)
+    add_overrides(p, _options)
 
 
 def run(args: argparse.Namespace) -> int:

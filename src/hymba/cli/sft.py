@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import argparse
 
-from .train import add_common_arguments, run_training
+from .train import add_common_arguments, add_overrides, run_training
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR", help="the checkpoint to fine-tune (model.init_from)")
     p.add_argument("--data", metavar="FILE.jsonl", help="training conversations (data.path)")
     p.add_argument("--val-data", metavar="FILE.jsonl", help="validation conversations (data.val_path)")
     add_common_arguments(p)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    _options(p)
+    add_overrides(p, _options)
 
 
 def run(args: argparse.Namespace) -> int:

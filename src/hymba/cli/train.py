@@ -21,16 +21,42 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="train.max_steps")
     p.add_argument("--device", help="train.device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (lora.enabled=true)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+
+def add_overrides(p: argparse.ArgumentParser, options) -> None:
+    """`section.key=value` overrides, which may come before, between or after the options (argparse alone
+    stops taking options at the first positional: the rest is re-parsed by `merge_options`)."""
+    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="section.key=value",
                    help="config overrides, e.g. optim.lr=1e-3 train.batch_size=16 model.config.hidden_size=256")
+    p.set_defaults(_options=options)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def merge_options(args: argparse.Namespace) -> argparse.Namespace:
+    """Options that followed an override land among the overrides: parse them and set them on `args`."""
+    if not any(a.startswith("-") for a in args.overrides):
+        return args
+    fresh = argparse.ArgumentParser(prog="hymba", add_help=False)
+    args._options(fresh)
+    fresh.add_argument("overrides", nargs="*")
+    extra = fresh.parse_intermixed_args(args.overrides)
+    for key, value in vars(extra).items():
+        if key == "overrides":
+            args.overrides = value
+        elif value != fresh.get_default(key):
+            setattr(args, key, value)
+    return args
+
+
+def _options(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", help="train a fresh model of this preset (model.preset)")
     src.add_argument("--init-from", metavar="DIR", help="start from this checkpoint (model.init_from)")
     p.add_argument("--data", metavar="DIR", help="a `hymba prepare` directory (data.path)")
     add_common_arguments(p)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    _options(p)
+    add_overrides(p, _options)
 
 
 def build_config(args: argparse.Namespace, task: str):
@@ -77,7 +103,7 @@ def run_training(args: argparse.Namespace, task: str) -> int:
     from ..training.trainer import Trainer, TrainingError
 
     try:
-        cfg = build_config(args, task)
+        cfg = build_config(merge_options(args), task)
         result = Trainer(cfg, resume=args.resume_from or args.resume).fit()
     except (TrainConfigError, TrainingError, DataError, FileNotFoundError, ValueError) as e:
         print(f"hymba {task if task != 'pretrain' else 'train'}: error: {e}", file=sys.stderr)

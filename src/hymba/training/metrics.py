@@ -44,12 +44,13 @@ def _fmt_duration(seconds: float) -> str:
 class RunLogger:
     def __init__(self, out_dir: str, enabled: bool, *, resume_step: int | None = None, total_steps: int = 0,
                  time_budget_s: float = 0.0, tensorboard: bool = True, progress: bool = True,
-                 print_fn=None):
+                 print_fn=None, indent: str = ""):
         self.enabled = enabled
         self.out_dir = out_dir
         self.total_steps = total_steps
         self.time_budget_s = time_budget_s
         self._print = print_fn
+        self.indent = indent
         self._tb = None
         self._progress = None
         self._task = None
@@ -91,6 +92,7 @@ class RunLogger:
     def message(self, text: str) -> None:
         if not self.enabled:
             return
+        text = self.indent + text
         if self._print is not None:
             self._print(text)
         elif self._progress is not None:

@@ -118,11 +118,12 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, task: Task | None = None, *, resume: str | bool | None = None,
-                 print_fn=None):
+                 print_fn=None, log_indent: str = ""):
         self.cfg = cfg
         self.task = task
         self.resume = resume
-        self.print_fn = print_fn
+        self.print_fn = print_fn  # receives every log line instead of the terminal (no progress bar)
+        self.log_indent = log_indent
         self.model: nn.Module | None = None  # unwrapped (after fit: the trained model)
         self.baselines: dict[str, float] = {}  # horizontal lines for the loss plot
 
@@ -229,7 +230,7 @@ class Trainer:
             C.remove_stale(C.checkpoint_root(t.out_dir))
         log = RunLogger(t.out_dir, info.is_main, resume_step=step if resume_from else None, total_steps=t.max_steps,
                         time_budget_s=t.time_budget_s, tensorboard=t.tensorboard, progress=t.progress,
-                        print_fn=self.print_fn)
+                        print_fn=self.print_fn, indent=self.log_indent)
         n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
         n_train = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
         log.message(f"{task.name}: {n_params:,} parameters ({n_train:,} trainable) on {info.device} x {world}, "
