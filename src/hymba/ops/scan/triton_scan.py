@@ -34,7 +34,7 @@ _LN2 = tl.constexpr(LN2)
 _LOG2E = tl.constexpr(LOG2E)
 
 # Launch configurations, chosen on an H100 (benchmarks/bench_scan.py measures the alternatives).
-FWD_CONFIG = dict(BD=32, num_warps=1, PF=8, PB=1)
+FWD_CONFIG = dict(BD=32, num_warps=1, PF=4, PB=1)
 BWD_CONFIG = dict(BD=32, num_warps=4)
 CHUNK = 64  # steps between saved states; also the backward's time tile
 

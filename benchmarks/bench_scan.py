@@ -1,0 +1,190 @@
+"""Selective scan micro-benchmark against the memory floor and the torch reference.
+
+Shape of the issue: batch 8, d_inner 3200, L 4096, N 16; u, delta, z, B, C in bf16 (what the model feeds
+the kernel), A, D, delta bias fp32. The floor is the bytes each input is read once plus y written once,
+over the device-to-device copy bandwidth measured in the same run (bytes read + written). Forward+backward
+is compared with the same forward floor (the issue's target: within 3x).
+
+    python benchmarks/bench_scan.py [--out benchmarks/results] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from hymba.ops.scan import selective_scan_chunked  # noqa: E402
+from hymba.ops.scan import triton_scan  # noqa: E402
+
+
+def bench(fn, rep_ms=200) -> float:
+    """Median milliseconds (CUDA events, L2 flushed between runs by triton's do_bench)."""
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=rep_ms, return_mode="median")
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second of a large device-to-device copy."""
+    a = torch.randn(256 * 2**20, device="cuda", dtype=torch.float32)  # 1 GiB
+    b = torch.empty_like(a)
+    ms = bench(lambda: b.copy_(a))
+    return 2 * a.nbytes / (ms * 1e-3)
+
+
+def inputs(batch, L, d, N, dtype=torch.bfloat16, requires_grad=False):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    x = dict(u=r(batch, L, d).to(dtype), delta=(r(batch, L, d) * 0.5 - 3).to(dtype),
+             A=-torch.exp(r(d, N) * 0.3), B=r(batch, L, N).to(dtype), C=r(batch, L, N).to(dtype),
+             D=r(d), z=r(batch, L, d).to(dtype), delta_bias=r(d) * 0.3)
+    if requires_grad:
+        for v in x.values():
+            v.requires_grad_(True)
+    return x
+
+
+def bench_conv(batch, L, d, bw) -> dict:
+    """The causal conv beside it (same activation shape, K=4, silu): ours, fla-core's, torch's."""
+    from hymba.ops.conv import causal_conv1d_ref
+    from hymba.ops.conv.triton_conv import causal_conv1d_triton, fla_causal_conv1d
+
+    impls = {"triton (ours)": causal_conv1d_triton, "torch reference": causal_conv1d_ref}
+    try:
+        impls["fla-core"] = fla_causal_conv1d()
+    except ImportError:
+        pass
+    x = torch.randn(batch, L, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(d, 4, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    b = torch.randn(d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn_like(x)
+    floor_ms = 2 * x.nbytes / bw * 1e3
+    out = dict(floor_ms=floor_ms)
+    for name, fn in impls.items():
+        with torch.no_grad():
+            fwd = bench(lambda: fn(x, w, b, None, "silu"))
+
+        def fb():
+            x.grad = w.grad = b.grad = None
+            fn(x, w, b, None, "silu")[0].backward(dy)
+        fwd_bwd = bench(fb)
+        out[name] = dict(forward_ms=fwd, forward_backward_ms=fwd_bwd)
+        print(f"conv {name:<16} fwd {fwd:7.3f} ms ({floor_ms / fwd:5.1%} of floor)  fwd+bwd {fwd_bwd:7.3f} ms",
+              flush=True)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    ap.add_argument("--shape", default="8,4096,3200,16", help="batch,L,d_inner,N")
+    ap.add_argument("--quick", action="store_true", help="only the default launch configurations")
+    args = ap.parse_args()
+    batch, L, d, N = map(int, args.shape.split(","))
+    import triton
+
+    dev_name = torch.cuda.get_device_name()
+    bw = copy_bandwidth()
+    floor_bytes = triton_scan.scan_bytes(batch, L, d, N, torch.bfloat16)
+    floor_ms = floor_bytes / bw * 1e3
+    print(f"{dev_name}: copy bandwidth {bw / 1e12:.2f} TB/s; forward floor {floor_bytes / 1e9:.3f} GB -> "
+          f"{floor_ms:.3f} ms", flush=True)
+    res = dict(device=dev_name, torch=torch.__version__, triton=triton.__version__, shape=dict(batch=batch, L=L, d=d, N=N),
+               dtype="bfloat16", copy_bandwidth_TBps=bw / 1e12, floor_bytes=floor_bytes, floor_ms=floor_ms,
+               forward={}, forward_backward={}, reference={})
+
+    x = inputs(batch, L, d, N)
+    fwd_variants = [dict(triton_scan.FWD_CONFIG)]
+    if not args.quick:
+        fwd_variants += [dict(BD=32, num_warps=1, PF=8, PB=1), dict(BD=32, num_warps=1, PF=4, PB=2),
+                         dict(BD=64, num_warps=2, PF=8, PB=1)]
+    for cfg in fwd_variants:
+        key = "BD={BD} warps={num_warps} PF={PF} PB={PB}".format(**cfg)
+        t = time.time()
+        fn = lambda: triton_scan.scan_fwd(**x, save_states=False, config=cfg)  # noqa: E731
+        fn()
+        torch.cuda.synchronize()
+        compile_s = time.time() - t
+        ms = bench(fn)
+        res["forward"][key] = dict(ms=ms, GBps=floor_bytes / ms / 1e6, of_copy_bw=floor_ms / ms, compile_s=compile_s)
+        print(f"fwd  {key:<34} {ms:8.3f} ms  {floor_bytes / ms / 1e6:7.0f} GB/s  {floor_ms / ms:6.1%} of floor"
+              f"  (compile {compile_s:.0f} s)", flush=True)
+    best_fwd = min(res["forward"].values(), key=lambda r: r["ms"])["ms"]
+    # forward with the checkpoints the backward needs (what training runs)
+    ms = bench(lambda: triton_scan.scan_fwd(**x, save_states=True))
+    res["forward_saving_states_ms"] = ms
+    print(f"fwd  saving states (training)           {ms:8.3f} ms", flush=True)
+
+    xg = inputs(batch, L, d, N, requires_grad=True)
+    dy = torch.randn(batch, L, d, device="cuda", dtype=torch.bfloat16)
+    bwd_variants = [dict(triton_scan.BWD_CONFIG)]
+    if not args.quick:
+        bwd_variants += [dict(BD=32, num_warps=8), dict(BD=16, num_warps=4), dict(BD=64, num_warps=8)]
+    for cfg in bwd_variants:
+        key = "BD={BD} warps={num_warps}".format(**cfg)
+        saved = dict(triton_scan.BWD_CONFIG)
+        triton_scan.BWD_CONFIG.update(cfg)
+        try:
+            def step():
+                for v in xg.values():
+                    v.grad = None
+                y, _ = triton_scan.selective_scan_triton(**xg)
+                y.backward(dy)
+            t = time.time()
+            step()
+            torch.cuda.synchronize()
+            compile_s = time.time() - t
+            ms = bench(step)
+        except Exception as e:  # a configuration that does not compile or run is reported, not fatal
+            print(f"fwd+bwd {key}: failed: {e!r}", flush=True)
+            res["forward_backward"][key] = dict(error=repr(e))
+            continue
+        finally:
+            triton_scan.BWD_CONFIG.clear()
+            triton_scan.BWD_CONFIG.update(saved)
+        res["forward_backward"][key] = dict(ms=ms, x_forward_floor=ms / floor_ms, compile_s=compile_s)
+        print(f"fwd+bwd {key:<31} {ms:8.3f} ms  {ms / floor_ms:5.2f}x the forward floor  (compile {compile_s:.0f} s)",
+              flush=True)
+
+    # the torch reference (chunked scan), at the full shape if it fits, else one batch row scaled up
+    for mode in ("forward", "forward_backward"):
+        for b in (batch, 1):
+            try:
+                xr = inputs(b, L, d, N, requires_grad=mode != "forward")
+                dyr = dy[:b]
+
+                def ref():
+                    y, _ = selective_scan_chunked(**xr)
+                    if mode != "forward":
+                        y.backward(dyr)
+                with torch.no_grad() if mode == "forward" else torch.enable_grad():
+                    ms = bench(ref, rep_ms=500) * batch / b
+                res["reference"][mode] = dict(ms=ms, measured_batch=b)
+                print(f"torch reference {mode:<17} {ms:9.2f} ms (batch {b}{', scaled' if b != batch else ''})",
+                      flush=True)
+                break
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                continue
+    best_fb = min((r["ms"] for r in res["forward_backward"].values() if "ms" in r), default=float("nan"))
+    res["summary"] = dict(
+        forward_ms=best_fwd, forward_of_floor=floor_ms / best_fwd,
+        forward_backward_ms=best_fb, forward_backward_x_floor=best_fb / floor_ms,
+        speedup_vs_torch_forward=res["reference"].get("forward", {}).get("ms", float("nan")) / best_fwd,
+        speedup_vs_torch_forward_backward=res["reference"].get("forward_backward", {}).get("ms", float("nan")) / best_fb)
+    res["conv"] = bench_conv(batch, L, d, bw)
+    print(json.dumps(res["summary"], indent=1))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "scan.json"), "w") as f:
+        json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Training step throughput and model FLOPs utilisation of `hymba-1.5b` at 2k context on one GPU.
+
+One step = forward + backward + fused AdamW, bf16 autocast over fp32 master weights, batch 8 halved on
+out-of-memory, random tokens. Model FLOPs per step count the matmuls (6 x parameters x tokens; the layers
+see the 128 meta tokens too, the LM head only the text) and the attention scores and values over the keys
+each query really sees (causal in global layers, window + meta elsewhere), times 3 for forward + backward;
+the scan, norms and elementwise work are not counted (they are bandwidth, not FLOPs). MFU is against the
+H100 SXM dense bf16 peak (989 TFLOP/s) and, in brackets, against the matmul rate measured in the same run.
+
+    python benchmarks/bench_train.py [--out benchmarks/results] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from hymba import HymbaConfig, HymbaForCausalLM  # noqa: E402
+
+PEAK_BF16 = 989.4e12  # H100 SXM, dense
+
+
+def matmul_rate() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * 10 / (start.elapsed_time(end) / 1e3)
+
+
+def visible_keys(T: int, window: int | None, M: int) -> int:
+    """Sum over queries 0..T-1 of the keys each sees (meta + text index space)."""
+    q = torch.arange(T, dtype=torch.float64)
+    if window is None:
+        return int((q + 1).sum())
+    in_window = torch.minimum(q + 1, torch.tensor(window + 1.0))
+    meta_outside = torch.clamp(torch.minimum(q - window, torch.tensor(float(M))), min=0)
+    return int((in_window + meta_outside).sum())
+
+
+def model_flops(config: HymbaConfig, batch: int, text_len: int) -> dict:
+    c = config
+    T = c.num_memory_tokens + text_len
+    layer_params, head_params = 0, c.vocab_size * c.hidden_size
+    model = HymbaForCausalLM(c, init=False).to("meta")
+    for name, p in model.named_parameters():
+        if p.dim() == 2 and "embed_tokens" not in name and "lm_head" not in name and "A_log" not in name:
+            layer_params += p.numel()
+    matmul = 6 * (layer_params * batch * T + head_params * batch * text_len)
+    attn = 0
+    for i in range(c.num_hidden_layers):
+        keys = visible_keys(T, None if c.is_global(i) else c.sliding_window, c.num_memory_tokens)
+        attn += 2 * c.num_attention_heads * (c.head_dim + c.v_head_dim) * keys * batch
+    return dict(matmul=matmul, attention=3 * attn, total=matmul + 3 * attn)
+
+
+def train_steps(config, batch, text_len, compile_layers: bool, steps: int):
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = HymbaForCausalLM(config)
+    if compile_layers:
+        model.set_kernels("triton-conv")  # our conv is a torch custom op: no graph break inside a layer
+        for layer in model.model.layers:
+            layer.compile()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    ids = torch.randint(0, config.vocab_size, (batch, text_len), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    t = time.time()
+    step()
+    step()
+    torch.cuda.synchronize()
+    warm = time.time() - t
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        loss = step()
+    end.record()
+    torch.cuda.synchronize()
+    sec = start.elapsed_time(end) / 1e3 / steps
+    out = dict(step_s=sec, warmup_s=warm, loss=loss.item(), peak_memory_GB=torch.cuda.max_memory_allocated() / 1e9,
+               kernels=model.model.kernels_for(ids.device).name)
+    del model, opt
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    ap.add_argument("--context", type=int, default=2048)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--modes", default="eager,compiled", help="eager, compiled (torch.compile per layer)")
+    args = ap.parse_args()
+    config = HymbaConfig.from_preset("hymba-1.5b")
+    rate = matmul_rate()
+    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, context=args.context,
+               measured_matmul_TFLOPs=rate / 1e12, peak_TFLOPs=PEAK_BF16 / 1e12, runs={})
+    print(f"{res['device']}: bf16 matmul {rate / 1e12:.0f} TFLOP/s measured", flush=True)
+    for mode in args.modes.split(","):
+        batch = args.batch
+        while batch >= 1:
+            try:
+                r = train_steps(config, batch, args.context, mode == "compiled", args.steps)
+                break
+            except torch.OutOfMemoryError:
+                print(f"  {mode} batch {batch}: out of memory, halving", flush=True)
+                gc.collect()
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                batch //= 2
+        else:
+            continue
+        flops = model_flops(config, batch, args.context)
+        r.update(batch=batch, tokens_per_s=batch * args.context / r["step_s"], flops=flops,
+                 mfu=flops["total"] / r["step_s"] / PEAK_BF16, mfu_vs_measured=flops["total"] / r["step_s"] / rate)
+        res["runs"][mode] = r
+        print(f"{mode:<9} batch {batch}: {r['step_s'] * 1e3:.0f} ms/step, {r['tokens_per_s']:.0f} tok/s, "
+              f"MFU {r['mfu']:.1%} ({r['mfu_vs_measured']:.1%} of measured matmul), "
+              f"peak {r['peak_memory_GB']:.1f} GB, warm-up {r['warmup_s']:.0f} s", flush=True)
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "train.json"), "w") as f:
+        json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Turn the JSON results of the benchmark scripts into the markdown tables of benchmarks/results/.
+
+    python benchmarks/report.py [--results benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def _load(folder: str, name: str):
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def scan_md(r: dict) -> str:
+    s = r["shape"]
+    lines = [f"## Selective scan (B={s['batch']}, L={s['L']}, d_inner={s['d']}, N={s['N']}, bf16 inputs), {r['device']}",
+             "",
+             f"Copy bandwidth measured in the same run: {r['copy_bandwidth_TBps']:.2f} TB/s (read + write). Forward "
+             f"floor: {r['floor_bytes'] / 1e9:.3f} GB (u, delta, z, B, C read once, y written once) = "
+             f"{r['floor_ms']:.3f} ms.", "",
+             "| kernel | config | ms | GB/s | of copy-bandwidth floor |", "|---|---|---|---|---|"]
+    for k, v in r["forward"].items():
+        lines.append(f"| forward | {k} | {v['ms']:.3f} | {v['GBps']:.0f} | {v['of_copy_bw']:.1%} |")
+    if "forward_saving_states_ms" in r:
+        lines.append(f"| forward, saving chunk states (training) | default | {r['forward_saving_states_ms']:.3f} | | |")
+    lines += ["", "| forward + backward | config | ms | x forward floor |", "|---|---|---|---|"]
+    for k, v in r["forward_backward"].items():
+        if "ms" in v:
+            lines.append(f"| triton | {k} | {v['ms']:.3f} | {v['x_forward_floor']:.2f} |")
+    for mode, v in r.get("reference", {}).items():
+        note = "" if v["measured_batch"] == s["batch"] else f" (measured at batch {v['measured_batch']}, scaled)"
+        lines.append(f"| torch reference {mode.replace('_', '+')}{note} | | {v['ms']:.2f} | |")
+    sm = r.get("summary", {})
+    if sm:
+        lines += ["", f"Speed-up over the torch reference: forward {sm['speedup_vs_torch_forward']:.0f}x, "
+                  f"forward+backward {sm['speedup_vs_torch_forward_backward']:.0f}x."]
+    conv = r.get("conv")
+    if conv:
+        lines += ["", f"Causal conv (same activation shape, K=4, silu; floor {conv['floor_ms']:.3f} ms):", "",
+                  "| conv | forward ms | forward+backward ms |", "|---|---|---|"]
+        for k, v in conv.items():
+            if isinstance(v, dict):
+                lines.append(f"| {k} | {v['forward_ms']:.3f} | {v['forward_backward_ms']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def e2e_md(r: dict) -> str:
+    lines = [f"## End to end at {r['context']} context, random bf16 weights, {r['device']}", "",
+             "| model | params | prefill tok/s (batch 1) | decode tok/s | decode batch | ms/step | peak GB | cache GB | decode mode |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, m in r["models"].items():
+        d = m["decode"]
+        mode = d.get("mode", "CUDA graph")
+        lines.append(f"| {name} | {m['params'] / 1e9:.2f} B | {m['prefill']['tokens_per_s']:.0f} | "
+                     f"{d['tokens_per_s']:.0f} | {d['batch']} | {d['step_ms']:.1f} | {d['peak_memory_GB']:.1f} | "
+                     f"{d['cache_GB']:.2f} | {mode} |")
+        if "decode_eager" in m:
+            e = m["decode_eager"]
+            lines.append(f"| {name} (eager step) | | | {e['tokens_per_s']:.0f} | {e['batch']} | {e['step_ms']:.1f} | | | eager |")
+    for k, v in r.items():
+        if k.startswith("decode_speedup_vs_"):
+            lines.append(f"\nDecode speed-up of Hymba-1.5B over {k[len('decode_speedup_vs_'):]}: **{v:.2f}x**")
+    return "\n".join(lines) + "\n"
+
+
+def train_md(r: dict) -> str:
+    lines = [f"## Training step, hymba-1.5b at {r['context']} context, {r['device']}", "",
+             f"bf16 matmul measured: {r['measured_matmul_TFLOPs']:.0f} TFLOP/s; MFU against {r['peak_TFLOPs']:.0f}.", "",
+             "| mode | batch | ms/step | tokens/s | model TFLOP/step | MFU | of measured matmul | peak GB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for mode, v in r["runs"].items():
+        lines.append(f"| {mode} | {v['batch']} | {v['step_s'] * 1e3:.0f} | {v['tokens_per_s']:.0f} | "
+                     f"{v['flops']['total'] / 1e12:.1f} | {v['mfu']:.1%} | {v['mfu_vs_measured']:.1%} | "
+                     f"{v['peak_memory_GB']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def check_md(r: dict) -> str:
+    lines = [f"## Correctness on {r['device']} (torch {r['torch']}, triton {r['triton']})", "",
+             "Relative error ||fast - ref|| / ||ref|| against float64 on the same (upcast) inputs; worst of the "
+             "outputs and gradients.", "", "| check | worst | bound | |", "|---|---|---|---|"]
+    for c in r["checks"]:
+        lines.append(f"| {c['check']} | {c['worst']:.1e} | {c['tol']:.0e} | {'ok' if c['ok'] else 'FAIL'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = ap.parse_args()
+    parts = []
+    for name, fn in (("check_gpu.json", check_md), ("scan.json", scan_md), ("e2e.json", e2e_md),
+                     ("train.json", train_md)):
+        r = _load(args.results, name)
+        if r is not None:
+            md = fn(r)
+            with open(os.path.join(args.results, name.replace(".json", ".md")), "w") as f:
+                f.write(md)
+            parts.append(md)
+    print("\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()
