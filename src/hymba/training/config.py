@@ -74,7 +74,7 @@ class TrainSection:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16
     threads: int = 0  # CPU threads for torch; 0: leave torch's default
     eval_interval: int = 100  # 0: only at the end
-    eval_batches: int = 20  # 0: the whole validation set
+    eval_batches: int = 20  # validation batches (of batch_size items) per evaluation; 0: the whole validation set
     log_interval: int = 10
     save_interval: int = 500  # 0: only at the end
     keep_last: int = 3

@@ -173,7 +173,8 @@ def run_demo(out: str = "runs/demo", minutes: float | None = None, device: str =
     trainer = Trainer(cfg, log_indent="      ")
     val = PackedDataset.from_prepared(data_dir, "val", cfg.data.seq_len)
     micro = cfg.train.micro_batch_size or cfg.train.batch_size
-    eval_windows = [i for b in even_shards(len(val), micro, DistInfo(), cfg.train.eval_batches) for i in b]
+    eval_windows = [i for b in even_shards(len(val), micro, DistInfo(), cfg.train.eval_batches * cfg.train.batch_size)
+                    for i in b]
     unigram = _unigram_on(open_shards(data_dir, "train"), val, eval_windows, manifest["vocab_size"])
     trainer.baselines = {f"unigram baseline ({unigram:.2f})": unigram}
     result = trainer.fit()

@@ -54,8 +54,8 @@ class PretrainTask:
     def train_loader(self, global_batch: int, info: D.DistInfo, seed: int) -> PackedLoader:
         return PackedLoader(self.train, global_batch, info.rank, info.world_size, seed, self.shuffle)
 
-    def val_batches(self, micro_batch: int, info: D.DistInfo, max_batches: int) -> Iterator[Batch]:
-        for indices in even_shards(len(self.val), micro_batch, info, max_batches):
+    def val_batches(self, micro_batch: int, info: D.DistInfo, max_items: int) -> Iterator[Batch]:
+        for indices in even_shards(len(self.val), micro_batch, info, max_items):
             yield {"tokens": torch.from_numpy(self.val.batch(indices))}
 
     def count(self, batch: Batch) -> int:

@@ -197,8 +197,8 @@ class SFTTask:
     def train_loader(self, global_batch: int, info: D.DistInfo, seed: int) -> ExampleLoader:
         return ExampleLoader(self.train, global_batch, info, seed, self.shuffle, self.collate)
 
-    def val_batches(self, micro_batch: int, info: D.DistInfo, max_batches: int) -> Iterator[Batch]:
-        for indices in even_shards(len(self.val), micro_batch, info, max_batches):
+    def val_batches(self, micro_batch: int, info: D.DistInfo, max_items: int) -> Iterator[Batch]:
+        for indices in even_shards(len(self.val), micro_batch, info, max_items):
             yield self.collate([self.val[i] for i in indices])
 
     def count(self, batch: Batch) -> int:

@@ -57,8 +57,9 @@ class Task(Protocol):
     def train_loader(self, global_batch: int, info: D.DistInfo, seed: int):
         """An object with next_batch() -> Batch (this rank's part), state_dict(), load_state_dict()."""
 
-    def val_batches(self, micro_batch: int, info: D.DistInfo, max_batches: int) -> Iterator[Batch]:
-        """This rank's validation micro-batches (the same number on every rank); empty if no validation data."""
+    def val_batches(self, micro_batch: int, info: D.DistInfo, max_items: int) -> Iterator[Batch]:
+        """This rank's validation micro-batches over the first `max_items` items (0: all), the same number on
+        every rank (see `even_shards`); empty if there is no validation data."""
 
     def count(self, batch: Batch) -> int:
         """The units the loss is averaged over (target tokens, preference pairs)."""
@@ -86,16 +87,17 @@ def pad_batch(rows: list[list[int]], pad_value: int) -> torch.Tensor:
     return out
 
 
-def even_shards(num_items: int, micro_batch: int, info: D.DistInfo, max_batches: int) -> list[list[int]]:
-    """Item indices of this rank's validation micro-batches: the same count on every rank (FSDP needs every
-    rank in every forward), at most `max_batches` per rank (0: all), covering as much of the set as that allows."""
+def even_shards(num_items: int, micro_batch: int, info: D.DistInfo, max_items: int = 0) -> list[list[int]]:
+    """Item indices of this rank's validation micro-batches. The first `max_items` items (0: all) are dealt in
+    steps of micro_batch x world_size items, so every rank runs the same number of forwards (FSDP needs every
+    rank in every one) and the items scored do not depend on the world size (when max_items is a multiple of
+    the step, as batch_size multiples are)."""
     world = info.world_size
     per_step = micro_batch * world
-    steps = num_items // per_step
-    if max_batches:
-        steps = min(steps, max_batches)
+    n = min(num_items, max_items) if max_items else num_items
+    steps = n // per_step
     if steps == 0:
-        per_rank = num_items // world
+        per_rank = n // world
         if per_rank == 0:
             return []
         start = info.rank * per_rank
@@ -369,14 +371,15 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, wrapped: nn.Module, task: Task, info: D.DistInfo, micro: int, precision, step: int,
                  log: RunLogger) -> dict[str, float] | None:
-        """Mean validation loss (and perplexity for token losses) over `eval_batches` micro-batches per rank."""
+        """Mean validation loss (and perplexity for token losses) over `eval_batches` global batches."""
         wrapped.eval()
         try:
             loss_sum = torch.zeros(1, device=info.device)
             count = torch.zeros(1, device=info.device)
             metric_sums: dict[str, torch.Tensor] = {}
             any_batch = torch.zeros(1, device=info.device)
-            for mb in task.val_batches(micro, info, self.cfg.train.eval_batches):
+            t = self.cfg.train
+            for mb in task.val_batches(micro, info, t.eval_batches * t.batch_size):
                 with precision:
                     loss, metrics = task.loss(wrapped, mb)
                 loss_sum += loss.float()
