@@ -155,3 +155,12 @@ def test_tokenizer_built_in_code_saves_like_a_checkpoint(byte_tokenizer, tmp_pat
     assert config["bos_token"] == "<s>" and config["add_bos_token"] is True and config["padding_side"] == "left"
     again = load_tokenizer(tmp_path)
     assert again.encode("héllo 🙂") == byte_tokenizer.encode("héllo 🙂") and again.encode("x")[0] == 1
+
+
+def test_named_chat_templates_use_the_default(tmp_path):
+    write_scratch_tokenizer(tmp_path, {"chat_template": [{"name": "tool_use", "template": "T"},
+                                                         {"name": "default", "template": "D"}]})
+    assert load_tokenizer(tmp_path).apply_chat_template([]) == "D"
+    write_scratch_tokenizer(tmp_path, {"chat_template": [{"name": "tool_use", "template": "T"}]})
+    with pytest.raises(TokenizerError, match="without a 'default'"):
+        load_tokenizer(tmp_path)

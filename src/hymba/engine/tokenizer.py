@@ -251,7 +251,10 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     template = config.get("chat_template")
     if isinstance(template, list):  # several named templates: [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
+        if "default" not in named:
+            raise TokenizerError(f"{config_path}: chat_template is a list of named templates without a 'default' "
+                                 f"one (names: {', '.join(map(str, named))})")
+        template = named["default"]
     if template is not None and not isinstance(template, str):
         raise TokenizerError(f"{config_path}: chat_template must be a string")
     flags = {}
