@@ -1,4 +1,5 @@
 """Training checkpoints: one directory per step, written under a temporary name and renamed when complete.
+At the end of a run, OUT/model holds the final model alone (hard links into its checkpoint).
 
     OUT/checkpoints/step-00000500/
         config.json, generation_config.json, model.safetensors    the released format (from_pretrained, generate)
@@ -126,6 +127,29 @@ def _make_readable(path: str) -> None:
         os.chmod(root, 0o777 & ~mask)
         for f in files:
             os.chmod(os.path.join(root, f), 0o666 & ~mask)
+
+
+def publish_model(checkpoint: str, dest: str) -> None:
+    """`OUT/model`: the final model without the trainer state, as hard links into the checkpoint (no copy of
+    the weights; it outlives the checkpoint's pruning). Replaced whole, atomically."""
+    from ..utils import atomic_dir
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:  # another filesystem, or links not supported
+            shutil.copy2(src, dst)
+
+    with atomic_dir(dest) as tmp:
+        for name in os.listdir(checkpoint):
+            src = os.path.join(checkpoint, name)
+            if name == "trainer":
+                continue
+            if os.path.isdir(src):
+                shutil.copytree(src, os.path.join(tmp, name), copy_function=link)
+            else:
+                link(src, os.path.join(tmp, name))
+        _make_readable(tmp)
 
 
 # ---- pieces of a checkpoint -----------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sysconfig
 import time
 from importlib import resources
@@ -105,8 +104,12 @@ def pick_threads(model_factory, batch: torch.Tensor, log) -> int:
     return choice
 
 
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
 def run_demo(out: str = "runs/demo", minutes: float | None = None, device: str = "auto", seed: int = 0,
-             log=print) -> dict[str, Any]:
+             log=_say) -> dict[str, Any]:
     from ..config import HymbaConfig
     from ..engine.cache import cache_bytes
     from ..engine.tokenizer import load_tokenizer
@@ -180,10 +183,7 @@ def run_demo(out: str = "runs/demo", minutes: float | None = None, device: str =
     result = trainer.fit()
 
     # 3. the numbers
-    model_dir = os.path.join(out, "model")
-    if os.path.exists(model_dir):
-        shutil.rmtree(model_dir)
-    shutil.copytree(result.final_checkpoint, model_dir, ignore=shutil.ignore_patterns("trainer"))
+    model_dir = os.path.join(out, "model")  # the trainer's final model
     model = HymbaForCausalLM.from_pretrained(model_dir, dtype=torch.float32, device=dev)
     val_loss = result.val_loss
     first = _first_loss(out)

@@ -348,11 +348,14 @@ class Trainer:
         finally:
             log.close()
         elapsed = elapsed_before + time.perf_counter() - t_start
+        if info.is_main and final_ckpt:
+            C.publish_model(final_ckpt, os.path.join(t.out_dir, "model"))
         if info.is_main and t.plot:
             plot_loss_curve(t.out_dir, title=f"{task.name}: {os.path.basename(os.path.abspath(t.out_dir))}",
                             baselines=self.baselines)
         if info.is_main:
-            log.message(f"done: {step} steps, {tokens_seen:,} tokens in {elapsed:.0f}s; checkpoint {final_ckpt}")
+            log.message(f"done: {step} steps, {tokens_seen:,} tokens in {elapsed:.0f}s; final model in "
+                        f"{os.path.join(t.out_dir, 'model')} (checkpoint {final_ckpt})")
         return TrainResult(t.out_dir, step, tokens_seen, final_ckpt, last_train_loss,
                            last_val["loss"] if last_val else None, skipped, elapsed)
 
