@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import torch
 
 from hymba import HymbaConfig, HymbaForCausalLM
 from hymba.training.optim import LRSchedule, build_optimizer, param_groups

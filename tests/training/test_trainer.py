@@ -228,3 +228,14 @@ def test_metrics_log_and_config_are_written(prepared, tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(out, "tensorboard")))
     with open(os.path.join(C.latest_checkpoint(out), "trainer", "state.json")) as f:
         assert json.load(f)["config"]["train"]["batch_size"] == 4
+
+
+def test_gradient_checkpointing_changes_memory_not_results(prepared, tmp_path):
+    plain = tiny_config(prepared, str(tmp_path / "a"), train={"max_steps": 3})
+    ckpt = tiny_config(prepared, str(tmp_path / "b"), train={"max_steps": 3}, model={"gradient_checkpointing": True})
+    Trainer(plain, print_fn=lambda s: None).fit()
+    trainer = Trainer(ckpt, print_fn=lambda s: None)
+    trainer.fit()
+    assert trainer.model.model.gradient_checkpointing
+    for a, b in zip(curve(str(tmp_path / "a")), curve(str(tmp_path / "b"))):
+        assert a[0] == b[0] and a[1] == pytest.approx(b[1], rel=1e-6) and a[3] == pytest.approx(b[3], rel=1e-5)

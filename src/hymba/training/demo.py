@@ -191,7 +191,7 @@ def run_demo(out: str = "runs/demo", minutes: float | None = None, device: str =
         f"({result.tokens / max(result.elapsed_s, 1e-9):,.0f} tokens/s)")
     log(f"      validation loss {val_loss:.3f} nats/token, perplexity {math.exp(val_loss):.1f}  "
         f"(unigram baseline {unigram:.3f}, perplexity {math.exp(unigram):.0f}; uniform guess "
-        f"{math.log(config.vocab_size):.2f}; first logged training loss {first:.2f})")
+        f"{math.log(config.vocab_size):.2f}; training loss over the first {cfg.train.log_interval} steps {first:.2f})")
     seq = 8192
     hymba_cache = sum(cache_bytes(config, 1, seq, dtype=torch.float16).values())
     twin_params, twin = attention_only_twin(config, n_params)
