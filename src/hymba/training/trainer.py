@@ -118,6 +118,39 @@ class TrainResult:
     elapsed_s: float
 
 
+@dataclass
+class _Run:
+    """Everything one `fit` works with, and its counters (those saved in checkpoints come first)."""
+
+    info: D.DistInfo
+    task: Task
+    model: nn.Module  # unwrapped
+    wrapped: nn.Module  # what the forward goes through (DDP, or the FSDP-sharded model itself)
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    loader: Any
+    micro: int
+    precision: Any
+    log: RunLogger | None = None
+    step: int = 0
+    tokens: int = 0
+    skipped: int = 0
+    bad_in_a_row: int = 0
+    elapsed_before: float = 0.0  # seconds trained before a resume
+    t_start: float = 0.0
+    last_saved: int = -1
+    final_checkpoint: str | None = None
+    last_train_loss: float = math.nan
+    last_val: dict[str, float] | None = None
+    window_loss: float = 0.0  # the current logging window
+    window_steps: int = 0
+    window_tokens: int = 0
+    window_t: float = 0.0
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t_start
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, task: Task | None = None, *, resume: str | bool | None = None,
                  print_fn=None, log_indent: str = ""):
@@ -174,7 +207,42 @@ class Trainer:
 
     # ---- the run --------------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        cfg, t = self.cfg, self.cfg.train
+        run = self._setup()
+        t = self.cfg.train
+        try:
+            while run.step < t.max_steps:
+                progress = None
+                if t.time_budget_s:  # every rank stops at the same step: rank 0's clock decides
+                    progress = D.broadcast_object(run.elapsed() / t.time_budget_s)
+                    if progress >= 1.0:
+                        break
+                self._train_step(run, progress)
+                if t.eval_interval and run.step % t.eval_interval == 0 and run.step < t.max_steps:
+                    run.last_val = self.evaluate(run)
+                if t.save_interval and run.step % t.save_interval == 0 and run.step < t.max_steps:
+                    run.final_checkpoint = self._save(run)
+            run.last_val = self.evaluate(run)
+            if run.last_saved != run.step:
+                run.final_checkpoint = self._save(run)
+            elif run.final_checkpoint is None:  # resumed at the end: nothing new to save
+                run.final_checkpoint = os.path.join(C.checkpoint_root(t.out_dir), f"step-{run.step:08d}")
+        finally:
+            run.log.close()
+        elapsed = run.elapsed()
+        if run.info.is_main:
+            C.publish_model(run.final_checkpoint, os.path.join(t.out_dir, "model"))
+            if t.plot:
+                plot_loss_curve(t.out_dir, title=f"{run.task.name}: {os.path.basename(os.path.abspath(t.out_dir))}",
+                                baselines=self.baselines)
+            run.log.message(f"done: {run.step} steps, {run.tokens:,} tokens in {elapsed:.0f}s; final model in "
+                            f"{os.path.join(t.out_dir, 'model')} (checkpoint {run.final_checkpoint})")
+        return TrainResult(t.out_dir, run.step, run.tokens, run.final_checkpoint, run.last_train_loss,
+                           run.last_val["loss"] if run.last_val else None, run.skipped, elapsed)
+
+    def _setup(self) -> "_Run":
+        """Process group, data, model (LoRA, checkpointing, compile, DDP/FSDP), optimizer, schedule, loader,
+        the resumed state if any, and the logger."""
+        cfg, t, o = self.cfg, self.cfg.train, self.cfg.optim
         info = D.setup(t.device, cfg.distributed.backend)
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -196,7 +264,6 @@ class Trainer:
                     layer.compile()
         wrapped = D.wrap_model(model, cfg.distributed.strategy, info)
         self.model = model
-        o = cfg.optim
         optimizer = build_optimizer(wrapped, o.lr, o.weight_decay, o.betas, o.eps, o.fused)
         schedule = LRSchedule(o.lr, t.max_steps, cfg.schedule.name, cfg.schedule.warmup_steps, o.min_lr,
                               cfg.schedule.decay_fraction, cfg.schedule.decay_shape)
@@ -209,9 +276,10 @@ class Trainer:
         if per_rank % micro:
             raise TrainingError(f"train.micro_batch_size={micro} does not divide the per-rank batch {per_rank} "
                                 f"(batch_size {t.batch_size} / {world} ranks)")
-        loader = task.train_loader(t.batch_size, info, t.seed)
+        run = _Run(info=info, task=task, model=model, wrapped=wrapped, optimizer=optimizer, schedule=schedule,
+                   loader=task.train_loader(t.batch_size, info, t.seed), micro=micro,
+                   precision=self._precision(info.device))
 
-        step, tokens_seen, skipped, bad_in_a_row, elapsed_before = 0, 0, 0, 0, 0.0
         resume_from = C.resolve_resume(self.resume, t.out_dir)
         if resume_from:
             state = C.read_state(resume_from)
@@ -219,145 +287,110 @@ class Trainer:
                 raise TrainingError(f"--resume {resume_from}: that checkpoint is from a {state.get('task')!r} run, "
                                     f"this is {task.name!r}")
             D.load_sharded_state(wrapped, optimizer, os.path.join(resume_from, "trainer", "dcp"))
-            loader.load_state_dict(state["loader"])
-            step, tokens_seen = state["step"], state["tokens"]
-            skipped, bad_in_a_row = state["skipped_steps"], state["bad_in_a_row"]
-            elapsed_before = state.get("elapsed_s", 0.0)
+            run.loader.load_state_dict(state["loader"])
+            run.step, run.tokens = state["step"], state["tokens"]
+            run.skipped, run.bad_in_a_row = state["skipped_steps"], state["bad_in_a_row"]
+            run.elapsed_before = state.get("elapsed_s", 0.0)
+            run.last_saved = run.step
             C.load_rng(resume_from, info.rank)
         if info.is_main:
-            os.makedirs(t.out_dir, exist_ok=True)
             from ..utils import atomic_write_text
 
+            os.makedirs(t.out_dir, exist_ok=True)
             atomic_write_text(os.path.join(t.out_dir, "config.yaml"), cfg.to_yaml())
             C.remove_stale(C.checkpoint_root(t.out_dir))
-        log = RunLogger(t.out_dir, info.is_main, resume_step=step if resume_from else None, total_steps=t.max_steps,
-                        time_budget_s=t.time_budget_s, tensorboard=t.tensorboard, progress=t.progress,
-                        print_fn=self.print_fn, indent=self.log_indent)
-        n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-        n_train = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
-        log.message(f"{task.name}: {n_params:,} parameters ({n_train:,} trainable) on {info.device} x {world}, "
-                    f"batch {t.batch_size} = {world} rank(s) x {per_rank // micro} micro-batch(es) of {micro}"
-                    + (f"; resumed from {resume_from} at step {step}" if resume_from else ""))
+        run.log = RunLogger(t.out_dir, info.is_main, resume_step=run.step if resume_from else None,
+                            total_steps=t.max_steps, time_budget_s=t.time_budget_s, tensorboard=t.tensorboard,
+                            progress=t.progress, print_fn=self.print_fn, indent=self.log_indent)
+        unique = {id(p): p for p in model.parameters()}.values()
+        n_params = sum(p.numel() for p in unique)
+        n_train = sum(p.numel() for p in unique if p.requires_grad)
+        run.log.message(f"{task.name}: {n_params:,} parameters ({n_train:,} trainable) on {info.device} x {world}, "
+                        f"batch {t.batch_size} = {world} rank(s) x {per_rank // micro} micro-batch(es) of {micro}"
+                        + (f"; resumed from {resume_from} at step {run.step}" if resume_from else ""))
         if not resume_from:
-            log.record({"kind": "info", "step": 0, "parameters": n_params, "trainable_parameters": n_train,
-                        "world_size": world, "task": task.name})
+            run.log.record({"kind": "info", "step": 0, "parameters": n_params, "trainable_parameters": n_train,
+                            "world_size": world, "task": task.name})
+        run.t_start = run.window_t = time.perf_counter()
+        return run
 
-        def save(at_step: int) -> str:
-            export: dict[str, Any] = {}
+    def _train_step(self, run: "_Run", progress: float | None) -> None:
+        """One optimizer step over this rank's part of the next global batch (see the module docstring)."""
+        t, task, info, world = self.cfg.train, run.task, run.info, run.info.world_size
+        micro_batches = split_batch(run.loader.next_batch(), run.micro)
+        count = D.all_reduce_sum(torch.tensor([float(sum(task.count(mb) for mb in micro_batches))],
+                                              device=info.device))
+        if count.item() == 0:
+            raise TrainingError(f"step {run.step}: the global batch has nothing to learn from (no target tokens)")
+        loss_sum = torch.zeros(1, device=info.device)
+        metric_sums: dict[str, torch.Tensor] = {}
+        tokens = 0
+        for i, mb in enumerate(micro_batches):
+            with D.set_gradient_sync(run.wrapped, i == len(micro_batches) - 1), run.precision:
+                loss, metrics = task.loss(run.wrapped, mb)
+                (loss * (world / count)).backward()
+            loss_sum += loss.detach().float()
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0) + v.detach().float()
+            tokens += task.tokens(mb)
+        step_loss = (D.all_reduce_sum(loss_sum) / count).item()
+        grad_norm = self._clip([p for p in run.wrapped.parameters() if p.requires_grad], self.cfg.optim.grad_clip)
+        lr = run.schedule(run.step, progress)
+        if math.isfinite(step_loss) and math.isfinite(grad_norm):
+            set_lr(run.optimizer, lr)
+            run.optimizer.step()
+            run.bad_in_a_row = 0
+            run.window_loss += step_loss
+            run.window_steps += 1
+            run.last_train_loss = step_loss
+        else:
+            run.skipped += 1
+            run.bad_in_a_row += 1
+            run.log.message(f"step {run.step}: non-finite loss ({step_loss}) or gradient norm ({grad_norm}); step "
+                            f"skipped ({run.bad_in_a_row} in a row, {run.skipped} in all)")
+            if run.bad_in_a_row >= t.max_bad_steps:
+                raise TrainingError(
+                    f"the loss or gradient norm was non-finite for {run.bad_in_a_row} steps in a row (up to step "
+                    f"{run.step}; {run.skipped} skipped in all). Training diverged: lower optim.lr, raise "
+                    "schedule.warmup_steps, keep optim.grad_clip on, or check the data. The last good checkpoint "
+                    f"is in {C.checkpoint_root(t.out_dir)}.")
+        run.optimizer.zero_grad(set_to_none=True)
+        run.step += 1
+        tokens = int(D.all_reduce_sum(torch.tensor([float(tokens)], device=info.device)).item())
+        run.tokens += tokens
+        run.window_tokens += tokens
+        if run.step % t.log_interval == 0 or run.step == t.max_steps:
+            now = time.perf_counter()
+            record = {"loss": run.window_loss / run.window_steps if run.window_steps else math.nan, "lr": lr,
+                      "grad_norm": grad_norm, "tokens": run.tokens,
+                      "tokens_per_s": run.window_tokens / max(now - run.window_t, 1e-9), "elapsed_s": run.elapsed()}
+            for k, v in metric_sums.items():  # the last step's metrics
+                record[k] = (D.all_reduce_sum(v.clone()) / count).item()
+            if run.skipped:
+                record["skipped_steps"] = run.skipped
+            run.log.train(run.step, record, record["elapsed_s"])
+            run.window_loss, run.window_steps, run.window_tokens, run.window_t = 0.0, 0, 0, now
 
-            def all_ranks(tmp: str) -> None:
-                D.save_sharded_state(wrapped, optimizer, os.path.join(tmp, "trainer", "dcp"))
-                C.save_rng(tmp, info.rank)
-                export["state"] = D.full_model_state(wrapped)
+    def _save(self, run: "_Run") -> str:
+        """Checkpoint the run at its current step (every rank takes part)."""
+        export: dict[str, Any] = {}
 
-            def main(tmp: str) -> None:
-                self._export(model, export["state"], tmp, task)
-                C.write_state(tmp, {
-                    "task": task.name, "step": at_step, "tokens": tokens_seen, "loader": loader.state_dict(),
-                    "skipped_steps": skipped, "bad_in_a_row": bad_in_a_row, "world_size": world,
-                    "elapsed_s": elapsed_before + (time.perf_counter() - t_start), "config": cfg.to_dict()})
+        def all_ranks(tmp: str) -> None:
+            D.save_sharded_state(run.wrapped, run.optimizer, os.path.join(tmp, "trainer", "dcp"))
+            C.save_rng(tmp, run.info.rank)
+            export["state"] = D.full_model_state(run.wrapped)
 
-            return C.save_checkpoint(C.checkpoint_root(t.out_dir), at_step, all_ranks, main, info, t.keep_last)
+        def main(tmp: str) -> None:
+            self._export(run.model, export["state"], tmp, run.task)
+            C.write_state(tmp, {
+                "task": run.task.name, "step": run.step, "tokens": run.tokens, "loader": run.loader.state_dict(),
+                "skipped_steps": run.skipped, "bad_in_a_row": run.bad_in_a_row, "world_size": run.info.world_size,
+                "elapsed_s": run.elapsed(), "config": self.cfg.to_dict()})
 
-        params = [p for p in wrapped.parameters() if p.requires_grad]
-        n_micro = per_rank // micro
-        t_start = time.perf_counter()
-        window_loss, window_n, window_tokens, window_t = 0.0, 0, 0, time.perf_counter()
-        last_train_loss, last_val = math.nan, None
-        final_ckpt = None
-        last_saved = step if resume_from else -1
-        precision = self._precision(info.device)
-        try:
-            while step < t.max_steps:
-                elapsed = elapsed_before + time.perf_counter() - t_start
-                progress = None
-                if t.time_budget_s:
-                    progress = D.broadcast_object(elapsed / t.time_budget_s)
-                    if progress >= 1.0:
-                        break
-                batch = loader.next_batch()
-                micro_batches = split_batch(batch, micro)
-                count = torch.tensor([float(sum(task.count(mb) for mb in micro_batches))], device=info.device)
-                D.all_reduce_sum(count)
-                if count.item() == 0:
-                    raise TrainingError(f"step {step}: the global batch has nothing to learn from (no target tokens)")
-                loss_sum = torch.zeros(1, device=info.device)
-                metric_sums: dict[str, torch.Tensor] = {}
-                step_tokens = 0
-                for i, mb in enumerate(micro_batches):
-                    last = i == n_micro - 1
-                    with D.set_gradient_sync(wrapped, last), precision:
-                        loss, metrics = task.loss(wrapped, mb)
-                        (loss * (world / count)).backward()
-                    loss_sum += loss.detach().float()
-                    for k, v in metrics.items():
-                        metric_sums[k] = metric_sums.get(k, 0) + v.detach().float()
-                    step_tokens += task.tokens(mb)
-                D.all_reduce_sum(loss_sum)
-                step_loss = (loss_sum / count).item()
-                grad_norm = self._clip(params, o.grad_clip)
-                lr = schedule(step, progress)
-                if math.isfinite(step_loss) and math.isfinite(grad_norm):
-                    set_lr(optimizer, lr)
-                    optimizer.step()
-                    bad_in_a_row = 0
-                    window_loss += step_loss
-                    window_n += 1
-                    last_train_loss = step_loss
-                else:
-                    skipped += 1
-                    bad_in_a_row += 1
-                    log.message(f"step {step}: non-finite loss ({step_loss}) or gradient norm ({grad_norm}); "
-                                f"step skipped ({bad_in_a_row} in a row, {skipped} in all)")
-                    if bad_in_a_row >= t.max_bad_steps:
-                        raise TrainingError(
-                            f"the loss or gradient norm was non-finite for {bad_in_a_row} steps in a row (up to step "
-                            f"{step}; {skipped} skipped in all). Training diverged: lower optim.lr, raise "
-                            "schedule.warmup_steps, keep optim.grad_clip on, or check the data. The last good "
-                            f"checkpoint is in {C.checkpoint_root(t.out_dir)}.")
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                tok = torch.tensor([float(step_tokens)], device=info.device)
-                step_tokens = int(D.all_reduce_sum(tok).item())
-                tokens_seen += step_tokens
-                window_tokens += step_tokens
-
-                if step % t.log_interval == 0 or step == t.max_steps:
-                    now = time.perf_counter()
-                    record = {"loss": window_loss / window_n if window_n else math.nan, "lr": lr,
-                              "grad_norm": grad_norm, "tokens": tokens_seen,
-                              "tokens_per_s": window_tokens / max(now - window_t, 1e-9),
-                              "elapsed_s": elapsed_before + now - t_start}
-                    for k, v in metric_sums.items():
-                        record[k] = (D.all_reduce_sum(v.clone()) / count).item()
-                    if skipped:
-                        record["skipped_steps"] = skipped
-                    log.train(step, record, record["elapsed_s"])
-                    window_loss, window_n, window_tokens, window_t = 0.0, 0, 0, now
-                if t.eval_interval and step % t.eval_interval == 0 and step < t.max_steps:
-                    last_val = self.evaluate(wrapped, task, info, micro, precision, step, log)
-                if t.save_interval and step % t.save_interval == 0 and step < t.max_steps:
-                    final_ckpt = save(step)
-                    last_saved = step
-            # the end: final validation and checkpoint
-            last_val = self.evaluate(wrapped, task, info, micro, precision, step, log)
-            if last_saved != step:
-                final_ckpt = save(step)
-            elif final_ckpt is None:
-                final_ckpt = os.path.join(C.checkpoint_root(t.out_dir), f"step-{step:08d}")
-        finally:
-            log.close()
-        elapsed = elapsed_before + time.perf_counter() - t_start
-        if info.is_main and final_ckpt:
-            C.publish_model(final_ckpt, os.path.join(t.out_dir, "model"))
-        if info.is_main and t.plot:
-            plot_loss_curve(t.out_dir, title=f"{task.name}: {os.path.basename(os.path.abspath(t.out_dir))}",
-                            baselines=self.baselines)
-        if info.is_main:
-            log.message(f"done: {step} steps, {tokens_seen:,} tokens in {elapsed:.0f}s; final model in "
-                        f"{os.path.join(t.out_dir, 'model')} (checkpoint {final_ckpt})")
-        return TrainResult(t.out_dir, step, tokens_seen, final_ckpt, last_train_loss,
-                           last_val["loss"] if last_val else None, skipped, elapsed)
+        path = C.save_checkpoint(C.checkpoint_root(self.cfg.train.out_dir), run.step, all_ranks, main, run.info,
+                                 self.cfg.train.keep_last)
+        run.last_saved = run.step
+        return path
 
     # ---- pieces ---------------------------------------------------------------------------------------------------
     @staticmethod
@@ -372,26 +405,24 @@ class Trainer:
         return float(norm)
 
     @torch.no_grad()
-    def evaluate(self, wrapped: nn.Module, task: Task, info: D.DistInfo, micro: int, precision, step: int,
-                 log: RunLogger) -> dict[str, float] | None:
+    def evaluate(self, run: "_Run") -> dict[str, float] | None:
         """Mean validation loss (and perplexity for token losses) over `eval_batches` global batches."""
-        wrapped.eval()
+        t, info, task = self.cfg.train, run.info, run.task
+        run.wrapped.eval()
         try:
             loss_sum = torch.zeros(1, device=info.device)
             count = torch.zeros(1, device=info.device)
+            batches = torch.zeros(1, device=info.device)
             metric_sums: dict[str, torch.Tensor] = {}
-            any_batch = torch.zeros(1, device=info.device)
-            t = self.cfg.train
-            for mb in task.val_batches(micro, info, t.eval_batches * t.batch_size):
-                with precision:
-                    loss, metrics = task.loss(wrapped, mb)
+            for mb in task.val_batches(run.micro, info, t.eval_batches * t.batch_size):
+                with run.precision:
+                    loss, metrics = task.loss(run.wrapped, mb)
                 loss_sum += loss.float()
                 count += task.count(mb)
-                any_batch += 1
+                batches += 1
                 for k, v in metrics.items():
                     metric_sums[k] = metric_sums.get(k, 0) + v.float()
-            D.all_reduce_sum(any_batch)
-            if any_batch.item() == 0:
+            if D.all_reduce_sum(batches).item() == 0:
                 return None
             D.all_reduce_sum(loss_sum)
             D.all_reduce_sum(count)
@@ -401,10 +432,10 @@ class Trainer:
             for k in sorted(metric_sums):
                 result[k] = (D.all_reduce_sum(metric_sums[k]) / count).item()
             result["units"] = int(count.item())
-            log.eval(step, result)
+            run.log.eval(run.step, result)
             return result
         finally:
-            wrapped.train()
+            run.wrapped.train()
 
     def _export(self, model: nn.Module, state: dict[str, torch.Tensor], directory: str, task: Task) -> None:
         """The released-format model (LoRA merged unless lora.save is "adapter") and the tokenizer."""
