@@ -116,6 +116,14 @@ class LoraSection:
 TASKS = ("pretrain", "sft", "dpo")
 
 
+def _yaml():
+    try:
+        import yaml
+    except ImportError:
+        raise TrainConfigError("training configs need PyYAML: pip install 'hymba[train]'") from None
+    return yaml
+
+
 def _coerce(value: Any, current: Any, where: str) -> Any:
     """Give a value the type of the field's current value (YAML reads `3e-4` as a string, `1` as an int)."""
     try:
@@ -169,7 +177,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str) -> "TrainConfig":
-        import yaml
+        yaml = _yaml()
 
         if not os.path.exists(path):
             raise FileNotFoundError(f"training config {path} does not exist")
@@ -183,7 +191,7 @@ class TrainConfig:
     def apply_overrides(self, overrides: list[str]) -> "TrainConfig":
         """`section.key=value` (value parsed as YAML: numbers, booleans, lists, null); `model.config.X=V` sets a
         HymbaConfig field."""
-        import yaml
+        yaml = _yaml()
 
         for item in overrides:
             if "=" not in item:
@@ -227,9 +235,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        import yaml
-
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return _yaml().safe_dump(self.to_dict(), sort_keys=False)
 
     # ---- checks ---------------------------------------------------------------------------------------------------
     def validate(self) -> None:

@@ -29,8 +29,9 @@ SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__
 
 def demo_settings() -> tuple[dict[str, Any], dict[str, Any]]:
     """(the demo's own settings, the training config as a dict) from the packaged demo.yaml."""
-    import yaml
+    from .config import _yaml
 
+    yaml = _yaml()
     text = resources.files("hymba.training").joinpath("demo.yaml").read_text(encoding="utf-8")
     data = yaml.safe_load(text)
     return data.pop("demo"), data

@@ -76,8 +76,10 @@ class RunLogger:
             except ImportError:
                 self.message("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
         if progress and print_fn is None:
-            from rich.console import Console
-
+            try:
+                from rich.console import Console
+            except ImportError:  # no progress bar, log lines only
+                return
             console = Console(stderr=True)
             if console.is_terminal:
                 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -162,8 +164,11 @@ def plot_loss_curve(out_dir: str, title: str = "", baselines: dict[str, float] |
     val = [(r["step"], r["loss"]) for r in records if r.get("kind") == "eval" and math.isfinite(r.get("loss", math.nan))]
     if not train and not val:
         return None
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no loss plot (pip install matplotlib)")
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
