@@ -103,3 +103,22 @@ def test_blocked_plan_refuses_non_contiguous_rows():
     pos = torch.where(valid, torch.cumsum(valid.long(), 1) - 1, -1)
     assert plan_windowed(pos, pos, 8, M, torch.float32, block=16) is None
     assert isinstance(build_sdpa_mask(pos, pos, 8, M), torch.Tensor)  # the dense mask serves instead
+
+
+@pytest.mark.parametrize("Tq", [1, 3])
+def test_decode_sized_attention_against_explicit_softmax(Tq):
+    """A few queries against a long cache take the one-pass path; it must equal the plain definition."""
+    B, H, Hkv, Tk, dk = 2, 6, 2, 40, 8
+    q = torch.randn(B, H, Tq, dk, dtype=torch.float64)
+    k, v = torch.randn(B, Hkv, Tk, dk, dtype=torch.float64), torch.randn(B, Hkv, Tk, 2 * dk, dtype=torch.float64)
+    q_pos = torch.arange(Tk - Tq, Tk)[None].expand(B, -1)
+    k_pos = torch.arange(Tk)[None].expand(B, -1).clone()
+    k_pos[1, :5] = -1  # row 1 is left padded
+    out = sdpa_attention(q, k, v, build_sdpa_mask(q_pos, k_pos, 7, 3, dtype=torch.float64), 0.3)
+    ok = allowed_keys(q_pos, k_pos, 7, 3)
+    for b in range(B):
+        for h in range(H):
+            for t in range(Tq):
+                keys = ok[b, t].nonzero().flatten()
+                p = (torch.stack([q[b, h, t] @ k[b, h // 3, j] for j in keys]) * 0.3).softmax(0)
+                torch.testing.assert_close(out[b, h, t], (p[:, None] * v[b, h // 3, keys]).sum(0))

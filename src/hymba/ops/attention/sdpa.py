@@ -37,11 +37,26 @@ def sdpa_attention(q, k, v, mask, scale):
     return _sdpa(q, k, v, mask, scale)
 
 
+def _few_queries(q, k, v, mask, scale):
+    """Decode-sized attention (a few queries against many keys) in one pass: a head group's queries are
+    stacked against their shared K/V (no repeated K/V), and values of any width are read once."""
+    *lead, H, Tq, dk = q.shape
+    Hkv, Tk = k.shape[-3], k.shape[-2]
+    G = H // Hkv
+    scores = (q.reshape(*lead, Hkv, G * Tq, dk) @ k.transpose(-1, -2)) * scale  # [..., Hkv, G*Tq, Tk]
+    if mask is not None:
+        scores = (scores.view(*lead, Hkv, G, Tq, Tk) + mask.unsqueeze(-3)).view(*lead, Hkv, G * Tq, Tk)
+    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    return (probs @ v).reshape(*lead, H, Tq, v.shape[-1])
+
+
 def _sdpa(q, k, v, mask, scale, is_causal=False):
     """Heads at dim -3 (extra leading dims allowed). Fused SDPA kernels want equal q/k/v head dims, so a
     wider v is attended slice by slice (same attention weights for each dk-wide slice)."""
     gqa = q.shape[-3] != k.shape[-3]
     dk, dv = q.shape[-1], v.shape[-1]
+    if q.shape[-2] <= 4 and not is_causal and dv != dk and q.device.type == "cpu":
+        return _few_queries(q, k, v, mask, scale)
     if dv != dk and dv % dk == 0:
         return torch.cat([F.scaled_dot_product_attention(q, k, vs, attn_mask=mask, scale=scale, is_causal=is_causal,
                                                          enable_gqa=gqa) for vs in v.split(dk, dim=-1)], dim=-1)
