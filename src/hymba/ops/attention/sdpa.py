@@ -46,7 +46,7 @@ def _few_queries(q, k, v, mask, scale):
     scores = (q.reshape(*lead, Hkv, G * Tq, dk) @ k.transpose(-1, -2)) * scale  # [..., Hkv, G*Tq, Tk]
     if mask is not None:
         scores = (scores.view(*lead, Hkv, G, Tq, Tk) + mask.unsqueeze(-3)).view(*lead, Hkv, G * Tq, Tk)
-    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    probs = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(v.dtype)
     return (probs @ v).reshape(*lead, H, Tq, v.shape[-1])
 
 
