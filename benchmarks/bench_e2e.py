@@ -141,9 +141,6 @@ def hymba_decode(model, batch: int, context: int, steps: int, graph: bool = True
     s = start.elapsed_time(end) / 1e3 / steps
     out = dict(step_ms=s * 1e3, tokens_per_s=batch / s, peak_memory_GB=torch.cuda.max_memory_allocated() / 1e9,
                cache_GB=cache.nbytes() / 1e9)
-    del cache
-    if graph:
-        del dec
     return out
 
 
@@ -217,6 +214,43 @@ def llama_decode(model, batch: int, context: int, steps: int) -> dict:
                 cache_GB=cache_bytes / 1e9, mode=mode)
 
 
+def run_hymba(args) -> dict:
+    config = HymbaConfig.from_preset("hymba-1.5b")
+    with torch.device("cuda"):
+        model = HymbaForCausalLM(config, init=False).to(torch.bfloat16).eval()
+    model.set_kernels(args.kernels)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+        for layer in model.model.layers:
+            layer.mamba.A_log[0].uniform_(0, 2.7)
+    r = dict(params=model.num_parameters(), kernels=model.model.kernels_for(torch.device("cuda")).name,
+             paper_cache_MB_fp16=paper_cache_bytes(config, args.context) / 1e6)
+    with torch.no_grad():
+        r["prefill"] = hymba_prefill(model, args.context)
+        print(f"hymba prefill {args.context}: {r['prefill']['tokens_per_s']:.0f} tok/s", flush=True)
+        b, r["decode"] = halving(args.batch, lambda b: hymba_decode(model, b, args.context, args.steps))
+        r["decode"]["batch"] = b
+        print(f"hymba decode (graph) batch {b}: {r['decode']['tokens_per_s']:.0f} tok/s "
+              f"({r['decode']['step_ms']:.2f} ms/step, peak {r['decode']['peak_memory_GB']:.1f} GB)", flush=True)
+        r["decode_eager"] = hymba_decode(model, b, args.context, 8, graph=False)
+        r["decode_eager"]["batch"] = b
+        print(f"hymba decode (eager) batch {b}: {r['decode_eager']['tokens_per_s']:.0f} tok/s", flush=True)
+    return r
+
+
+def run_llama(name: str, args) -> dict:
+    model = build_llama(LLAMA[name])
+    r = dict(params=sum(p.numel() for p in model.parameters()))
+    r["prefill"] = llama_prefill(model, args.context)
+    print(f"{name} prefill {args.context}: {r['prefill']['tokens_per_s']:.0f} tok/s", flush=True)
+    b, r["decode"] = halving(args.batch, lambda b: llama_decode(model, b, args.context, args.steps))
+    r["decode"]["batch"] = b
+    print(f"{name} decode ({r['decode']['mode']}) batch {b}: {r['decode']['tokens_per_s']:.0f} tok/s "
+          f"({r['decode']['step_ms']:.2f} ms/step, peak {r['decode']['peak_memory_GB']:.1f} GB)", flush=True)
+    return r
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
@@ -224,60 +258,28 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--models", default="hymba,Llama-3.2-3B,Llama-3.2-1B")
+    ap.add_argument("--kernels", default="triton-conv", help="Hymba's kernel bundle (triton: fla-core's conv)")
     args = ap.parse_args()
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, context=args.context,
                batch_requested=args.batch, steps=args.steps, models={})
-    models = args.models.split(",")
-
-    if "hymba" in models:
-        config = HymbaConfig.from_preset("hymba-1.5b")
-        with torch.device("cuda"):
-            model = HymbaForCausalLM(config, init=False).to(torch.bfloat16).eval()
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0, 0.02)
-            for layer in model.model.layers:
-                layer.mamba.A_log[0].uniform_(0, 2.7)
-        r = dict(params=model.num_parameters(), kernels=model.model.kernels_for(torch.device("cuda")).name,
-                 paper_cache_MB_fp16=paper_cache_bytes(config, args.context) / 1e6)
-        with torch.no_grad():
-            r["prefill"] = hymba_prefill(model, args.context)
-            print(f"hymba prefill {args.context}: {r['prefill']['tokens_per_s']:.0f} tok/s", flush=True)
-            b, r["decode"] = halving(args.batch, lambda b: hymba_decode(model, b, args.context, args.steps))
-            r["decode"]["batch"] = b
-            print(f"hymba decode (graph) batch {b}: {r['decode']['tokens_per_s']:.0f} tok/s "
-                  f"({r['decode']['step_ms']:.2f} ms/step, peak {r['decode']['peak_memory_GB']:.1f} GB)", flush=True)
-            r["decode_eager"] = hymba_decode(model, b, args.context, 8, graph=False)
-            r["decode_eager"]["batch"] = b
-            print(f"hymba decode (eager) batch {b}: {r['decode_eager']['tokens_per_s']:.0f} tok/s", flush=True)
-        res["models"]["Hymba-1.5B"] = r
-        del model
-        free_memory()
-
-    for name in models:
-        if name not in LLAMA:
-            continue
-        model = build_llama(LLAMA[name])
-        r = dict(params=sum(p.numel() for p in model.parameters()))
-        r["prefill"] = llama_prefill(model, args.context)
-        print(f"{name} prefill {args.context}: {r['prefill']['tokens_per_s']:.0f} tok/s", flush=True)
-        b, r["decode"] = halving(args.batch, lambda b: llama_decode(model, b, args.context, args.steps))
-        r["decode"]["batch"] = b
-        print(f"{name} decode ({r['decode']['mode']}) batch {b}: {r['decode']['tokens_per_s']:.0f} tok/s "
-              f"({r['decode']['step_ms']:.2f} ms/step, peak {r['decode']['peak_memory_GB']:.1f} GB)", flush=True)
-        res["models"][name] = r
-        del model
-        free_memory()
-
-    h = res["models"].get("Hymba-1.5B")
-    if h:
-        for name in LLAMA:
-            if name in res["models"]:
-                res[f"decode_speedup_vs_{name}"] = h["decode"]["tokens_per_s"] / res["models"][name]["decode"]["tokens_per_s"]
-    print(json.dumps({k: v for k, v in res.items() if k.startswith("decode_speedup")}, indent=1))
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "e2e.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    for name in args.models.split(","):
+        try:
+            res["models"]["Hymba-1.5B" if name == "hymba" else name] = (
+                run_hymba(args) if name == "hymba" else run_llama(name, args))
+        except Exception as e:  # keep the other models' numbers
+            import traceback
+
+            traceback.print_exc()
+            res["models"][name] = dict(error=repr(e))
+        free_memory()
+        h = res["models"].get("Hymba-1.5B", {})
+        for other, m in res["models"].items():
+            if other != "Hymba-1.5B" and "decode" in m and "decode" in h:
+                res[f"decode_speedup_vs_{other}"] = h["decode"]["tokens_per_s"] / m["decode"]["tokens_per_s"]
+        with open(os.path.join(args.out, "e2e.json"), "w") as f:
+            json.dump(res, f, indent=1)
+    print(json.dumps({k: v for k, v in res.items() if k.startswith("decode_speedup")}, indent=1))
 
 
 if __name__ == "__main__":

@@ -102,7 +102,6 @@ def train_steps(config, batch, text_len, compile_layers: bool, steps: int):
     sec = start.elapsed_time(end) / 1e3 / steps
     out = dict(step_s=sec, warmup_s=warm, loss=loss.item(), peak_memory_GB=torch.cuda.max_memory_allocated() / 1e9,
                kernels=model.model.kernels_for(ids.device).name)
-    del model, opt
     return out
 
 

@@ -6,6 +6,7 @@ must stay under: ~1e-5 for fp32 kernels, ~1e-2 for bf16 inputs and outputs (the 
 4e-3). Inputs are fresh random draws; outputs are checked for NaN.
 
     python benchmarks/check_gpu.py [--out DIR]      # exit status 1 if any check fails
+    python benchmarks/check_gpu.py --smoke          # the same checks, tiny, on the CPU (Triton interpreter)
 """
 
 from __future__ import annotations
@@ -181,6 +182,31 @@ def check_attention(dev):
         record(f"decode attention (grouped SDPA) {str(dtype)[6:]}", dict(y=rel(out, ref)), TOL[dtype])
 
 
+def check_attention_strided(dev):
+    """Inputs laid out as the model hands them over: head-major views of one projection [B, T, features],
+    one K/V head for five query heads, meta tokens first and padding after them (the model check's shapes)."""
+    from hymba.ops.attention.flex import build_flex_mask, flex_attention
+
+    M, W, T, H, Hkv, dk = 128, 96, 528, 5, 1, 64
+    pos = torch.arange(T, device=dev)[None].repeat(2, 1)
+    pos[1, M:M + 57] = -1
+    pos[1, M + 57:] = torch.arange(M, T - 57, device=dev)
+    for window in (None, W):
+        mask = build_flex_mask(pos, pos, window, M, torch.float32)
+        ref_mask = build_sdpa_mask(pos, pos, window, M, torch.float64)
+        proj = torch.randn(2, T, H * dk + Hkv * dk + Hkv * 2 * dk, device=dev)
+        valid = (pos >= 0)[:, None, :, None]
+
+        def views(p):
+            q, k, v = p.split([H * dk, Hkv * dk, Hkv * 2 * dk], dim=-1)
+            return (q.view(2, T, H, dk).transpose(1, 2), k.view(2, T, Hkv, dk).transpose(1, 2),
+                    v.view(2, T, Hkv, 2 * dk).transpose(1, 2))
+        kind = "global" if window is None else "window+meta"
+        errors = grads_vs(lambda p: flex_attention(*views(p), mask, 0.125) * valid,
+                          lambda p: sdpa_attention(*views(p), ref_mask, 0.125) * valid, dict(p=proj))
+        record(f"flex attention fp32 model layout (views, meta, pads) {kind}", errors, 1e-3)
+
+
 def _padded_positions(T, dev):
     pos = torch.arange(T, device=dev)[None].repeat(2, 1)
     pos[0, :37] = -1
@@ -202,7 +228,10 @@ def check_model(dev):
     ids = torch.randint(0, cfg.vocab_size, (2, SIZES["model_T"]), device=dev)
     mask = torch.ones_like(ids)
     mask[1, :SIZES["model_T"] // 7] = 0
+    # Ignore pad targets and the predictions made at pads (the last pad "predicts" the first real token: the
+    # output at a pad position is unspecified by the model's contract).
     labels = ids.masked_fill(mask == 0, -100)
+    labels[:, 1:] = labels[:, 1:].masked_fill(mask[:, :-1] == 0, -100)
     ref_out = ref(ids, attention_mask=mask, labels=labels)
     ref_out.loss.backward()
     real = mask.bool()
@@ -258,11 +287,14 @@ def check_decode(model, cfg, dev):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="folder for check_gpu.json")
-    ap.add_argument("--only", default=None, help="comma list of: scan,conv,attention,model")
+    ap.add_argument("--only", default=None, help="comma list of: scan,conv,attention,strided,model")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (TRITON_INTERPRET=1): a dry run")
     args = ap.parse_args()
     global KERNELS
     if args.smoke:
+        from hymba.ops.gpu.interpreter import use_cpu_interpreter
+
+        use_cpu_interpreter()
         from hymba.ops.gpu import build_triton_kernels
 
         SIZES.update(SMOKE)
@@ -279,7 +311,8 @@ def main():
     device_name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (smoke)"
     print(f"{device_name} | torch {torch.__version__} | triton {triton.__version__}", flush=True)
     t0 = time.time()
-    parts = dict(scan=check_scan, conv=check_conv, attention=check_attention, model=check_model)
+    parts = dict(scan=check_scan, conv=check_conv, attention=check_attention, strided=check_attention_strided,
+                 model=check_model)
     for name, fn in parts.items():
         if args.only and name not in args.only.split(","):
             continue

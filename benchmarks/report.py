@@ -87,7 +87,8 @@ def check_md(r: dict) -> str:
              "Relative error ||fast - ref|| / ||ref|| against float64 on the same (upcast) inputs; worst of the "
              "outputs and gradients.", "", "| check | worst | bound | |", "|---|---|---|---|"]
     for c in r["checks"]:
-        lines.append(f"| {c['check']} | {c['worst']:.1e} | {c['tol']:.0e} | {'ok' if c['ok'] else 'FAIL'} |")
+        worst = c["worst"] if isinstance(c["worst"], float) else float("nan")
+        lines.append(f"| {c['check']} | {worst:.1e} | {c['tol']:.0e} | {'ok' if c['ok'] else 'FAIL'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -96,8 +97,13 @@ def main():
     ap.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results"))
     args = ap.parse_args()
     parts = []
-    for name, fn in (("check_gpu.json", check_md), ("scan.json", scan_md), ("e2e.json", e2e_md),
-                     ("train.json", train_md)):
+    checks = sorted(f for f in os.listdir(args.results) if f.startswith("check_gpu") and f.endswith(".json"))
+    if checks:
+        md = "\n".join(f"### {name}\n\n" + check_md(_load(args.results, name)) for name in checks)
+        with open(os.path.join(args.results, "check_gpu.md"), "w") as f:
+            f.write(md)
+        parts.append(md)
+    for name, fn in (("scan.json", scan_md), ("e2e.json", e2e_md), ("train.json", train_md)):
         r = _load(args.results, name)
         if r is not None:
             md = fn(r)

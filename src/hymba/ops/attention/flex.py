@@ -23,6 +23,7 @@ from .sdpa import build_sdpa_mask, sdpa_attention
 
 # Queries per forward below which attention runs as a decode step (grouped SDPA) rather than FlexAttention.
 FLEX_MIN_QUERIES = 64
+FLEX_RECOMPILE_LIMIT = 64
 
 
 @dataclass
@@ -30,7 +31,7 @@ class AttentionMask:
     """What `build_flex_mask` returns: a FlexAttention block mask, or an additive mask for SDPA."""
 
     block_mask: object | None = None  # torch.nn.attention.flex_attention.BlockMask
-    additive: torch.Tensor | None = None  # [B, 1, Tq, Tk]
+    additive: object | None = None  # what build_sdpa_mask returns: [B, 1, Tq, Tk] additive, or its own plan
     _grouped: dict = field(default_factory=dict)  # G -> additive mask repeated for G folded query heads
 
     def grouped(self, G: int) -> torch.Tensor:
@@ -52,14 +53,16 @@ def _plain_mask_mod(window: int | None, num_meta: int):
 
 
 def positions_mask_mod(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, num_meta: int):
-    """`allowed_keys` as a mask_mod: reads each row's query and key positions."""
+    """`allowed_keys` as a mask_mod: reads each row's query and key positions. A padding query sees every
+    key, as in the SDPA reference: its output is never used, but this keeps every backend's outputs equal
+    at every position (a loss that reads a prediction made at a pad then does not depend on the backend)."""
     def mask_mod(b, h, qi, ki):
         q = q_pos[b, qi]
         k = k_pos[b, ki]
         ok = (k >= 0) & (k <= q)
         if window is not None:
             ok = ok & ((q - k <= window) | (k < num_meta))
-        return ok
+        return ok | (q < 0)
     return mask_mod
 
 
@@ -99,10 +102,17 @@ _compiled_flex = None
 
 
 def _flex():
+    """flex_attention compiled once per process. Every (dtype, mask kind, length) is a compiled variant of
+    the one function; past dynamo's recompile limit (8 by default) it would silently run the unfused eager
+    version, slow and with an unsupported backward, so the limit is raised."""
     global _compiled_flex
     if _compiled_flex is None:
+        import torch._dynamo
         from torch.nn.attention.flex_attention import flex_attention
 
+        cfg = torch._dynamo.config
+        name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+        setattr(cfg, name, max(getattr(cfg, name), FLEX_RECOMPILE_LIMIT))
         _compiled_flex = torch.compile(flex_attention)
     return _compiled_flex
 
@@ -122,7 +132,7 @@ def grouped_sdpa(q, k, v, mask: AttentionMask, scale: float):
     B, H, Tq, dk = q.shape
     Hkv = k.shape[1]
     G = H // Hkv
-    if G == 1:
+    if G == 1 or not isinstance(mask.additive, torch.Tensor):  # (the reference's own block-by-block plans)
         return sdpa_attention(q, k, v, mask.additive, scale)
     qg = q.reshape(B, Hkv, G * Tq, dk)  # head h = kv * G + g  ->  row g * Tq + t of kv head `kv`
     return sdpa_attention(qg, k, v, mask.grouped(G), scale).view(B, H, Tq, v.shape[-1])

@@ -34,7 +34,7 @@ _LN2 = tl.constexpr(LN2)
 _LOG2E = tl.constexpr(LOG2E)
 
 # Launch configurations, chosen on an H100 (benchmarks/bench_scan.py measures the alternatives).
-FWD_CONFIG = dict(BD=32, num_warps=1, PF=4, PB=1)
+FWD_CONFIG = dict(BD=32, num_warps=1, PF=8, PB=4)
 BWD_CONFIG = dict(BD=32, num_warps=4)
 CHUNK = 64  # steps between saved states; also the backward's time tile
 
@@ -84,20 +84,36 @@ def _unpack_bf16x4(w):
 
 @triton.jit
 def _load_bc(b_ptr, c_ptr, t, L, s_bl, s_cl, N: tl.constexpr, PACK: tl.constexpr):
-    """B_t and C_t as 2N fp32 scalars (the same for every channel). PACK: bf16 rows read as int64 words, four
-    values per load (a quarter of the load instructions and no per-value address arithmetic)."""
+    """B_t and C_t as loaded (the same for every channel): with PACK, bf16 rows read as int64 words, four
+    values per load, kept packed until used (a quarter of the loads and of the registers in flight)."""
     tm = t < L
     bs = ()
     cs = ()
     if PACK:
         for q in tl.static_range(N // 4):
-            bs = bs + _unpack_bf16x4(tl.load(b_ptr + t * s_bl + q, mask=tm, other=0))
-            cs = cs + _unpack_bf16x4(tl.load(c_ptr + t * s_cl + q, mask=tm, other=0))
+            bs = bs + (tl.load(b_ptr + t * s_bl + q, mask=tm, other=0),)
+            cs = cs + (tl.load(c_ptr + t * s_cl + q, mask=tm, other=0),)
     else:
         for n in tl.static_range(N):
-            bs = bs + (tl.load(b_ptr + t * s_bl + n, mask=tm, other=0.0).to(tl.float32),)
-            cs = cs + (tl.load(c_ptr + t * s_cl + n, mask=tm, other=0.0).to(tl.float32),)
+            bs = bs + (tl.load(b_ptr + t * s_bl + n, mask=tm, other=0.0),)
+            cs = cs + (tl.load(c_ptr + t * s_cl + n, mask=tm, other=0.0),)
     return bs, cs
+
+
+@triton.jit
+def _unpack_bc(bs, cs, N: tl.constexpr, PACK: tl.constexpr):
+    """-> 2N fp32 scalars."""
+    bf = ()
+    cf = ()
+    if PACK:
+        for q in tl.static_range(N // 4):
+            bf = bf + _unpack_bf16x4(bs[q])
+            cf = cf + _unpack_bf16x4(cs[q])
+    else:
+        for n in tl.static_range(N):
+            bf = bf + (bs[n].to(tl.float32),)
+            cf = cf + (cs[n].to(tl.float32),)
+    return bf, cf
 
 
 # ---- forward ----------------------------------------------------------------------------------------------
@@ -152,7 +168,7 @@ def _scan_fwd_kernel(
         for i in tl.static_range(PF):
             t = t0 + i
             u, dt, z = ring_x[0]
-            bs, cs = ring_bc[0]
+            bs, cs = _unpack_bc(ring_bc[0][0], ring_bc[0][1], N, PACK)
             ring_x = ring_x[1:] + (_load_x(u_ptr, dt_ptr, z_ptr, t + PF, L, cols, cm, s_ul, s_dl, s_zl, HAS_Z),)
             ring_bc = ring_bc[1:] + (_load_bc(b_ptr, c_ptr, t + PB, L, s_bl, s_cl, N, PACK),)
             u = u.to(tl.float32)
