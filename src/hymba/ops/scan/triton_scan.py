@@ -3,8 +3,9 @@
 Forward (`_scan_fwd_kernel`): one thread per channel, the N states of that channel in registers (a tuple of
 N vectors), the sequence walked in order. Each program owns BD channels of one batch row; the inputs of the
 next PF time steps are loaded ahead (a ring of register tuples, unrolled), so that memory latency hides
-behind the arithmetic. Every input element is read once and every output written once; the cost that
-remains is one exp2 per (step, channel, state), which is what bounds this kernel on an H100.
+behind the arithmetic. Every input element is read once and every output written once. Above the bytes sit
+one exp2 per (step, channel, state), and the few warps a batch x d_inner problem offers to hide latency: see
+benchmarks/README.md for what was measured on an H100 and why.
 
 Backward (`_scan_bwd_kernel`): the states are recomputed, not stored. When the forward runs for training
 it also writes the state at the start of every CHUNK steps (fp32, N x d per chunk: CHUNK=64 adds
@@ -33,7 +34,9 @@ LN2 = 0.6931471805599453
 _LN2 = tl.constexpr(LN2)
 _LOG2E = tl.constexpr(LOG2E)
 
-# Launch configurations, chosen on an H100 (benchmarks/bench_scan.py measures the alternatives).
+# Launch configurations (benchmarks/bench_scan.py measures alternatives). On an H100, PF=8 measured best of
+# the forward configurations tried with PB=1; PB=4 (B/C fetched 4 steps ahead) is the default since, not yet
+# micro-benchmarked.
 FWD_CONFIG = dict(BD=32, num_warps=1, PF=8, PB=4)
 BWD_CONFIG = dict(BD=32, num_warps=4)
 CHUNK = 64  # steps between saved states; also the backward's time tile
