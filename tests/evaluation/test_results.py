@@ -29,10 +29,28 @@ def test_lm_eval_rows():
         ("mmlu", "acc"), ("stem", "acc"), ("arc_easy", "acc"), ("arc_easy", "acc_norm"),
         ("lambada_openai", "perplexity"), ("lambada_openai", "acc")]
     arc = rows[3]
-    assert arc == {"task": "arc_easy", "metric": "acc_norm", "value": 0.4, "stderr": 0.1, "items": 10, "shots": 0}
+    assert arc == {"name": "arc_easy", "task": "arc_easy", "metric": "acc_norm", "value": 0.4, "stderr": 0.1,
+                   "items": 10, "shots": 0}
     assert rows[4]["stderr"] is None  # "N/A" in lm-eval's dict
     table = lm_eval_markdown(RESULTS, chance={"arc_easy": 0.25})
-    assert "| arc_easy | acc_norm | 0.4000 | 0.1000 | 10 | 0 | 0.25 |" in table.replace("0.2500", "0.25")
+    assert "| arc_easy | acc_norm | 0.4000 | 0.1000 | 10 | 0 | 0.2500 |" in table
+    assert "| stem | acc | 0.3000 | 0.0200 |  |  | 0.2500 |" in table  # MMLU: 1 in 4
+
+
+def test_groups_come_first_with_their_members_and_summed_items():
+    results = {
+        "results": {"mmlu_anatomy": {"alias": "  - anatomy", "acc,none": 0.5}, "piqa": {"alias": "piqa", "acc,none": 0.6},
+                    "mmlu_virology": {"alias": "  - virology", "acc,none": 0.0}},
+        "groups": {"mmlu_stem": {"alias": " - stem", "acc,none": 0.5}, "mmlu_other": {"alias": " - other", "acc,none": 0.0},
+                   "mmlu": {"alias": "mmlu", "acc,none": 0.25}},
+        "group_subtasks": {"mmlu_stem": ["mmlu_anatomy"], "mmlu_other": ["mmlu_virology"], "mmlu": ["mmlu_stem", "mmlu_other"]},
+        "n-samples": {"mmlu_anatomy": {"effective": 3}, "mmlu_virology": {"effective": 5}, "piqa": {"effective": 7}},
+        "n-shot": {"mmlu_anatomy": 5, "mmlu_virology": 5, "piqa": 0},
+    }
+    rows = lm_eval_rows(results)
+    assert [(r["task"], r["items"], r["shots"]) for r in rows] == [
+        ("mmlu", 8, 5), ("stem", 3, 5), ("anatomy", 3, 5), ("other", 5, 5), ("virology", 5, 5), ("piqa", 7, 0)]
+    assert [r["task"] for r in lm_eval_rows(results, subtasks=False)] == ["mmlu", "stem", "other", "piqa"]
 
 
 def test_markdown_table_formats():

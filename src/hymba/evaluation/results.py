@@ -58,48 +58,65 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 
 # ---- lm-eval results ---------------------------------------------------------------------------------------------
 
-def lm_eval_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per (task or group, metric) of lm-eval's results dict: value, stderr, items, few-shot count.
+def lm_eval_rows(results: Mapping[str, Any], subtasks: bool = True) -> list[dict[str, Any]]:
+    """One row per (task or group, metric) of lm-eval's results dict: name, task (lm-eval's alias), metric,
+    value, stderr, items, few-shot count.
 
-    Groups (e.g. mmlu) come first with their aggregate; a group's member tasks are listed when they were asked
-    for by name, otherwise only through the group."""
-    rows = []
+    Groups come first, each followed by its members (depth first; leaf tasks of a group only with `subtasks`),
+    then the tasks asked for on their own. A group's items are the sum of its leaf tasks'."""
+    metrics_of = {**results.get("results", {}), **results.get("groups", {})}
+    children = {g: list(c) for g, c in results.get("group_subtasks", {}).items()}
     n_samples = results.get("n-samples", {})
     n_shot = results.get("n-shot", {})
-    sections = [("groups", results.get("groups", {})), ("results", results.get("results", {}))]
-    seen = set()
-    for _, section in sections:
-        for name, metrics in section.items():
-            if name in seen:
+
+    def leaves(name: str) -> list[str]:
+        return [x for c in children[name] for x in leaves(c)] if name in children else [name]
+
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        order.append(name)
+        for child in children.get(name, []):
+            if child in children or subtasks:
+                visit(child)
+
+    members = {c for cs in children.values() for c in cs}
+    for name in [g for g in children if g not in members] + [t for t in metrics_of if t not in members]:
+        visit(name)
+    rows = []
+    for name in order:
+        metrics = metrics_of.get(name, {})
+        items = sum(n_samples.get(t, {}).get("effective", 0) for t in leaves(name)) or None
+        for key, value in metrics.items():
+            if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
                 continue
-            seen.add(name)
-            for key, value in metrics.items():
-                if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
-                    continue
-                metric, filt = key.split(",", 1)
-                stderr = metrics.get(f"{metric}_stderr,{filt}")
-                items = n_samples.get(name, {}).get("effective")
-                rows.append({"task": metrics.get("alias", name).strip(" -") or name, "metric": metric,
-                             "value": float(value),
-                             "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
-                             "items": items, "shots": n_shot.get(name)})
+            metric, filt = key.split(",", 1)
+            stderr = metrics.get(f"{metric}_stderr,{filt}")
+            rows.append({"name": name, "task": str(metrics.get("alias", name)).strip(" -") or name, "metric": metric,
+                         "value": float(value),
+                         "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+                         "items": items, "shots": n_shot.get(name, n_shot.get(leaves(name)[0]))})
     return rows
 
 
-def lm_eval_markdown(results: Mapping[str, Any], chance: Mapping[str, float] | None = None) -> str:
-    rows = lm_eval_rows(results)
+def lm_eval_markdown(results: Mapping[str, Any], chance: Mapping[str, float] | None = None,
+                     subtasks: bool = True) -> str:
+    rows = lm_eval_rows(results, subtasks=subtasks)
     columns = ["task", "metric", "value", "stderr", "items", "shots"]
     if chance:
         for r in rows:
-            r["chance"] = chance.get(r["task"]) if r["metric"] in ("acc", "acc_norm") else None
+            guess = chance.get(r["name"], 0.25 if r["name"].startswith("mmlu") else None)
+            r["chance"] = guess if r["metric"] in ("acc", "acc_norm") else None
         columns.append("chance")
     return markdown_table(rows, columns)
 
 
 # Accuracy of guessing uniformly among the choices, per task (for reading a small model's numbers).
+# (MMLU and its groups and subjects: 0.25.)
 CHANCE = {"arc_easy": 0.25, "arc_challenge": 0.25, "piqa": 0.5, "winogrande": 0.5, "hellaswag": 0.25,
-          "boolq": 0.5, "openbookqa": 0.25, "copa": 0.5, "mmlu": 0.25, "siqa_2way": 0.5, "lambada_openai": 0.0,
-          "stem": 0.25, "humanities": 0.25, "social_sciences": 0.25, "other": 0.25}
+          "boolq": 0.5, "openbookqa": 0.25, "copa": 0.5, "siqa_2way": 0.5, "lambada_openai": 0.0}
 
 
 # ---- plots ---------------------------------------------------------------------------------------------------------
