@@ -52,7 +52,6 @@ def test_a_short_demo_end_to_end(tmp_path, monkeypatch):
     few = [f for f in files if os.path.basename(f) in ("textwrap.py", "bisect.py", "heapq.py", "fnmatch.py",
                                                          "colorsys.py", "keyword.py", "shlex.py", "glob.py")]
     monkeypatch.setattr(demo, "stdlib_sources", lambda: (root, few))
-    monkeypatch.setattr(demo, "pick_threads", lambda *a: 1)
     settings, cfg = demo.demo_settings()
     settings.update(vocab_size=400, sample_tokens=8)
     cfg["train"].update(eval_batches=1, log_interval=2, progress=False, tensorboard=False)

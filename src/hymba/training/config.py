@@ -73,6 +73,7 @@ class TrainSection:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16
     threads: int = 0  # CPU threads for torch; 0: leave torch's default
+    adaptive_threads: bool = False  # CPU: time 1 thread against all every few dozen steps, keep the faster
     eval_interval: int = 100  # 0: only at the end
     eval_batches: int = 20  # validation batches (of batch_size items) per evaluation; 0: the whole validation set
     log_interval: int = 10

@@ -80,31 +80,6 @@ def attention_only_twin(config, target_params: int):
     return params(lo)
 
 
-def pick_threads(model_factory, batch: torch.Tensor, log) -> int:
-    """The faster of 1 thread and torch's default on this machine right now (on a busy machine, more threads
-    than free cores make every op wait on the slowest thread)."""
-    default = torch.get_num_threads()
-    if default <= 1:
-        return 1
-    timings = {}
-    for threads in (default, 1):
-        torch.set_num_threads(threads)
-        model = model_factory()
-        best = math.inf
-        for i in range(3):  # the first step warms up; keep the best of the next two
-            t0 = time.perf_counter()
-            model(batch[:, :-1], labels=batch[:, :-1]).loss.backward()
-            if i:
-                best = min(best, time.perf_counter() - t0)
-                if best > 1.5 * min(timings.values(), default=math.inf):
-                    break  # clearly slower already
-        timings[threads] = best
-    choice = min(timings, key=timings.get)
-    log(f"      CPU threads: {choice} ({', '.join(f'{t}: {s:.2f}s/step' for t, s in sorted(timings.items()))})")
-    torch.set_num_threads(choice)
-    return choice
-
-
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -170,10 +145,7 @@ def run_demo(out: str = "runs/demo", minutes: float | None = None, device: str =
         f"{config.kv_reuse_group}")
     log(f"      training: batch {cfg.train.batch_size} x {cfg.data.seq_len} tokens, AdamW (peak lr "
         f"{cfg.optim.lr:g}), {cfg.schedule.name.upper()} schedule over the {minutes:g}-minute budget")
-    if dev.type == "cpu":
-        sample = torch.from_numpy(PackedDataset.from_prepared(data_dir, "train", cfg.data.seq_len).batch(
-            list(range(cfg.train.batch_size))))
-        cfg.train.threads = pick_threads(lambda: HymbaForCausalLM(config), sample, log)
+    cfg.train.adaptive_threads = dev.type == "cpu"  # a shared CPU's free cores come and go
     trainer = Trainer(cfg, log_indent="      ")
     val = PackedDataset.from_prepared(data_dir, "val", cfg.data.seq_len)
     micro = cfg.train.micro_batch_size or cfg.train.batch_size
@@ -207,8 +179,8 @@ def run_demo(out: str = "runs/demo", minutes: float | None = None, device: str =
     prompt = demo["prompt"]
     ids = torch.tensor([tok.encode(prompt)], device=dev)
     with torch.no_grad():
-        seqs = model.generate(ids, max_new_tokens=demo["sample_tokens"], do_sample=True,
-                              temperature=demo["temperature"], top_k=demo["top_k"], seed=seed)
+        seqs = model.generate(ids, max_new_tokens=demo["sample_tokens"], min_new_tokens=demo["sample_tokens"],
+                              do_sample=True, temperature=demo["temperature"], top_k=demo["top_k"], seed=seed)
     continuation = tok.decode(seqs[0, ids.shape[1]:].tolist())
     log(f"[4/4] sampled continuation (temperature {demo['temperature']}, top-k {demo['top_k']}):")
     log("      " + "-" * 72)
@@ -217,7 +189,7 @@ def run_demo(out: str = "runs/demo", minutes: float | None = None, device: str =
     log("      " + "-" * 72)
 
     summary = {
-        "minutes_budget": minutes, "device": str(dev), "threads": cfg.train.threads or torch.get_num_threads(),
+        "minutes_budget": minutes, "device": str(dev), "threads_at_the_end": torch.get_num_threads(),
         "corpus": {"root": root, "files": len(files), "bytes": size, "train_tokens": n_train, "val_tokens": n_val},
         "model": {"parameters": n_params, "config": config.to_dict()},
         "training": {"steps": result.steps, "tokens": result.tokens, "seconds": result.elapsed_s,

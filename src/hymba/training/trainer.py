@@ -132,6 +132,7 @@ class _Run:
     micro: int
     precision: Any
     log: RunLogger | None = None
+    tuner: Any = None  # cpu_threads.ThreadTuner with train.adaptive_threads
     step: int = 0
     tokens: int = 0
     skipped: int = 0
@@ -279,6 +280,10 @@ class Trainer:
         run = _Run(info=info, task=task, model=model, wrapped=wrapped, optimizer=optimizer, schedule=schedule,
                    loader=task.train_loader(t.batch_size, info, t.seed), micro=micro,
                    precision=self._precision(info.device))
+        if t.adaptive_threads and info.device.type == "cpu":
+            from .cpu_threads import ThreadTuner
+
+            run.tuner = ThreadTuner()
 
         resume_from = C.resolve_resume(self.resume, t.out_dir)
         if resume_from:
@@ -317,6 +322,9 @@ class Trainer:
     def _train_step(self, run: "_Run", progress: float | None) -> None:
         """One optimizer step over this rank's part of the next global batch (see the module docstring)."""
         t, task, info, world = self.cfg.train, run.task, run.info, run.info.world_size
+        if run.tuner is not None:
+            run.tuner.before_step()
+        t0 = time.perf_counter()
         micro_batches = split_batch(run.loader.next_batch(), run.micro)
         count = D.all_reduce_sum(torch.tensor([float(sum(task.count(mb) for mb in micro_batches))],
                                               device=info.device))
@@ -356,6 +364,10 @@ class Trainer:
                     f"is in {C.checkpoint_root(t.out_dir)}.")
         run.optimizer.zero_grad(set_to_none=True)
         run.step += 1
+        if run.tuner is not None:
+            message = run.tuner.after_step(time.perf_counter() - t0)
+            if message:
+                run.log.message(message)
         tokens = int(D.all_reduce_sum(torch.tensor([float(tokens)], device=info.device)).item())
         run.tokens += tokens
         run.window_tokens += tokens
