@@ -145,3 +145,18 @@ def test_hymba_eval_runs_two_tasks_end_to_end(checkpoint_dir, eval_data_dir, tmp
             assert sample["acc"] == accs[-1]
         assert results["results"][task]["acc,none"] == pytest.approx(sum(accs) / len(accs))
         assert not math.isnan(results["results"][task]["acc,none"])
+
+
+def test_chat_template_wraps_the_prompts(small_model, tokenizer, eval_data_dir):
+    """Instruct checkpoints: the tokenizer's template around the question, the answer after the assistant tag."""
+    from hymba.evaluation.lm_eval_adapter import evaluate
+
+    lm = HymbaLM(model=small_model, tokenizer=tokenizer, batch_size=4)
+    results = evaluate(lm, ["arc_easy"], eval_data_dir, limit=1, log_samples=True, apply_chat_template=True)
+    (sample,) = results["samples"]["arc_easy"]
+    args = sample["arguments"].values() if isinstance(sample["arguments"], dict) else sample["arguments"]
+    context, continuation = next(iter(args))
+    question = "Question: Which statement best explains why photosynthesis is the foundation of most food webs?"
+    assert context == tokenizer.apply_chat_template([{"role": "user", "content": question + "\nAnswer:"}],
+                                                    add_generation_prompt=True)
+    assert context.endswith("<extra_id_1>Assistant\n") and continuation.strip().startswith("Sunlight")

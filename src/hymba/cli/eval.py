@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, metavar="FILE.json",
                    help="write lm-eval's results as JSON, and the table beside it as FILE.md")
     p.add_argument("--log-samples", action="store_true", help="keep every request and response in the JSON")
+    p.add_argument("--apply-chat-template", action="store_true",
+                   help="wrap prompts in the tokenizer's chat template (instruct models; few-shot as earlier turns)")
     p.add_argument("--list-tasks", action="store_true", help="print the available task names and exit")
     p.add_argument("--verbose", action="store_true", help="show lm-eval's log messages")
 
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         lm = HymbaLM(pretrained=args.model, tokenizer_dir=args.tokenizer, batch_size=args.batch_size,
                      device=args.device, dtype=args.dtype, max_length=args.max_length)
         results = evaluate(lm, tasks, args.data_dir, limit=limit, num_fewshot=args.num_fewshot, seed=args.seed,
-                           log_samples=args.log_samples)
+                           log_samples=args.log_samples, apply_chat_template=args.apply_chat_template)
     except (ValueError, FileNotFoundError) as e:
         print(f"hymba eval: {e}", file=sys.stderr)
         return 2

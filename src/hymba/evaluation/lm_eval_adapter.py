@@ -100,6 +100,13 @@ class HymbaLM(TemplateLM):
     def tok_decode(self, tokens, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The checkpoint's own chat template (instruct models), for lm-eval's --apply_chat_template."""
+        return self.tokenizer.apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return self.tokenizer.chat_template if chat_template else None
+
     def get_model_info(self) -> dict:
         return {"model_dir": self.pretrained, "model_num_parameters": self.model.num_parameters(),
                 "model_dtype": str(self.model.dtype), "device": str(self.model.device),
@@ -271,11 +278,12 @@ def available_tasks() -> list[str]:
 def evaluate(model: str | HymbaLM, tasks: list[str], data_dir: str | None = None, *, limit: int | float | None = None,
              num_fewshot: int | None = None, batch_size: int = 8, device: str = "auto", dtype: str = "auto",
              max_length: int | None = None, bootstrap_iters: int = 1000, seed: int = 0,
-             log_samples: bool = False) -> dict:
+             log_samples: bool = False, apply_chat_template: bool = False) -> dict:
     """Run lm-eval `tasks` (names from `available_tasks()`) on a checkpoint directory or a HymbaLM.
 
     Returns lm-eval's results dictionary (results, groups, configs, n-samples, ...). `limit` caps the items per
-    task (a fraction if < 1). `bootstrap_iters` is for the standard errors of non-mean metrics (perplexity)."""
+    task (a fraction if < 1). `bootstrap_iters` is for the standard errors of non-mean metrics (perplexity).
+    `apply_chat_template` wraps each prompt (few-shot examples as earlier turns) in the tokenizer's chat template."""
     from lm_eval import simple_evaluate
 
     known = set(available_tasks())
@@ -293,7 +301,8 @@ def evaluate(model: str | HymbaLM, tasks: list[str], data_dir: str | None = None
     results = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
                               task_manager=manager, bootstrap_iters=bootstrap_iters, log_samples=log_samples,
                               random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                              fewshot_random_seed=seed)
+                              fewshot_random_seed=seed, apply_chat_template=apply_chat_template,
+                              fewshot_as_multiturn=apply_chat_template)
     results.setdefault("config", {}).update(lm.get_model_info())
     results["config"]["data_dir"] = os.path.abspath(data_dir) if data_dir else os.environ.get("HYMBA_EVAL_DATA")
     return results
