@@ -41,7 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    from ..evaluation.lm_eval_adapter import HymbaLM, evaluate, task_catalog
+    try:
+        from ..evaluation.lm_eval_adapter import HymbaLM, evaluate, task_catalog
+    except ImportError as e:
+        print(f"hymba eval needs lm-evaluation-harness ({e}); install it with: pip install 'hymba[eval]'",
+              file=sys.stderr)
+        return 2
     from ..evaluation.results import CHANCE, lm_eval_markdown, write_json
 
     if args.list_tasks:
