@@ -42,7 +42,7 @@ class ThreadTuner:
         torch.set_num_threads(self._queue[0] if self._queue else self.best)
 
     def after_step(self, seconds: float) -> str | None:
-        """Record the step's duration; returns a message when a round of timing has chosen a count."""
+        """Record the step's duration; returns a message when timing first chooses a count or changes it."""
         if not self.active:
             return None
         if not self._queue:  # running at the best count
@@ -57,10 +57,12 @@ class ThreadTuner:
             self._samples = []
         if self._queue:
             return None
-        previous = self.best
+        previous, first = self.best, math.isinf(self.best_time)
         self.best = min(self._round, key=self._round.get)
         self.best_time = self._round[self.best]
         self._until_round = self.period
         torch.set_num_threads(self.best)
+        if previous == self.best and not first:
+            return None
         timings = ", ".join(f"{c}: {s:.2f}s" for c, s in sorted(self._round.items()))
-        return f"CPU threads: {self.best} ({timings} per step)" + ("" if previous == self.best else f", was {previous}")
+        return f"CPU threads: {self.best} ({timings} per step)" + ("" if first else f", was {previous}")
