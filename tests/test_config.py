@@ -94,3 +94,14 @@ def test_unsupported_variants_are_refused():
     d["num_experts"] = 4
     with pytest.raises(ConfigError, match="num_experts=4 is not supported"):
         HymbaConfig.from_dict(d)
+
+
+def test_paper_scale_presets_have_their_sizes():
+    import torch
+
+    from hymba import HymbaForCausalLM
+
+    for name, count in [("hymba-350m", 354_045_824), ("hymba-125m", 124_246_464)]:
+        with torch.device("meta"):
+            model = HymbaForCausalLM(HymbaConfig.from_preset(name), init=False)
+        assert model.num_parameters() == count, name

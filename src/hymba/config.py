@@ -327,18 +327,20 @@ def preset_hymba_1_5b() -> HymbaConfig:
 
 
 def preset_hymba_350m() -> HymbaConfig:
-    """~350M-scale Hymba: 1024 wide, 24 layers, 16 heads (64-dim), 4 KV heads, globals at first/middle/last."""
-    L, g = 24, [0, 12, 23]
+    """354,045,824 parameters: 1024 wide, 20 layers, 16 heads of 64 (4 KV heads), FFN 2560, globals at the
+    first/middle/last layer and K/V pairs elsewhere, the release's SSM, meta tokens, window and vocabulary."""
+    L, g = 20, [0, 10, 19]
     return HymbaConfig(hidden_size=1024, num_hidden_layers=L, num_attention_heads=16, num_key_value_heads=4,
-                       intermediate_size=2816, mamba_dt_rank=64, global_attn_idx=g,
+                       intermediate_size=2560, mamba_dt_rank=64, global_attn_idx=g,
                        kv_reuse_group=_window_groups(L, g))
 
 
 def preset_hymba_125m() -> HymbaConfig:
-    """~125M-scale Hymba: 768 wide, 12 layers, 12 heads (64-dim), 4 KV heads, globals at first/middle/last."""
+    """124,246,464 parameters: 768 wide, 12 layers, 12 heads of 64 (4 KV heads), FFN 1536, globals at the
+    first/middle/last layer and K/V pairs elsewhere, the release's SSM, meta tokens, window and vocabulary."""
     L, g = 12, [0, 6, 11]
     return HymbaConfig(hidden_size=768, num_hidden_layers=L, num_attention_heads=12, num_key_value_heads=4,
-                       intermediate_size=2048, mamba_dt_rank=48, global_attn_idx=g,
+                       intermediate_size=1536, mamba_dt_rank=48, global_attn_idx=g,
                        kv_reuse_group=_window_groups(L, g))
 
 
