@@ -65,6 +65,22 @@ def split_documents(text: str, separator: str | None = DOC_SEPARATOR) -> list[st
     return [p for p in parts if p.strip()]
 
 
+def iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSONL file (.gz allowed), each checked to be a
+    JSON object; errors name the file and line."""
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object")
+            yield lineno, record
+
+
 def iter_documents(path: str, text_field: str = "text", separator: str | None = DOC_SEPARATOR) -> Iterator[str]:
     """The documents of one input file (see the module docstring for the formats)."""
     kind = _kind(path)
@@ -74,18 +90,11 @@ def iter_documents(path: str, text_field: str = "text", separator: str | None = 
                 text = f.read()
             yield from split_documents(text, separator)
         elif kind == "jsonl":
-            with _open_text(path) as f:
-                for lineno, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                        raise DataError(f"{path}:{lineno}: expected an object with a string field {text_field!r}")
-                    if record[text_field].strip():
-                        yield record[text_field]
+            for lineno, record in iter_jsonl(path):
+                if not isinstance(record.get(text_field), str):
+                    raise DataError(f"{path}:{lineno}: expected an object with a string field {text_field!r}")
+                if record[text_field].strip():
+                    yield record[text_field]
         else:
             import pyarrow.parquet as pq
 

@@ -14,7 +14,6 @@ adapters switched off (no second copy); without, a frozen copy taken before trai
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -24,8 +23,8 @@ from torch import nn
 from . import distributed as D
 from .config import TrainConfig
 from .data import DataError
-from .sft import IGNORE, ExampleLoader, check_messages, load_tokenizer_for, read_jsonl, tokenize_chat
-from .trainer import Batch, TrainingError, even_shards
+from .sft import IGNORE, ChatDataTask, check_messages, tokenize_chat
+from .trainer import Batch, TrainingError
 
 Example = tuple[list[int], list[int]]  # (ids, labels)
 
@@ -71,60 +70,28 @@ def tokenize_pair(tokenizer, record: dict[str, Any], where: str) -> tuple[Exampl
     return out[0], out[1]
 
 
-class DPOTask:
+class DPOTask(ChatDataTask):
     name = "dpo"
+    fields = ("prompt", "chosen", "rejected")
+    unit = "pair"
+    data_help = 'a JSONL file of {"prompt", "chosen", "rejected"} pairs'
 
     def __init__(self) -> None:
-        self.tokenizer_dir: str | None = None
-        self.device = torch.device("cpu")
+        super().__init__()
         self.reference: nn.Module | None = None
-        self.skipped_long = 0
 
-    def _load(self, path: str, cfg: TrainConfig) -> list[tuple[Example, Example]]:
-        pairs = []
-        for lineno, record in read_jsonl(path, ("prompt", "chosen", "rejected")):
-            where = f"{path}:{lineno}"
-            try:
-                chosen, rejected = tokenize_pair(self.tokenizer, record, where)
-            except DataError as e:
-                raise DataError(e if str(e).startswith(where) else f"{where}: {e}") from None
-            longest = max(len(chosen[0]), len(rejected[0]))
-            if longest > cfg.data.seq_len:
-                if not cfg.data.drop_long:
-                    raise DataError(f"{where}: {longest} tokens, more than data.seq_len={cfg.data.seq_len} (raise "
-                                    "data.seq_len, or data.drop_long=true to skip such pairs)")
-                self.skipped_long += 1
-                continue
-            pairs.append((chosen, rejected))
-        return pairs
+    def tokenize(self, record, where, cfg):
+        chosen, rejected = tokenize_pair(self.tokenizer, record, where)
+        return (chosen, rejected), max(len(chosen[0]), len(rejected[0]))
 
-    def prepare(self, cfg: TrainConfig, info: D.DistInfo) -> None:
-        if not cfg.data.path:
-            raise TrainingError("DPO needs data.path: a JSONL file of {\"prompt\", \"chosen\", \"rejected\"} pairs")
-        if self.tokenizer_dir is None:
-            self.tokenizer, self.tokenizer_dir = load_tokenizer_for(cfg)
+    def load_tokenizer(self, cfg: TrainConfig) -> None:
+        super().load_tokenizer(cfg)
         if self.tokenizer.eos_token_id is None:
             raise TrainingError(f"tokenizer {self.tokenizer_dir} has no eos_token: responses could not be ended")
-        self.pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id) if i is not None)
-        self.train = self._load(cfg.data.path, cfg)
-        self.val = self._load(cfg.data.val_path, cfg) if cfg.data.val_path else []
-        if not self.train:
-            raise DataError(f"{cfg.data.path}: every pair is longer than data.seq_len={cfg.data.seq_len}")
+
+    def prepare(self, cfg: TrainConfig, info: D.DistInfo) -> None:
+        super().prepare(cfg, info)
         self.beta, self.label_smoothing = cfg.dpo.beta, cfg.dpo.label_smoothing
-        self.shuffle = cfg.data.shuffle
-        self.device = info.device
-        if self.skipped_long and info.is_main:
-            print(f"skipped {self.skipped_long} pair(s) longer than data.seq_len={cfg.data.seq_len}")
-
-    def model_overrides(self) -> dict[str, Any]:
-        t = self.tokenizer
-        return {"vocab_size": t.vocab_size, "bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_id,
-                "pad_token_id": t.pad_token_id}
-
-    def check_model(self, model: nn.Module) -> None:
-        if model.config.vocab_size < self.tokenizer.vocab_size:
-            raise TrainingError(f"tokenizer {self.tokenizer_dir} has {self.tokenizer.vocab_size} ids, the model only "
-                                f"{model.config.vocab_size}")
 
     def attach(self, model: nn.Module, cfg: TrainConfig, info: D.DistInfo) -> None:
         """Fix the reference before training starts."""
@@ -157,18 +124,8 @@ class DPOTask:
         shape = lambda t: t.view(2, n, width).transpose(0, 1).contiguous()  # noqa: E731
         return {"input_ids": shape(ids), "attention_mask": shape(mask), "labels": shape(labels)}
 
-    def train_loader(self, global_batch: int, info: D.DistInfo, seed: int) -> ExampleLoader:
-        return ExampleLoader(self.train, global_batch, info, seed, self.shuffle, self.collate)
-
-    def val_batches(self, micro_batch: int, info: D.DistInfo, max_items: int) -> Iterator[Batch]:
-        for indices in even_shards(len(self.val), micro_batch, info, max_items):
-            yield self.collate([self.val[i] for i in indices])
-
     def count(self, batch: Batch) -> int:
         return int(batch["input_ids"].shape[0])
-
-    def tokens(self, batch: Batch) -> int:
-        return int(batch["attention_mask"].sum())
 
     def _reference_logps(self, model: nn.Module, ids, mask, labels) -> torch.Tensor:
         with torch.no_grad():

@@ -11,7 +11,6 @@ the model learns where to stop (`sft.eos_after_assistant`: auto | never).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +21,7 @@ from torch import nn
 
 from . import distributed as D
 from .config import TrainConfig
-from .data import BatchSchedule, DataError
+from .data import BatchSchedule, DataError, iter_jsonl
 from .trainer import Batch, TrainingError, even_shards, pad_batch
 
 IGNORE = -100
@@ -33,20 +32,11 @@ def read_jsonl(path: str, required: tuple[str, ...]) -> list[tuple[int, dict[str
     if not os.path.exists(path):
         raise FileNotFoundError(f"data file {path} does not exist")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            missing = [k for k in required if k not in record]
-            if missing:
-                raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-            records.append((lineno, record))
+    for lineno, record in iter_jsonl(path):
+        missing = [k for k in required if k not in record]
+        if missing:
+            raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+        records.append((lineno, record))
     if not records:
         raise DataError(f"{path}: no examples")
     return records
@@ -135,45 +125,59 @@ class ExampleLoader:
         self.schedule.load_state_dict(state)
 
 
-class SFTTask:
-    name = "sft"
+class ChatDataTask:
+    """What SFT and DPO share: the checkpoint's tokenizer, JSONL records tokenized up front (too-long ones
+    refused, or skipped with data.drop_long), shuffled global batches, and a model whose vocabulary covers
+    the tokenizer. Subclasses say how a record is tokenized and how a batch is collated and scored."""
+
+    name = ""
+    fields: tuple[str, ...] = ()  # required JSONL fields
+    unit = "example"  # what one record is called in messages
+    data_help = ""  # what data.path must be
 
     def __init__(self) -> None:
         self.tokenizer_dir: str | None = None
         self.device = torch.device("cpu")
         self.skipped_long = 0
 
-    def _load(self, path: str, cfg: TrainConfig) -> list[tuple[list[int], list[int]]]:
-        examples = []
-        for lineno, record in read_jsonl(path, ("messages",)):
+    def tokenize(self, record: dict[str, Any], where: str, cfg: TrainConfig) -> tuple[Any, int]:
+        """(the tokenized item, its longest row in tokens)."""
+        raise NotImplementedError
+
+    def _load(self, path: str, cfg: TrainConfig) -> list:
+        items = []
+        for lineno, record in read_jsonl(path, self.fields):
             where = f"{path}:{lineno}"
             try:
-                ids, labels = tokenize_chat(self.tokenizer, check_messages(record["messages"], where),
-                                            cfg.sft.eos_after_assistant)
+                item, length = self.tokenize(record, where, cfg)
             except DataError as e:
-                raise DataError(f"{where}: {e}") from None
-            if len(ids) > cfg.data.seq_len:
+                raise DataError(e if str(e).startswith(where) else f"{where}: {e}") from None
+            if length > cfg.data.seq_len:
                 if not cfg.data.drop_long:
-                    raise DataError(f"{where}: {len(ids)} tokens, more than data.seq_len={cfg.data.seq_len} (raise "
-                                    "data.seq_len, or data.drop_long=true to skip such examples)")
+                    raise DataError(f"{where}: {length} tokens, more than data.seq_len={cfg.data.seq_len} (raise "
+                                    f"data.seq_len, or data.drop_long=true to skip such {self.unit}s)")
                 self.skipped_long += 1
                 continue
-            examples.append((ids, labels))
-        return examples
+            items.append(item)
+        return items
+
+    def load_tokenizer(self, cfg: TrainConfig) -> None:
+        self.tokenizer, self.tokenizer_dir = load_tokenizer_for(cfg)
+        self.pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None)
 
     def prepare(self, cfg: TrainConfig, info: D.DistInfo) -> None:
         if not cfg.data.path:
-            raise TrainingError("SFT needs data.path: a JSONL file of {\"messages\": [...]} conversations")
-        self.tokenizer, self.tokenizer_dir = load_tokenizer_for(cfg)
-        self.pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None)
+            raise TrainingError(f"{self.name.upper()} needs data.path: {self.data_help}")
+        if self.tokenizer_dir is None:
+            self.load_tokenizer(cfg)
         self.train = self._load(cfg.data.path, cfg)
         self.val = self._load(cfg.data.val_path, cfg) if cfg.data.val_path else []
         if not self.train:
-            raise DataError(f"{cfg.data.path}: every example is longer than data.seq_len={cfg.data.seq_len}")
+            raise DataError(f"{cfg.data.path}: every {self.unit} is longer than data.seq_len={cfg.data.seq_len}")
         self.shuffle = cfg.data.shuffle
         self.device = info.device
         if self.skipped_long and info.is_main:
-            print(f"skipped {self.skipped_long} example(s) longer than data.seq_len={cfg.data.seq_len}")
+            print(f"skipped {self.skipped_long} {self.unit}(s) longer than data.seq_len={cfg.data.seq_len}")
 
     def model_overrides(self) -> dict[str, Any]:
         t = self.tokenizer
@@ -188,11 +192,8 @@ class SFTTask:
     def attach(self, model: nn.Module, cfg: TrainConfig, info: D.DistInfo) -> None:
         pass
 
-    def collate(self, examples: list[tuple[list[int], list[int]]]) -> Batch:
-        ids = pad_batch([e[0] for e in examples], self.pad_id)
-        labels = pad_batch([e[1] for e in examples], IGNORE)
-        mask = pad_batch([[1] * len(e[0]) for e in examples], 0)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    def collate(self, items: list) -> Batch:
+        raise NotImplementedError
 
     def train_loader(self, global_batch: int, info: D.DistInfo, seed: int) -> ExampleLoader:
         return ExampleLoader(self.train, global_batch, info, seed, self.shuffle, self.collate)
@@ -201,11 +202,28 @@ class SFTTask:
         for indices in even_shards(len(self.val), micro_batch, info, max_items):
             yield self.collate([self.val[i] for i in indices])
 
-    def count(self, batch: Batch) -> int:
-        return int((batch["labels"][:, 1:] != IGNORE).sum())
-
     def tokens(self, batch: Batch) -> int:
         return int(batch["attention_mask"].sum())
+
+
+class SFTTask(ChatDataTask):
+    name = "sft"
+    fields = ("messages",)
+    data_help = 'a JSONL file of {"messages": [...]} conversations'
+
+    def tokenize(self, record, where, cfg):
+        ids, labels = tokenize_chat(self.tokenizer, check_messages(record["messages"], where),
+                                    cfg.sft.eos_after_assistant)
+        return (ids, labels), len(ids)
+
+    def collate(self, examples: list[tuple[list[int], list[int]]]) -> Batch:
+        ids = pad_batch([e[0] for e in examples], self.pad_id)
+        labels = pad_batch([e[1] for e in examples], IGNORE)
+        mask = pad_batch([[1] * len(e[0]) for e in examples], 0)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def count(self, batch: Batch) -> int:
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ids = batch["input_ids"].to(self.device)
