@@ -6,8 +6,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py and helpers
 
-SHARED = os.environ.get("HYMBA_SHARED") or os.path.abspath(
-    os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+from helpers import SHARED  # noqa: E402
 
 # One thread per test process: the suite runs as 2 xdist workers on 2-core machines, and oversubscribed
 # OpenMP threads make small ops hundreds of times slower.

@@ -1,8 +1,14 @@
-"""Small model factories shared by the tests."""
+"""Small model factories and paths shared by the tests."""
+
+import os
 
 import torch
 
 from hymba import HymbaConfig, HymbaForCausalLM
+
+
+# The project's shared folder (../shared beside the checkout, or $HYMBA_SHARED).
+SHARED = os.environ.get("HYMBA_SHARED") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 
 
 def small_config(**overrides) -> HymbaConfig:
@@ -28,3 +34,18 @@ def randomized(model: HymbaForCausalLM, seed: int = 0, scale: float = 0.3) -> Hy
             else:
                 p.add_(noise)
     return model
+
+
+def random_weights(model: HymbaForCausalLM, seed: int = 0, scale: float = 0.15) -> HymbaForCausalLM:
+    """Every parameter moved off its initial value, so that no two tokens tie for the argmax by accident."""
+    return randomized(model, seed, scale).eval()
+
+
+def two_group_config(**overrides) -> HymbaConfig:
+    """Global layers 0 and 6, K/V groups of 2 ([1, 2]) and 3 ([3, 4, 5]), 4 meta tokens, window 6."""
+    base = dict(vocab_size=64, hidden_size=32, num_hidden_layers=7, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=48, mamba_d_state=4, mamba_d_conv=4, mamba_dt_rank=4, num_memory_tokens=4,
+                sliding_window=6, global_attn_idx=[0, 6], kv_reuse_group=[[1, 2], [3, 4, 5]],
+                max_position_embeddings=256, orig_max_position_embeddings=64)
+    base.update(overrides)
+    return HymbaConfig(**base)

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from helpers import SHARED, random_weights
 from hymba import HymbaConfig, HymbaForCausalLM
 from hymba.engine.tokenizer import Tokenizer, load_tokenizer
 
@@ -20,8 +21,6 @@ TRAIN_TEXT = [
 ] * 20
 
 
-SHARED = os.environ.get("HYMBA_SHARED") or os.path.abspath(
-    os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared"))
 
 
 @pytest.fixture(scope="session")
@@ -30,31 +29,6 @@ def llama_tokenizer() -> Tokenizer:
     path = os.path.join(SHARED, "hymba-1.5b")
     assert os.path.isdir(path), f"{path} not found; set HYMBA_SHARED to the shared folder"
     return load_tokenizer(path)
-
-
-def random_weights(model: HymbaForCausalLM, seed: int = 0, scale: float = 0.15) -> HymbaForCausalLM:
-    """Every parameter moved off its initial value, so that no two tokens tie for the argmax by accident."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * scale
-            if name.endswith("A_log.0"):
-                p.copy_(torch.rand(p.shape, generator=g) * 2 - 1)
-            elif "norm" in name:
-                p.copy_(1 + noise)
-            else:
-                p.add_(noise)
-    return model.eval()
-
-
-def two_group_config(**overrides) -> HymbaConfig:
-    """Global layers 0 and 6, K/V groups of 2 ([1, 2]) and 3 ([3, 4, 5]), 4 meta tokens, window 6."""
-    base = dict(vocab_size=64, hidden_size=32, num_hidden_layers=7, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=48, mamba_d_state=4, mamba_d_conv=4, mamba_dt_rank=4, num_memory_tokens=4,
-                sliding_window=6, global_attn_idx=[0, 6], kv_reuse_group=[[1, 2], [3, 4, 5]],
-                max_position_embeddings=256, orig_max_position_embeddings=64)
-    base.update(overrides)
-    return HymbaConfig(**base)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import random_weights, two_group_config
+from helpers import random_weights, two_group_config
 
 from hymba import HymbaConfig, HymbaForCausalLM
 from hymba.engine.generate import generate

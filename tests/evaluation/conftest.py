@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from helpers import SHARED, randomized
 from hymba import HymbaConfig, HymbaForCausalLM
 from hymba.engine.tokenizer import load_tokenizer
 
@@ -22,21 +23,6 @@ def small_lm_config(**overrides) -> HymbaConfig:
     return HymbaConfig(**base)
 
 
-def randomized(model: HymbaForCausalLM, seed: int = 0, scale: float = 0.5) -> HymbaForCausalLM:
-    """Weights moved off their initial values, so the model has a non-trivial, non-uniform distribution."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g) * scale
-            if "norm" in name:
-                p.copy_(1 + 0.1 * noise)
-            elif not name.endswith("A_log.0"):
-                p.add_(noise)
-    return model.eval()
-
-
-SHARED = os.environ.get("HYMBA_SHARED") or os.path.abspath(
-    os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared"))
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +44,7 @@ def tokenizer(shared):
 @pytest.fixture(scope="session")
 def small_model():
     torch.manual_seed(0)
-    return randomized(HymbaForCausalLM(small_lm_config()), seed=1)
+    return randomized(HymbaForCausalLM(small_lm_config()), seed=1, scale=0.5).eval()
 
 
 @pytest.fixture(scope="session")
