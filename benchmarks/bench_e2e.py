@@ -130,15 +130,7 @@ def hymba_decode(model, batch: int, context: int, steps: int, graph: bool = True
             tok = dec.step(tok).argmax(-1)
         else:
             tok = model(tok[:, None], cache=cache, logits_to_keep=1).logits[:, -1].argmax(-1)
-    step()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(steps):
-        step()
-    end.record()
-    torch.cuda.synchronize()
-    s = start.elapsed_time(end) / 1e3 / steps
+    s = cuda_time(step, steps)
     out = dict(step_ms=s * 1e3, tokens_per_s=batch / s, peak_memory_GB=torch.cuda.max_memory_allocated() / 1e9,
                cache_GB=cache.nbytes() / 1e9)
     return out

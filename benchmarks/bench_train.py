@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from hymba import HymbaConfig, HymbaForCausalLM  # noqa: E402
+from bench_e2e import cuda_time  # noqa: E402  (scripts in this folder share their timing helper)
 
 PEAK_BF16 = 989.4e12  # H100 SXM, dense
 
@@ -31,16 +32,9 @@ PEAK_BF16 = 989.4e12  # H100 SXM, dense
 def matmul_rate() -> float:
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
+    for _ in range(2):
         a @ b
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        a @ b
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * 8192**3 * 10 / (start.elapsed_time(end) / 1e3)
+    return 2 * 8192**3 / cuda_time(lambda: a @ b, 10)  # cuda_time warms up once more
 
 
 def visible_keys(T: int, window: int | None, M: int) -> int:
