@@ -45,14 +45,21 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
     try:
         yield tmp
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
-            os.rmdir(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(src: str, dest: str) -> None:
+    """Move the finished directory `src` to `dest`, replacing any directory there; `dest` is never missing
+    or half-written for longer than the two renames (the old one is set aside first, then removed)."""
+    if not os.path.exists(dest):
+        os.replace(src, dest)
+        return
+    parent, name = os.path.split(os.path.abspath(dest))
+    old = tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=parent)
+    os.rmdir(old)
+    os.replace(dest, old)
+    os.replace(src, dest)
+    shutil.rmtree(old, ignore_errors=True)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils import replace_dir
 from . import distributed as D
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -104,13 +105,7 @@ def save_checkpoint(root: str, step: int, write_all_ranks: Callable[[str], None]
         if info.is_main:
             write_main(tmp)
             _make_readable(tmp)
-            if os.path.exists(final):  # re-saving a step (a run resumed from an older checkpoint)
-                old = final + ".old"
-                os.replace(final, os.path.join(root, "." + os.path.basename(old)))
-                os.replace(tmp, final)
-                shutil.rmtree(os.path.join(root, "." + os.path.basename(old)), ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+            replace_dir(tmp, final)  # an existing step (a run resumed from an older checkpoint) is replaced
             prune(root, keep_last)
     finally:
         if info.is_main and tmp is not None and os.path.exists(tmp):
