@@ -19,6 +19,7 @@ from functools import lru_cache
 
 import torch
 
+from .masks import visible
 from .sdpa import build_sdpa_mask, sdpa_attention
 
 # Queries per forward below which attention runs as a decode step (grouped SDPA) rather than FlexAttention.
@@ -42,14 +43,10 @@ class AttentionMask:
 
 
 def _plain_mask_mod(window: int | None, num_meta: int):
-    if window is None:
-        def causal(b, h, q, k):
-            return k <= q
-        return causal
-
-    def window_meta(b, h, q, k):
-        return (k <= q) & ((q - k <= window) | (k < num_meta))
-    return window_meta
+    """Positions are the indices themselves (a plain forward without padding)."""
+    def mask_mod(b, h, q, k):
+        return visible(q, k, window, num_meta)
+    return mask_mod
 
 
 def positions_mask_mod(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, num_meta: int):
@@ -58,11 +55,7 @@ def positions_mask_mod(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | N
     at every position (a loss that reads a prediction made at a pad then does not depend on the backend)."""
     def mask_mod(b, h, qi, ki):
         q = q_pos[b, qi]
-        k = k_pos[b, ki]
-        ok = (k >= 0) & (k <= q)
-        if window is not None:
-            ok = ok & ((q - k <= window) | (k < num_meta))
-        return ok | (q < 0)
+        return visible(q, k_pos[b, ki], window, num_meta) | (q < 0)
     return mask_mod
 
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import torch
 
 
-def allowed_keys(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, num_meta: int) -> torch.Tensor:
-    """Boolean [batch, Tq, Tk]: key k is visible to query q.
+def visible(q, k, window: int | None, num_meta: int):
+    """The rule, elementwise on query/key positions (tensors that broadcast, or FlexAttention's indices).
 
     Global layers (window None): k <= q. Window layers: k <= q and (q - k <= window or k is a meta token),
     i.e. window + 1 keys counting the query itself, plus the meta tokens. Padding (-1) is never visible.
     """
-    q = q_pos[:, :, None]
-    k = k_pos[:, None, :]
     ok = (k >= 0) & (k <= q)
     if window is not None:
-        ok &= ((q - k) <= window) | (k < num_meta)
+        ok = ok & (((q - k) <= window) | (k < num_meta))
     return ok
+
+
+def allowed_keys(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, num_meta: int) -> torch.Tensor:
+    """Boolean [batch, Tq, Tk]: key k is visible to query q (see `visible`)."""
+    return visible(q_pos[:, :, None], k_pos[:, None, :], window, num_meta)
