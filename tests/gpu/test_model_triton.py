@@ -44,7 +44,13 @@ def test_logits_and_gradients_match_reference(models):
 
 
 @torch.no_grad()
-def test_cached_decoding_matches_reference(models):
+def test_cached_decoding_matches_reference(models, monkeypatch):
+    """Decode steps of the fast bundle go through the Triton decode-attention kernel."""
+    from hymba.ops.attention import decode_triton
+
+    calls = []
+    original = decode_triton.decode_attention
+    monkeypatch.setattr(decode_triton, "decode_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
     ref, fast = models
     ids = torch.randint(0, ref.config.vocab_size, (2, 9))
     logits = []
@@ -54,3 +60,4 @@ def test_cached_decoding_matches_reference(models):
         steps += [m(ids[:, t:t + 1], cache=cache).logits[:, -1] for t in range(5, 9)]
         logits.append(torch.stack(steps, 1))
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-4)
+    assert len(calls) == 6 * fast.config.num_hidden_layers  # meta prefix, prefill, 4 steps; every layer

@@ -7,9 +7,11 @@ a plain unpadded forward (0..T-1 in every row) the mask depends only on (T, wind
 forwards: causal for global layers, sliding window + meta tokens for the others. FlexAttention handles GQA
 without repeating K/V and a value head dim twice the query's.
 
-Decode steps (a handful of query tokens against a long cache) skip block masks: the query heads of a K/V
-group are folded into the query axis ([B, Hkv, G*Tq, dk]) and go through SDPA with an additive mask, which
-reads each cached K/V once and needs nothing compiled (CUDA-graph friendly).
+Decode steps (a handful of query tokens against a long cache) skip block masks: on CUDA they go through
+our Triton decode kernel (`decode_triton`), which reads each cached K/V once for all the query heads sharing
+it and evaluates the rule from the slots' positions (no mask in memory; CUDA-graph friendly). Elsewhere the
+query heads of a K/V group are folded into the query axis ([B, Hkv, G*Tq, dk]) and go through SDPA with an
+additive mask.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ FLEX_RECOMPILE_LIMIT = 64
 
 @dataclass
 class AttentionMask:
-    """What `build_flex_mask` returns: a FlexAttention block mask, or an additive mask for SDPA."""
+    """What `build_flex_mask` returns: a FlexAttention block mask, the positions for the decode kernel, or an
+    additive mask for SDPA."""
 
     block_mask: object | None = None  # torch.nn.attention.flex_attention.BlockMask
     additive: object | None = None  # what build_sdpa_mask returns: [B, 1, Tq, Tk] additive, or its own plan
+    positions: tuple | None = None  # (q_pos, k_pos, window, num_meta) for decode_triton.decode_attention
     _grouped: dict = field(default_factory=dict)  # G -> additive mask repeated for G folded query heads
 
     def grouped(self, G: int) -> torch.Tensor:
@@ -77,10 +81,14 @@ def _is_plain(q_pos: torch.Tensor, k_pos: torch.Tensor) -> bool:
 
 
 def build_flex_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, num_meta: int,
-                    dtype: torch.dtype = torch.float32) -> AttentionMask:
-    """The `Kernels.build_attention_mask` contract: once per forward and layer kind."""
+                    dtype: torch.dtype = torch.float32, *, decode_kernel: bool | None = None) -> AttentionMask:
+    """The `Kernels.build_attention_mask` contract: once per forward and layer kind. decode_kernel: use the
+    Triton decode kernel for few queries (default: on CUDA; True also runs it under Triton's CPU interpreter)."""
     Tq, Tk = q_pos.shape[1], k_pos.shape[1]
-    if q_pos.device.type != "cuda" or Tq < FLEX_MIN_QUERIES:
+    on_cuda = q_pos.device.type == "cuda"
+    if Tq < FLEX_MIN_QUERIES and (on_cuda if decode_kernel is None else decode_kernel) and dtype != torch.float64:
+        return AttentionMask(positions=(q_pos, k_pos, window, num_meta))
+    if not on_cuda or Tq < FLEX_MIN_QUERIES:
         return AttentionMask(additive=build_sdpa_mask(q_pos, k_pos, window, num_meta, dtype))
     from torch.nn.attention.flex_attention import create_block_mask
 
@@ -116,6 +124,13 @@ def flex_attention(q, k, v, mask: AttentionMask, scale: float):
         k, v = k.to(q.dtype), v.to(q.dtype)
     if mask.block_mask is not None:
         return _flex()(q, k, v, block_mask=mask.block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    if mask.positions is not None:
+        if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+            from .decode_triton import decode_attention
+
+            return decode_attention(q, k, v, *mask.positions, scale)
+        # a short sequence in training: the decode kernel has no backward
+        mask = AttentionMask(additive=build_sdpa_mask(*mask.positions, dtype=q.dtype))
     return grouped_sdpa(q, k, v, mask, scale)
 
 

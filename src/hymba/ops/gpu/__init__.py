@@ -1,5 +1,5 @@
 """The fast kernel bundle for CUDA ("triton"): Triton selective scan and causal conv (fla-core's conv when
-installed), FlexAttention for prefill and training, grouped SDPA for decode steps.
+installed), FlexAttention for prefill and training, a Triton decode-attention kernel for decode steps.
 
 Importing this module needs neither CUDA nor Triton: it only registers a factory, which raises
 ImportError / RuntimeError where the bundle cannot run, so that `get_kernels("auto")` falls back to the
@@ -13,7 +13,10 @@ from .. import Kernels, register_kernels
 
 def build_triton_kernels(conv: str = "auto", require_cuda: bool = True) -> Kernels:
     """The bundle. conv: "fla" (fla-core's Triton causal_conv1d), "triton" (ours), or "auto" (fla-core when
-    importable). require_cuda=False builds it anyway (for Triton's CPU interpreter in tests)."""
+    importable). require_cuda=False builds it anyway (for Triton's CPU interpreter in tests), with the Triton
+    decode attention on for CPU tensors too."""
+    import functools
+
     import torch
 
     if require_cuda and not torch.cuda.is_available():
@@ -39,7 +42,7 @@ def build_triton_kernels(conv: str = "auto", require_cuda: bool = True) -> Kerne
         conv_step=conv_step_triton,
         selective_scan=selective_scan_triton,
         ssm_step=ssm_step_triton,
-        build_attention_mask=build_flex_mask,
+        build_attention_mask=build_flex_mask if require_cuda else functools.partial(build_flex_mask, decode_kernel=True),
         attention=flex_attention,
     )
 
