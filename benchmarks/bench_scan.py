@@ -123,7 +123,8 @@ def main():
     dy = torch.randn(batch, L, d, device="cuda", dtype=torch.bfloat16)
     bwd_variants = [dict(triton_scan.BWD_CONFIG)]
     if not args.quick:
-        bwd_variants += [dict(BD=16, num_warps=2), dict(BD=16, num_warps=4), dict(BD=64, num_warps=4)]
+        bwd_variants += [dict(BD=32, num_warps=1), dict(BD=32, num_warps=2), dict(BD=16, num_warps=1),
+                         dict(BD=64, num_warps=1), dict(BD=64, num_warps=2)]
     for cfg in bwd_variants:
         key = "BD={BD} warps={num_warps}".format(**cfg)
         saved = dict(triton_scan.BWD_CONFIG)

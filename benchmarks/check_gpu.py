@@ -167,19 +167,24 @@ def check_attention(dev):
                                   lambda **a: sdpa_attention(**a, mask=ref_mask, scale=0.125) * valid, x)
                 record(f"flex attention {str(dtype)[6:]} {case} {'global' if window is None else 'window+meta'}",
                        errors, TOL[dtype] * (1 if dtype == torch.bfloat16 else 10))
-        # a decode step against a ring cache: grouped SDPA
-        q_pos = torch.tensor([[2000], [1500]], device=dev)
-        k_pos = torch.cat([torch.arange(M, device=dev)[None].expand(2, -1),
-                           torch.randint(-1, 1400, (2, W + 1), device=dev)], 1)
-        k_pos[:, -1] = q_pos[:, 0]
-        mask = build_flex_mask(q_pos, k_pos, W, M, dtype)
-        ref_mask = build_sdpa_mask(q_pos, k_pos, W, M, torch.float64)
-        q = torch.randn(2, 25, 1, 64, device=dev).to(dtype)
-        k = torch.randn(2, 5, k_pos.shape[1], 64, device=dev).to(dtype)
-        v = torch.randn(2, 5, k_pos.shape[1], 128, device=dev).to(dtype)
-        out = flex_attention(q, k, v, mask, 0.125)
-        ref = sdpa_attention(q.double(), k.double(), v.double(), ref_mask, 0.125)
-        record(f"decode attention (grouped SDPA) {str(dtype)[6:]}", dict(y=rel(out, ref)), TOL[dtype])
+        # decode steps (the Triton decode kernel on CUDA): a window ring and a long global cache, a batch
+        # large enough for one program per K/V head and batch 1 (keys split over programs, then merged)
+        for window, slots, batch in ((W, W + 1, 2), (None, 3000, 1), (None, 3000, 64)):
+            q_pos = torch.randint(1500, 2900, (batch, 1), device=dev)
+            k_pos = torch.cat([torch.arange(M, device=dev)[None].expand(batch, -1),
+                               torch.randint(-1, 2900, (batch, slots), device=dev)], 1)
+            k_pos[:, -1] = q_pos[:, 0]
+            mask = build_flex_mask(q_pos, k_pos, window, M, dtype)
+            assert mask.positions is not None or dev.type != "cuda"
+            ref_mask = build_sdpa_mask(q_pos, k_pos, window, M, torch.float64)
+            q = torch.randn(batch, 25, 1, 64, device=dev).to(dtype)
+            k = torch.randn(batch, 5, k_pos.shape[1], 64, device=dev).to(dtype)
+            v = torch.randn(batch, 5, k_pos.shape[1], 128, device=dev).to(dtype)
+            out = flex_attention(q, k, v, mask, 0.125)
+            ref = sdpa_attention(q.double(), k.double(), v.double(), ref_mask, 0.125)
+            kind = "global" if window is None else "window+meta"
+            record(f"decode attention {str(dtype)[6:]} {kind} batch {batch} ({k_pos.shape[1]} slots)",
+                   dict(y=rel(out, ref)), TOL[dtype])
 
 
 def check_attention_strided(dev):
