@@ -71,6 +71,24 @@ def test_scan_gradients_match_naive():
         assert _rel(leaves[k].grad, ref[k].grad) < 1e-5, k
 
 
+def test_scan_bf16_packed_inputs_forward_and_gradients():
+    """bf16 activations (B and C read as packed int64 words, four values per load) against float64 on the
+    same rounded values: only the rounding of the bf16 outputs remains (fp32 parameters stay exact)."""
+    x = _scan_inputs(N=8)
+    x = {k: v.bfloat16() if k in ("u", "delta", "B", "C", "z") else v for k, v in x.items()}
+    assert triton_scan._packed_bc(x["B"], x["C"], 8)[2]
+    leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+    y, final = triton_scan.selective_scan_triton(**leaves)
+    gy, gf = torch.randn_like(y), torch.randn_like(final)  # gy in bf16: what autograd hands the backward
+    ((y.float() * gy.float()).sum() + (final * gf).sum()).backward()
+    ref = {k: v.double().requires_grad_(True) for k, v in x.items()}
+    y_ref, final_ref = selective_scan_naive(**ref)
+    ((y_ref * gy.double()).sum() + (final_ref * gf.double()).sum()).backward()
+    assert _rel(y, y_ref) < 1e-2 and _rel(final, final_ref) < 1e-5
+    for k in x:
+        assert _rel(leaves[k].grad, ref[k].grad) < (1e-2 if x[k].dtype == torch.bfloat16 else 1e-5), k
+
+
 def test_scan_without_grad_saves_nothing_and_backward_refuses_if_needed():
     x = _scan_inputs(L=9)
     with torch.no_grad():

@@ -7,12 +7,13 @@ behind the arithmetic. Every input element is read once and every output written
 one exp2 per (step, channel, state), and the few warps a batch x d_inner problem offers to hide latency: see
 benchmarks/README.md for what was measured on an H100 and why.
 
-Backward (`_scan_bwd_kernel`): the states are recomputed, not stored. When the forward runs for training
-it also writes the state at the start of every CHUNK steps (fp32, N x d per chunk: CHUNK=64 adds
-N * 4 / (64 * 2) = 1/2 byte per input element). The backward walks the chunks from last to first; inside a
-chunk, time is a tensor axis: per state n it rebuilds h_t with a forward associative scan from the
-checkpoint, and the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} with a reverse one, carrying a_0 g_0 to the
-chunk before. Reductions over channels (dB, dC) are written as per-program partial sums and added in torch
+Backward (`_scan_bwd_kernel`): shaped like the forward, one thread per channel with its N states and N
+adjoints in registers, time walked in reverse. States are recomputed, not stored: when the forward runs for
+training it also writes the state at the start of every CHUNK steps (fp32, N x d per chunk). For each chunk,
+last to first, the backward first re-runs the chunk forward from its checkpoint, writing the CHUNK states
+to a per-program scratch (CHUNK x N x BD fp32, small enough to stay in L2), then walks it backwards with the
+adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}, reading the state before each step back from the scratch.
+Reductions over channels (dB, dC) are written as per-program partial sums and added in torch
 (deterministic, no atomics).
 
 Step (`_ssm_step_kernel`): one token, the [BD, N] state tile read and written in place.
@@ -34,12 +35,10 @@ LN2 = 0.6931471805599453
 _LN2 = tl.constexpr(LN2)
 _LOG2E = tl.constexpr(LOG2E)
 
-# Launch configurations (benchmarks/bench_scan.py measures alternatives). On an H100, PF=8 measured best of
-# the forward configurations tried with PB=1; PB=4 (B/C fetched 4 steps ahead) is the default since, not yet
-# micro-benchmarked.
-FWD_CONFIG = dict(BD=32, num_warps=1, PF=8, PB=4)
-BWD_CONFIG = dict(BD=32, num_warps=4)
-CHUNK = 64  # steps between saved states; also the backward's time tile
+# Launch configurations (benchmarks/bench_scan.py measures alternatives; see benchmarks/README.md).
+FWD_CONFIG = dict(BD=32, num_warps=1, PF=8, PB=8)
+BWD_CONFIG = dict(BD=32, num_warps=1, PF=4)
+CHUNK = 16  # steps between saved states: the backward's scratch holds one chunk of states per program
 
 
 # ---- shared device helpers --------------------------------------------------------------------------------
@@ -203,134 +202,165 @@ def _scan_fwd_kernel(
 
 # ---- backward ---------------------------------------------------------------------------------------------
 @triton.jit
-def _lin_combine(a1, b1, a2, b2):
-    """(earlier segment, later segment) of h -> a h + b."""
-    return a1 * a2, a2 * b1 + b2
+def _load_g(u_ptr, dt_ptr, z_ptr, dy_ptr, t, L, cols, cmask, s_ul, s_dl, s_zl, s_gl, HAS_Z: tl.constexpr):
+    """u, delta, z, dy of time step t (zeros outside 0..L-1: the reverse walk prefetches below 0)."""
+    m = cmask & (t < L) & (t >= 0)
+    u = tl.load(u_ptr + t * s_ul + cols, mask=m, other=0.0)
+    dt = tl.load(dt_ptr + t * s_dl + cols, mask=m, other=0.0)
+    dy = tl.load(dy_ptr + t * s_gl + cols, mask=m, other=0.0)
+    if HAS_Z:
+        z = tl.load(z_ptr + t * s_zl + cols, mask=m, other=0.0)
+    else:
+        z = u
+    return u, dt, z, dy
 
 
 @triton.jit
-def _adjoint_combine(al, pl, vl, ae, pe, ve):
-    """Reverse scan of g_t = c_t + a_{t+1} g_{t+1}: (later segment, earlier segment) -> joined segment.
-
-    A segment [t, m) is (a_t: its first decay, P: product of the decays after its first, V: g_t from inside
-    the segment). Joining: V = V_e + P_e * a_first(later) * V_l. No shifted copy of `a` is needed."""
-    return ae, pe * al * pl, ve + pe * al * vl
+def _delta(dtr, bias, t, L, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(delta after bias and softplus, the pre-softplus value); delta is 0 for steps past the end."""
+    dtr = dtr.to(tl.float32)
+    if HAS_BIAS:
+        dtr = dtr + bias
+    if SOFTPLUS:
+        dt = _softplus(dtr)
+    else:
+        dt = dtr
+    return tl.where(t < L, dt, 0.0), dtr
 
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, a2_ptr, dskip_ptr, bias_ptr, ckpt_ptr, dy_ptr, dht_ptr,
+    u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, a2_ptr, dskip_ptr, bias_ptr, ckpt_ptr, dy_ptr, dht_ptr, scratch_ptr,
     du_ptr, ddt_ptr, dz_ptr, da_ptr, dbp_ptr, dcp_ptr, dd_ptr, dbias_ptr, dh0_ptr,
-    L, d, n_chunks, nb,
+    L, d, n_chunks, nbatch,
     s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_bb, s_bl, s_cb, s_cl, s_gb, s_gl,
-    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr,
+    N: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, PF: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DHT: tl.constexpr,
-    SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
+    SOFTPLUS: tl.constexpr, FAST: tl.constexpr, PACK: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    cols = pid_d * BD + tl.arange(0, BD)
+    lanes = tl.arange(0, BD)
+    cols = pid_d * BD + lanes
     cm = cols < d
-    rows = tl.arange(0, T)
     u_ptr += b * s_ub
     dt_ptr += b * s_db
     z_ptr += b * s_zb
     b_ptr += b * s_bb
     c_ptr += b * s_cb
     dy_ptr += b * s_gb
-    # gradient outputs are contiguous [batch, L, d]
-    du_ptr += b * L * d
+    du_ptr += b * L * d  # gradient outputs are contiguous [batch, L, d]
     ddt_ptr += b * L * d
     dz_ptr += b * L * d
+    scratch_ptr += (b * tl.num_programs(0) + pid_d) * (T * N * BD)  # [T, N, BD]: the states of one chunk
+    part = (pid_d * nbatch + b) * L * N  # this program's rows of the dB, dC partial sums [L, N]
 
-    # Per-state carries as [BD, NP] tiles (the state loop below is a runtime loop, so the kernel compiles
-    # once per state, not N times): g = a_first * g_first of the chunk after the current one, da = dA so far.
-    ns = tl.arange(0, NP)
-    m_dn = cm[:, None] & (ns < N)[None, :]
-    if HAS_DHT:
-        g = tl.load(dht_ptr + (b * d + cols[:, None]) * N + ns[None, :], mask=m_dn, other=0.0)
-    else:
-        g = tl.zeros([BD, NP], tl.float32)
-    da = tl.zeros([BD, NP], tl.float32)
+    a2 = ()
+    g = ()  # a_{t+1} dL/dh_{t+1}: the adjoint carried into step t (dL/dh_final before the last step)
+    da = ()
+    for n in tl.static_range(N):
+        a2 = a2 + (tl.load(a2_ptr + cols * N + n, mask=cm, other=0.0),)
+        if HAS_DHT:
+            g = g + (tl.load(dht_ptr + (b * d + cols) * N + n, mask=cm, other=0.0),)
+        else:
+            g = g + (tl.zeros([BD], tl.float32),)
+        da = da + (tl.zeros([BD], tl.float32),)
     if HAS_D:
         dskip = tl.load(dskip_ptr + cols, mask=cm, other=0.0)
+    else:
+        dskip = tl.zeros([BD], tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=cm, other=0.0)
+    else:
+        bias = tl.zeros([BD], tl.float32)
     dd_acc = tl.zeros([BD], tl.float32)
     dbias_acc = tl.zeros([BD], tl.float32)
 
     for k in range(0, n_chunks):
         ci = n_chunks - 1 - k
-        t = ci * T + rows
-        tm = t < L
-        m2 = tm[:, None] & cm[None, :]
-        u = tl.load(u_ptr + t[:, None] * s_ul + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-        dtr = tl.load(dt_ptr + t[:, None] * s_dl + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dtr = dtr + bias[None, :]
-        if SOFTPLUS:
-            dt = _softplus(dtr)
-        else:
-            dt = dtr
-        dt = tl.where(m2, dt, 0.0)
-        dy = tl.load(dy_ptr + t[:, None] * s_gl + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-        if HAS_Z:
-            z = tl.load(z_ptr + t[:, None] * s_zl + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-            sz = _sigmoid(z, FAST)
-            dyg = dy * z * sz
-        else:
-            dyg = dy
-        dtu = dt * u
-        if HAS_D:
-            ypre = u * dskip[None, :]
-        else:
-            ypre = tl.zeros([T, BD], tl.float32)
-        dug = tl.zeros([T, BD], tl.float32)
-        ddt = tl.zeros([T, BD], tl.float32)
-        ones = tl.full([T, BD], 1.0, tl.float32)
-        for n in range(0, N):
-            sel = (ns == n)[None, :]
-            a2n = tl.load(a2_ptr + cols * N + n, mask=cm, other=0.0)
-            bn = tl.load(b_ptr + t * s_bl + n, mask=tm, other=0.0).to(tl.float32)
-            cn = tl.load(c_ptr + t * s_cl + n, mask=tm, other=0.0).to(tl.float32)
-            h0 = tl.load(ckpt_ptr + ((b * n_chunks + ci) * N + n) * d + cols, mask=cm, other=0.0)
-            a = tl.exp2(dt * a2n[None, :])
-            bx = dtu * bn[:, None]
-            ap, hl = tl.associative_scan((a, bx), 0, _lin_combine)
-            h = hl + ap * h0[None, :]
-            ypre += h * cn[:, None]
-            c = cn[:, None] * dyg
-            _, p, v = tl.associative_scan((a, ones, c), 0, _adjoint_combine, reverse=True)
-            gn = tl.sum(tl.where(sel, g, 0.0), axis=1)
-            gg = v + p * gn[None, :]
-            g_first = tl.sum(tl.where(rows[:, None] == 0, a * gg, 0.0), axis=0)
-            g = tl.where(sel, g_first[:, None], g)
-            hm = h - bx  # a_t * h_{t-1}
-            dug += gg * bn[:, None]
-            ddt += gg * ((a2n * _LN2)[None, :] * hm + u * bn[:, None])
-            da += tl.where(sel, tl.sum(gg * dt * hm, axis=0)[:, None], 0.0)
-            part = ((pid_d * nb + b) * L + t) * N + n
-            tl.store(dbp_ptr + part, tl.sum(gg * dtu, axis=1), mask=tm)
-            tl.store(dcp_ptr + part, tl.sum(h * dyg, axis=1), mask=tm)
+        t0 = ci * T
+        # 1. rebuild the chunk's states from its checkpoint; scratch row i = the state before step t0 + i
+        h = ()
+        for n in tl.static_range(N):
+            h = h + (tl.load(ckpt_ptr + ((b * n_chunks + ci) * N + n) * d + cols, mask=cm, other=0.0),)
+        ring_x = ()
+        for i in tl.static_range(PF):
+            ring_x = ring_x + (_load_x(u_ptr, dt_ptr, z_ptr, t0 + i, L, cols, cm, s_ul, s_dl, s_zl, False),)
+        for i0 in range(0, T, PF):
+            for ii in tl.static_range(PF):
+                t = t0 + i0 + ii
+                u, dtr, _ = ring_x[0]
+                ring_x = ring_x[1:] + (_load_x(u_ptr, dt_ptr, z_ptr, t + PF, L, cols, cm, s_ul, s_dl, s_zl, False),)
+                bs, _ = _load_bc(b_ptr, c_ptr, t, L, s_bl, s_cl, N, PACK)
+                bf, _ = _unpack_bc(bs, bs, N, PACK)
+                dt, _ = _delta(dtr, bias, t, L, HAS_BIAS, SOFTPLUS)
+                dtu = dt * u.to(tl.float32)
+                new_h = ()
+                for n in tl.static_range(N):
+                    tl.store(scratch_ptr + ((i0 + ii) * N + n) * BD + lanes, h[n])
+                    new_h = new_h + (tl.exp2(dt * a2[n]) * h[n] + dtu * bf[n],)
+                h = new_h
+        # 2. walk the chunk backwards; h is the state after step t, the scratch holds the one before it
+        ring_g = ()
+        for i in tl.static_range(PF):
+            ring_g = ring_g + (_load_g(u_ptr, dt_ptr, z_ptr, dy_ptr, t0 + T - 1 - i, L, cols, cm,
+                                       s_ul, s_dl, s_zl, s_gl, HAS_Z),)
+        for j0 in range(0, T, PF):
+            for jj in tl.static_range(PF):
+                i = T - 1 - j0 - jj
+                t = t0 + i
+                u, dtr, z, dy = ring_g[0]
+                ring_g = ring_g[1:] + (_load_g(u_ptr, dt_ptr, z_ptr, dy_ptr, t - PF, L, cols, cm,
+                                               s_ul, s_dl, s_zl, s_gl, HAS_Z),)
+                bs, cs = _load_bc(b_ptr, c_ptr, t, L, s_bl, s_cl, N, PACK)
+                bf, cf = _unpack_bc(bs, cs, N, PACK)
+                live = cm & (t < L)
+                u = u.to(tl.float32)
+                dy = dy.to(tl.float32)
+                dt, dtr = _delta(dtr, bias, t, L, HAS_BIAS, SOFTPLUS)
+                dtu = dt * u
+                if HAS_Z:
+                    z = z.to(tl.float32)
+                    sz = _sigmoid(z, FAST)
+                    dyg = dy * z * sz
+                else:
+                    dyg = dy
+                y = u * dskip  # y before the gate, for dz
+                dub = tl.zeros([BD], tl.float32)
+                ddt = tl.zeros([BD], tl.float32)
+                new_g = ()
+                new_da = ()
+                h_before = ()
+                for n in tl.static_range(N):
+                    gn = cf[n] * dyg + g[n]  # dL/dh_t
+                    hm = h[n] - dtu * bf[n]  # a_t h_{t-1}
+                    y += cf[n] * h[n]
+                    dub += gn * bf[n]
+                    ddt += gn * ((a2[n] * _LN2) * hm + u * bf[n])
+                    new_da = new_da + (da[n] + gn * dt * hm,)
+                    new_g = new_g + (tl.exp2(dt * a2[n]) * gn,)
+                    h_before = h_before + (tl.load(scratch_ptr + (i * N + n) * BD + lanes),)
+                    tl.store(dbp_ptr + part + t * N + n, tl.sum(tl.where(live, gn * dtu, 0.0), axis=0), mask=t < L)
+                    tl.store(dcp_ptr + part + t * N + n, tl.sum(tl.where(live, h[n] * dyg, 0.0), axis=0),
+                             mask=t < L)
+                g = new_g
+                da = new_da
+                h = h_before
+                du = dub * dt + dskip * dyg
+                if SOFTPLUS:
+                    ddt = ddt * _sigmoid(dtr, FAST)
+                ddt = tl.where(live, ddt, 0.0)
+                dd_acc += tl.where(live, dyg * u, 0.0)
+                dbias_acc += ddt
+                tl.store(du_ptr + t * d + cols, du.to(du_ptr.dtype.element_ty), mask=live)
+                tl.store(ddt_ptr + t * d + cols, ddt.to(ddt_ptr.dtype.element_ty), mask=live)
+                if HAS_Z:
+                    dz = dy * y * sz * (1.0 + z * (1.0 - sz))
+                    tl.store(dz_ptr + t * d + cols, dz.to(dz_ptr.dtype.element_ty), mask=live)
 
-        du = dug * dt
-        if HAS_D:
-            du += dskip[None, :] * dyg
-            dd_acc += tl.sum(dyg * u, axis=0)
-        if SOFTPLUS:
-            ddt = ddt * _sigmoid(dtr, FAST)
-        ddt = tl.where(m2, ddt, 0.0)
-        dbias_acc += tl.sum(ddt, axis=0)
-        off = t[:, None] * d + cols[None, :]
-        tl.store(du_ptr + off, du.to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(ddt_ptr + off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
-        if HAS_Z:
-            dz = dy * ypre * sz * (1.0 + z * (1.0 - sz))
-            tl.store(dz_ptr + off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
-
-    out = (b * d + cols[:, None]) * N + ns[None, :]
-    tl.store(da_ptr + out, da, mask=m_dn)
-    tl.store(dh0_ptr + out, g, mask=m_dn)
+    for n in tl.static_range(N):
+        tl.store(da_ptr + (b * d + cols) * N + n, da[n], mask=cm)
+        tl.store(dh0_ptr + (b * d + cols) * N + n, g[n], mask=cm)
     tl.store(dd_ptr + b * d + cols, dd_acc, mask=cm)
     tl.store(dbias_ptr + b * d + cols, dbias_acc, mask=cm)
 
@@ -466,6 +496,8 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
     dev = u.device
     nb = triton.cdiv(d, cfg["BD"])
     n_chunks = triton.cdiv(L, CHUNK)
+    if CHUNK % cfg["PF"]:
+        raise ValueError(f"selective_scan: backward prefetch depth {cfg['PF']} must divide the chunk ({CHUNK})")
     du = torch.empty(batch, L, d, dtype=u.dtype, device=dev)
     ddt = torch.empty(batch, L, d, dtype=delta.dtype, device=dev)
     dz = torch.empty(batch, L, d, dtype=z.dtype, device=dev) if z is not None else None
@@ -477,16 +509,18 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
     dh0 = torch.empty(batch, d, N, dtype=torch.float32, device=dev)
     if L > 0:
         zz = z if z is not None else u
+        scratch = torch.empty(batch, nb, CHUNK, N, cfg["BD"], dtype=torch.float32, device=dev)
+        Bk, Ck, pack = _packed_bc(B, C, N)
         _scan_bwd_kernel[(nb, batch)](
-            u, delta, zz, B, C, a2, Df if Df is not None else a2, biasf if biasf is not None else a2, ckpt, dy,
-            dht if dht is not None else a2,
+            u, delta, zz, Bk, Ck, a2, Df if Df is not None else a2, biasf if biasf is not None else a2, ckpt, dy,
+            dht if dht is not None else a2, scratch,
             du, ddt, dz if dz is not None else du, da, dbp, dcp, dd, dbias, dh0,
             L, d, n_chunks, batch,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
-            B.stride(0), B.stride(1), C.stride(0), C.stride(1), dy.stride(0), dy.stride(1),
-            N=N, NP=triton.next_power_of_2(N), BD=cfg["BD"], T=CHUNK,
+            Bk.stride(0), Bk.stride(1), Ck.stride(0), Ck.stride(1), dy.stride(0), dy.stride(1),
+            N=N, BD=cfg["BD"], T=CHUNK, PF=cfg["PF"],
             HAS_Z=z is not None, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, HAS_DHT=dht is not None,
-            SOFTPLUS=bool(delta_softplus), FAST=_fast(du), num_warps=cfg["num_warps"],
+            SOFTPLUS=bool(delta_softplus), FAST=_fast(du), PACK=pack, num_warps=cfg["num_warps"],
         )
     else:
         for t in (da, dbp, dcp, dd, dbias):
