@@ -101,7 +101,7 @@ def main():
     x = inputs(batch, L, d, N)
     fwd_variants = [dict(triton_scan.FWD_CONFIG)]
     if not args.quick:
-        fwd_variants += [dict(BD=32, num_warps=1, PF=8, PB=4), dict(BD=16, num_warps=1, PF=8, PB=8)]
+        fwd_variants += [dict(BD=32, num_warps=1, PF=8, PB=4)]
     for cfg in fwd_variants:
         key = "BD={BD} warps={num_warps} PF={PF} PB={PB}".format(**cfg)
         t = time.time()
@@ -123,8 +123,7 @@ def main():
     dy = torch.randn(batch, L, d, device="cuda", dtype=torch.bfloat16)
     bwd_variants = [dict(triton_scan.BWD_CONFIG)]
     if not args.quick:
-        bwd_variants += [dict(BD=32, num_warps=1, PF=2), dict(BD=32, num_warps=1, PF=8),
-                         dict(BD=16, num_warps=1, PF=4), dict(BD=64, num_warps=2, PF=4)]
+        bwd_variants += [dict(BD=32, num_warps=1, PF=2), dict(BD=64, num_warps=2, PF=4)]
     for cfg in bwd_variants:
         key = "BD={BD} warps={num_warps} PF={PF}".format(**cfg)
         saved = dict(triton_scan.BWD_CONFIG)

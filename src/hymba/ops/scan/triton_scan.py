@@ -284,31 +284,31 @@ def _scan_bwd_kernel(
         for n in tl.static_range(N):
             h = h + (tl.load(ckpt_ptr + ((b * n_chunks + ci) * N + n) * d + cols, mask=cm, other=0.0),)
         ring_x = ()
-        for i in tl.static_range(PF):
-            ring_x = ring_x + (_load_x(u_ptr, dt_ptr, z_ptr, t0 + i, L, cols, cm, s_ul, s_dl, s_zl, False),)
+        for p in tl.static_range(PF):
+            ring_x = ring_x + (_load_x(u_ptr, dt_ptr, z_ptr, t0 + p, L, cols, cm, s_ul, s_dl, s_zl, False),)
         for i0 in range(0, T, PF):
             for ii in tl.static_range(PF):
                 t = t0 + i0 + ii
-                u, dtr, _ = ring_x[0]
+                xu, xdt, xz = ring_x[0]
                 ring_x = ring_x[1:] + (_load_x(u_ptr, dt_ptr, z_ptr, t + PF, L, cols, cm, s_ul, s_dl, s_zl, False),)
-                bs, _ = _load_bc(b_ptr, c_ptr, t, L, s_bl, s_cl, N, PACK)
-                bf, _ = _unpack_bc(bs, bs, N, PACK)
-                dt, _ = _delta(dtr, bias, t, L, HAS_BIAS, SOFTPLUS)
-                dtu = dt * u.to(tl.float32)
+                bs1, cs1 = _load_bc(b_ptr, c_ptr, t, L, s_bl, s_cl, N, PACK)
+                bf1, cf1 = _unpack_bc(bs1, bs1, N, PACK)
+                dt1, dtr1 = _delta(xdt, bias, t, L, HAS_BIAS, SOFTPLUS)
+                dtu1 = dt1 * xu.to(tl.float32)
                 new_h = ()
                 for n in tl.static_range(N):
                     tl.store(scratch_ptr + ((i0 + ii) * N + n) * BD + lanes, h[n])
-                    new_h = new_h + (tl.exp2(dt * a2[n]) * h[n] + dtu * bf[n],)
+                    new_h = new_h + (tl.exp2(dt1 * a2[n]) * h[n] + dtu1 * bf1[n],)
                 h = new_h
         # 2. walk the chunk backwards; h is the state after step t, the scratch holds the one before it
         ring_g = ()
-        for i in tl.static_range(PF):
-            ring_g = ring_g + (_load_g(u_ptr, dt_ptr, z_ptr, dy_ptr, t0 + T - 1 - i, L, cols, cm,
+        for p in tl.static_range(PF):
+            ring_g = ring_g + (_load_g(u_ptr, dt_ptr, z_ptr, dy_ptr, t0 + T - 1 - p, L, cols, cm,
                                        s_ul, s_dl, s_zl, s_gl, HAS_Z),)
         for j0 in range(0, T, PF):
             for jj in tl.static_range(PF):
-                i = T - 1 - j0 - jj
-                t = t0 + i
+                row = T - 1 - j0 - jj
+                t = t0 + row
                 u, dtr, z, dy = ring_g[0]
                 ring_g = ring_g[1:] + (_load_g(u_ptr, dt_ptr, z_ptr, dy_ptr, t - PF, L, cols, cm,
                                                s_ul, s_dl, s_zl, s_gl, HAS_Z),)
@@ -339,7 +339,7 @@ def _scan_bwd_kernel(
                     ddt += gn * ((a2[n] * _LN2) * hm + u * bf[n])
                     new_da = new_da + (da[n] + gn * dt * hm,)
                     new_g = new_g + (tl.exp2(dt * a2[n]) * gn,)
-                    h_before = h_before + (tl.load(scratch_ptr + (i * N + n) * BD + lanes),)
+                    h_before = h_before + (tl.load(scratch_ptr + (row * N + n) * BD + lanes),)
                     tl.store(dbp_ptr + part + t * N + n, tl.sum(tl.where(live, gn * dtu, 0.0), axis=0), mask=t < L)
                     tl.store(dcp_ptr + part + t * N + n, tl.sum(tl.where(live, h[n] * dyg, 0.0), axis=0),
                              mask=t < L)
