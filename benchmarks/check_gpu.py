@@ -220,6 +220,14 @@ def _padded_positions(T, dev):
 
 
 # ---- the whole model ----------------------------------------------------------------------------------------
+def check_decode_only(dev):
+    """Cached decoding (eager and CUDA graph) against the full forward, without the gradient checks."""
+    cfg = HymbaConfig.from_preset("hymba-1.5b", **SIZES["model"])
+    torch.manual_seed(0)
+    model = HymbaForCausalLM(cfg).to(dev).set_kernels(KERNELS)
+    check_decode(model, cfg, dev)
+
+
 def check_model(dev):
     cfg = HymbaConfig.from_preset("hymba-1.5b", **SIZES["model"])
     torch.manual_seed(0)
@@ -287,12 +295,24 @@ def check_decode(model, cfg, dev):
     graph = [dec.prefill(ids[:, :P]).clone()]
     graph += [dec.step(ids[:, t]).clone() for t in range(P, P + S - 1)]
     record("decode CUDA graph vs full forward fp32", dict(logits=rel(torch.stack(graph, 1), full)), 1e-4)
+    # generate(): the CUDA-graph path (rows finishing at different steps stay in the graph's batch) against
+    # the eager path that drops them, left padding and an EOS included
+    mask = torch.ones(B, P, dtype=torch.long, device=dev)
+    mask[0, :P // 3] = 0
+    kw = dict(max_new_tokens=S, eos_token_id=int(ids[1, P + 5]), pad_token_id=0, output_logits=True)
+    eager = model.generate(ids[:, :P], mask, cuda_graph=False, **kw)
+    graph = model.generate(ids[:, :P], mask, cuda_graph=True, **kw)
+    same = eager.sequences.tolist() == graph.sequences.tolist() and eager.finish_reasons == graph.finish_reasons
+    finite = torch.isfinite(eager.logits)
+    record("generate(cuda_graph=True) vs eager generate fp32",
+           dict(logits=rel(graph.logits[finite], eager.logits[finite]), tokens_differ=float(not same)), 1e-4)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="folder for check_gpu.json")
-    ap.add_argument("--only", default=None, help="comma list of: scan,conv,attention,strided,model")
+    ap.add_argument("--only", default=None, help="comma list of: scan,conv,attention,strided,model,decode "
+                    "(decode: only the decoding checks that `model` ends with)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (TRITON_INTERPRET=1): a dry run")
     args = ap.parse_args()
     global KERNELS
@@ -317,9 +337,9 @@ def main():
     print(f"{device_name} | torch {torch.__version__} | triton {triton.__version__}", flush=True)
     t0 = time.time()
     parts = dict(scan=check_scan, conv=check_conv, attention=check_attention, strided=check_attention_strided,
-                 model=check_model)
+                 model=check_model, decode=check_decode_only)
     for name, fn in parts.items():
-        if args.only and name not in args.only.split(","):
+        if (args.only and name not in args.only.split(",")) or (not args.only and name == "decode"):
             continue
         t = time.time()
         try:

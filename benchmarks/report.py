@@ -34,9 +34,13 @@ def scan_md(r: dict) -> str:
     for k, v in r["forward_backward"].items():
         if "ms" in v:
             lines.append(f"| triton | {k} | {v['ms']:.3f} | {v['x_forward_floor']:.2f} |")
+    for k, v in r.get("forward_backward_previous_kernel", {}).items():
+        lines.append(f"| triton, previous kernel | {k} | {v['ms']:.3f} | {v['x_forward_floor']:.2f} |")
+    notes = [v["note"] for v in r["forward_backward"].values() if "note" in v]
     for mode, v in r.get("reference", {}).items():
         note = "" if v["measured_batch"] == s["batch"] else f" (measured at batch {v['measured_batch']}, scaled)"
         lines.append(f"| torch reference {mode.replace('_', '+')}{note} | | {v['ms']:.2f} | |")
+    lines += [f"\nNote: {n}" for n in notes]
     sm = r.get("summary", {})
     if sm:
         lines += ["", f"Speed-up over the torch reference: forward {sm['speedup_vs_torch_forward']:.0f}x, "
@@ -98,8 +102,14 @@ def main():
     args = ap.parse_args()
     parts = []
     checks = sorted(f for f in os.listdir(args.results) if f.startswith("check_gpu") and f.endswith(".json"))
-    if checks:
+    logs = sorted(f for f in os.listdir(args.results) if f.startswith("check_gpu") and f.endswith(".log"))
+    if checks or logs:
         md = "\n".join(f"### {name}\n\n" + check_md(_load(args.results, name)) for name in checks)
+        for name in logs:  # runs cut short before writing their JSON: their check lines as printed
+            with open(os.path.join(args.results, name)) as f:
+                kept = [line.rstrip() for line in f if line.startswith(("ok ", "FAIL"))]
+            if kept:
+                md += f"\n### {name}\n\n```\n" + "\n".join(kept) + "\n```\n"
         with open(os.path.join(args.results, "check_gpu.md"), "w") as f:
             f.write(md)
         parts.append(md)

@@ -1,11 +1,15 @@
 """generate(): cached decoding against repeated full forwards, batches, chunked prefill, stopping, streaming."""
 
+import importlib
+
 import pytest
 import torch
 from helpers import random_weights, two_group_config
 
 from hymba import HymbaConfig, HymbaForCausalLM
 from hymba.engine.generate import generate
+
+generate_module = importlib.import_module("hymba.engine.generate")  # (the package exports the function)
 
 
 def full_forward_greedy(model, prompt: list[int], steps: int, penalty: float = 1.0):
@@ -262,3 +266,52 @@ def test_ragged_prompt_lists_are_left_padded(tiny_model):
     assert torch.equal(generate(tiny_model, prompts, max_new_tokens=6, eos_token_id=[], pad_token_id=9), expected)
     with pytest.raises(ValueError, match="without attention_mask"):
         generate(tiny_model, prompts, mask, max_new_tokens=2)
+
+
+@pytest.fixture
+def static_steps(monkeypatch):
+    """generate()'s CUDA-graph path with the graph's eager twin (StaticDecoder runs the same static-cache step
+    without capturing it), so the batch bookkeeping of that path is checked on the CPU."""
+    from hymba.engine.cuda_graph import StaticDecoder
+
+    made = []
+
+    def factory(model, batch_size, max_length):
+        made.append(StaticDecoder(model, batch_size, max_length))
+        return made[-1]
+    monkeypatch.setattr(generate_module, "_static_decoder", factory)
+    return made
+
+
+def test_static_decoder_path_equals_the_cache_path(tiny_model, static_steps):
+    """Rows finishing at different steps stay in the fixed batch (fed padding, ignored): same tokens, same
+    logits, same finish reasons as dropping them; a left-padded prompt and repetition penalty included."""
+    prompts = [prompt_of(n, 512, seed=30 + n) for n in (4, 11, 7)]
+    free = [generate(tiny_model, torch.tensor([p]), max_new_tokens=24, eos_token_id=[])[0, len(p):].tolist()
+            for p in prompts]
+    eos = free[1][5]
+    ids, mask = left_pad(prompts, pad=0)
+    kw = dict(max_new_tokens=24, eos_token_id=eos, pad_token_id=3, output_logits=True, repetition_penalty=1.3)
+    want = generate(tiny_model, ids, mask, cuda_graph=False, **kw)
+    got = generate(tiny_model, ids, mask, cuda_graph=True, **kw)
+    assert len(static_steps) == 1 and static_steps[0].batch_size == 3
+    assert got.sequences.tolist() == want.sequences.tolist()
+    assert got.finish_reasons == want.finish_reasons and got.num_new_tokens == want.num_new_tokens
+    assert "eos" in got.finish_reasons
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=0, equal_nan=True)
+
+
+def test_cuda_graph_is_refused_off_cuda_and_not_used_by_default_on_cpu(tiny_model):
+    with pytest.raises(ValueError, match="CUDA device"):
+        generate(tiny_model, torch.tensor([[1, 2, 3]]), max_new_tokens=20, cuda_graph=True)
+    out = generate(tiny_model, torch.tensor([[1, 2, 3]]), max_new_tokens=20, eos_token_id=[])  # default: eager
+    assert out.shape == (1, 23)
+
+
+def test_failed_capture_falls_back_to_eager_steps(tiny_model, monkeypatch):
+    def refuse(*a):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(generate_module, "_static_decoder", refuse)
+    with pytest.warns(UserWarning, match="decoding eagerly"):
+        out = generate(tiny_model, torch.tensor([[5, 6]]), max_new_tokens=18, eos_token_id=[], cuda_graph=True)
+    assert out.tolist() == generate(tiny_model, torch.tensor([[5, 6]]), max_new_tokens=18, eos_token_id=[]).tolist()

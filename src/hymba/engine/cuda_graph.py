@@ -101,20 +101,19 @@ class StaticHybridCache(HybridCache):
         self.length_t.fill_(self.length)
 
 
-class CUDAGraphDecoder:
-    """Greedy-or-not decoding with the model step captured as a CUDA graph.
+class StaticDecoder:
+    """Decoding over a `StaticHybridCache` for a fixed batch: eager prefill, then one model step per call.
 
-        dec = CUDAGraphDecoder(model, batch_size=128, max_length=8192 + 256)
-        logits = dec.prefill(input_ids, attention_mask)   # [B, V] for the last position (eager)
+        dec = CUDAGraphDecoder(model, batch_size=128, max_length=8192 + 256)   # or StaticDecoder (eager)
+        logits = dec.prefill(input_ids, attention_mask)   # [B, V] for the last position
         for _ in range(n):
-            logits = dec.step(next_tokens)                # [B, V], one graph replay
+            logits = dec.step(next_tokens)                # [B, V]
 
-    `step` returns a view of the graph's static output: copy it before the next step if you keep it.
+    This class runs each step eagerly (any device); `CUDAGraphDecoder` replays it as a CUDA graph. `step`
+    may return a view of a static buffer: copy it before the next step if you keep it.
     """
 
-    def __init__(self, model, batch_size: int, max_length: int, warmup: int = 2):
-        if model.device.type != "cuda":
-            raise RuntimeError("CUDA graphs need the model on a CUDA device")
+    def __init__(self, model, batch_size: int, max_length: int):
         self.model = model
         self.batch_size = batch_size
         self.cache = StaticHybridCache(model.config, batch_size, max_length, device=model.device, dtype=model.dtype)
@@ -122,13 +121,59 @@ class CUDAGraphDecoder:
         self.cache.fill_from_prefix(self._prefix)
         self.cache.length_t.fill_(self.cache.length)
         self._ids = torch.zeros(batch_size, 1, dtype=torch.long, device=model.device)
-        self._graph = torch.cuda.CUDAGraph()
-        self._capture(warmup)
-        self.cache.reset(self._prefix)
 
     @torch.no_grad()
     def _forward_step(self) -> torch.Tensor:
         return self.model(self._ids, cache=self.cache, logits_to_keep=1).logits[:, -1]
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                chunk_size: int | None = None) -> torch.Tensor:
+        """Run the prompts (left padding allowed) through the cache eagerly; logits [B, V] of the last position."""
+        if input_ids.shape[0] != self.batch_size:
+            raise ValueError(f"this decoder was made for batch {self.batch_size}, got {input_ids.shape[0]} prompts")
+        if self.cache.length != self.cache.num_meta:
+            self.cache.reset(self._prefix)
+        L = input_ids.shape[1]
+        chunk = chunk_size or L
+        logits = None
+        for s in range(0, L, chunk):
+            m = attention_mask[:, s:s + chunk] if attention_mask is not None else None
+            logits = self.model(input_ids[:, s:s + chunk], attention_mask=m, cache=self.cache, logits_to_keep=1).logits
+        return logits[:, -1]
+
+    def _check_room(self) -> None:
+        if self.cache.length + 1 > self.cache.capacity:
+            raise CacheFullError(f"cache holds {self.cache.max_length} text tokens; it is full")
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token per row ([B] or [B, 1]); logits [B, V] for it."""
+        self._check_room()
+        self._ids.copy_(tokens.view(self.batch_size, 1))
+        return self._forward_step()
+
+    @torch.no_grad()
+    def greedy(self, first_tokens: torch.Tensor, steps: int) -> torch.Tensor:
+        """`steps` greedy tokens per row after `first_tokens`; [B, steps]."""
+        out = torch.empty(self.batch_size, steps, dtype=torch.long, device=self._ids.device)
+        tok = first_tokens.view(self.batch_size)
+        for i in range(steps):
+            tok = self.step(tok).argmax(-1)
+            out[:, i] = tok
+        return out
+
+
+class CUDAGraphDecoder(StaticDecoder):
+    """`StaticDecoder` with the model step captured once as a CUDA graph and replayed for every token."""
+
+    def __init__(self, model, batch_size: int, max_length: int, warmup: int = 2):
+        if model.device.type != "cuda":
+            raise RuntimeError("CUDA graphs need the model on a CUDA device")
+        super().__init__(model, batch_size, max_length)
+        self._graph = torch.cuda.CUDAGraph()
+        self._capture(warmup)
+        self.cache.reset(self._prefix)
 
     @torch.no_grad()
     def _capture(self, warmup: int) -> None:
@@ -144,38 +189,13 @@ class CUDAGraphDecoder:
         self.cache.length = length  # capture ran the Python side once without running the kernels
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                chunk_size: int | None = None) -> torch.Tensor:
-        """Run the prompts (left padding allowed) through the cache eagerly; logits [B, V] of the last position."""
-        if self.cache.length != self.cache.num_meta:
-            self.cache.reset(self._prefix)
-        L = input_ids.shape[1]
-        chunk = chunk_size or L
-        logits = None
-        for s in range(0, L, chunk):
-            m = attention_mask[:, s:s + chunk] if attention_mask is not None else None
-            logits = self.model(input_ids[:, s:s + chunk], attention_mask=m, cache=self.cache, logits_to_keep=1).logits
-        return logits[:, -1]
-
-    @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row ([B] or [B, 1]); logits [B, V] for it, from one graph replay."""
-        if self.cache.length + 1 > self.cache.capacity:
-            raise CacheFullError(f"cache holds {self.cache.max_length} text tokens; it is full")
+        self._check_room()
         self._ids.copy_(tokens.view(self.batch_size, 1))
         self._graph.replay()
         self.cache.length += 1
         return self._logits
 
-    @torch.no_grad()
-    def greedy(self, first_tokens: torch.Tensor, steps: int) -> torch.Tensor:
-        """`steps` greedy tokens per row after `first_tokens`; [B, steps]."""
-        out = torch.empty(self.batch_size, steps, dtype=torch.long, device=self._ids.device)
-        tok = first_tokens.view(self.batch_size)
-        for i in range(steps):
-            tok = self.step(tok).argmax(-1)
-            out[:, i] = tok
-        return out
 
-
-__all__ = ["CUDAGraphDecoder", "StaticHybridCache"]
+__all__ = ["CUDAGraphDecoder", "StaticDecoder", "StaticHybridCache"]

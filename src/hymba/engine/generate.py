@@ -7,6 +7,10 @@
 A row finishes on an end-of-sequence token, on a stop string in its generated text, or after
 `max_new_tokens`. Finished rows are dropped from the cache (so they cost nothing more) and padded with
 `pad_token_id` in the output, which has the shape transformers' `generate` returns: [B, L + steps taken].
+
+On CUDA the decode steps run as one CUDA graph per step over a static cache (`cuda_graph.CUDAGraphDecoder`,
+4x faster at batch 128 than launching each step's ~1,700 kernels from Python). A graph has a fixed batch, so
+there finished rows stay in it, fed padding, and their logits are ignored; tokens are the same either way.
 """
 
 from __future__ import annotations
@@ -112,6 +116,47 @@ def _resolve_ids(eos_token_id, pad_token_id, config, tokenizer) -> tuple[list[in
     return eos, int(pad_token_id)
 
 
+class _CacheSteps:
+    """Eager decode steps on a HybridCache; finished rows are dropped from the cache."""
+
+    def __init__(self, model, cache):
+        self.model, self.cache = model, cache
+
+    def drop(self, keep: torch.Tensor) -> None:
+        self.cache.keep_rows(keep)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens[:, None], cache=self.cache, logits_to_keep=1).logits[:, -1]
+
+
+class _StaticSteps:
+    """Steps of a fixed-batch decoder (a CUDA graph): finished rows stay in the batch, fed `pad`, ignored."""
+
+    def __init__(self, decoder, pad: int):
+        self.decoder, self.pad = decoder, pad
+        self.live = torch.arange(decoder.batch_size, device=decoder.cache.length_t.device)
+
+    def drop(self, keep: torch.Tensor) -> None:
+        self.live = self.live[keep]
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        feed = torch.full((self.decoder.batch_size,), self.pad, dtype=torch.long, device=tokens.device)
+        feed[self.live] = tokens
+        return self.decoder.step(feed)[self.live]
+
+
+def _static_decoder(model, batch_size: int, max_length: int):
+    if model.device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs the model on a CUDA device (it is on {model.device})")
+    from .cuda_graph import CUDAGraphDecoder
+
+    return CUDAGraphDecoder(model, batch_size, max_length)
+
+
+# generate(cuda_graph=None) uses a graph on CUDA from this many new tokens (capturing costs a few steps' time)
+CUDA_GRAPH_MIN_NEW_TOKENS = 16
+
+
 def _emit(streamer, tokens: list[int | None]) -> None:
     if streamer is None:
         return
@@ -144,6 +189,7 @@ def generate(
     prefill_chunk_size: int = 512,
     return_dict: bool = False,
     output_logits: bool = False,
+    cuda_graph: bool | None = None,
 ) -> torch.Tensor | GenerateOutput:
     """Generate continuations of a batch of prompts; returns sequences [B, L + steps] (or a GenerateOutput).
 
@@ -156,7 +202,9 @@ def generate(
     `stop_strings` end a row as soon as its generated text (decoded with `tokenizer`) contains one; the token
     completing it is kept. `streamer`: an object with put(tokens_per_row)/end(), or a callable taking
     tokens_per_row (None for rows already finished). Prompts longer than `prefill_chunk_size` are prefilled
-    chunk by chunk, with the same result.
+    chunk by chunk, with the same result. `cuda_graph`: decode steps as a CUDA graph replay (default: on CUDA
+    when max_new_tokens >= CUDA_GRAPH_MIN_NEW_TOKENS; falls back to eager steps, with a warning, if the
+    capture fails).
     """
     config = model.config
     device = model.device
@@ -166,6 +214,8 @@ def generate(
         raise ValueError(f"prefill_chunk_size must be >= 1, got {prefill_chunk_size}")
     if seed is not None and generator is not None:
         raise ValueError("pass seed or generator, not both")
+    if cuda_graph is None:
+        cuda_graph = device.type == "cuda" and max_new_tokens >= CUDA_GRAPH_MIN_NEW_TOKENS
     params = SamplingParams(do_sample, temperature, top_k, top_p, repetition_penalty)
     if not do_sample and (temperature != 1.0 or top_k != 0 or top_p != 1.0):
         warnings.warn("temperature/top_k/top_p are ignored without do_sample=True (greedy decoding)", stacklevel=2)
@@ -198,12 +248,25 @@ def generate(
             streamer.end()
         return _finish(input_ids, input_ids.new_empty(B, 0), ["length"] * B, [0] * B, None, [None] * B,
                        0.0, 0.0, return_dict)
-    cache = model.new_cache(B, ids.shape[1] + max_new_tokens)
-    logits = None
-    for start in range(0, ids.shape[1], prefill_chunk_size):
-        end = start + prefill_chunk_size
-        chunk_mask = mask[:, start:end] if has_pads else None
-        logits = model(ids[:, start:end], attention_mask=chunk_mask, cache=cache, logits_to_keep=1).logits[:, -1]
+    steps_fn = logits = None
+    if cuda_graph:
+        try:
+            decoder = _static_decoder(model, B, ids.shape[1] + max_new_tokens)
+        except ValueError:
+            raise
+        except Exception as e:  # capture refused (a kernel bundle that syncs with the host, ...)
+            warnings.warn(f"CUDA graph decoding unavailable ({type(e).__name__}: {e}); decoding eagerly",
+                          stacklevel=2)
+        else:
+            logits = decoder.prefill(ids, mask if has_pads else None, prefill_chunk_size)
+            steps_fn = _StaticSteps(decoder, pad_token_id)
+    if steps_fn is None:
+        cache = model.new_cache(B, ids.shape[1] + max_new_tokens)
+        for start in range(0, ids.shape[1], prefill_chunk_size):
+            end = start + prefill_chunk_size
+            chunk_mask = mask[:, start:end] if has_pads else None
+            logits = model(ids[:, start:end], attention_mask=chunk_mask, cache=cache, logits_to_keep=1).logits[:, -1]
+        steps_fn = _CacheSteps(model, cache)
     prefill_seconds = time.perf_counter() - t0
 
     rows = torch.arange(B, device=device)  # original row of each cache row
@@ -250,13 +313,13 @@ def generate(
         _emit(streamer, per_row)
         if all(done) or step == max_new_tokens - 1:
             break
-        if any(done):  # drop finished rows from the cache: they cost nothing from here on
+        if any(done):  # drop finished rows: they cost nothing from here on (a graph just ignores them)
             keep = torch.tensor([i for i, d in enumerate(done) if not d], device=device)
-            cache.keep_rows(keep)
+            steps_fn.drop(keep)
             rows, next_tokens = rows[keep], next_tokens[keep]
             if seen is not None:
                 seen = seen[keep]
-        logits = model(next_tokens[:, None], cache=cache, logits_to_keep=1).logits[:, -1]
+        logits = steps_fn(next_tokens)
     decode_seconds = time.perf_counter() - t0
     if streamer is not None and hasattr(streamer, "end"):
         streamer.end()
