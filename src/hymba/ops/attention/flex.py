@@ -1,4 +1,4 @@
-"""Attention on CUDA: FlexAttention for prefill and training, grouped SDPA for decode steps.
+"""Attention on CUDA: FlexAttention for prefill and training, a Triton kernel for decode steps.
 
 The mask rule is the one of `masks.allowed_keys`, written as a FlexAttention `mask_mod` over token positions
 (meta tokens 0..M-1, text M+j, padding -1), so one rule serves plain forwards, padded batches, chunked
@@ -24,7 +24,7 @@ import torch
 from .masks import visible
 from .sdpa import build_sdpa_mask, sdpa_attention
 
-# Queries per forward below which attention runs as a decode step (grouped SDPA) rather than FlexAttention.
+# Queries per forward below which attention runs as a decode step (decode kernel) rather than FlexAttention.
 FLEX_MIN_QUERIES = 64
 FLEX_RECOMPILE_LIMIT = 64
 
