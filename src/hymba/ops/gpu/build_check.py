@@ -1,0 +1,106 @@
+"""Lower every Triton kernel to Triton IR for a Hopper GPU, on a machine without one.
+
+Triton's CPU interpreter (which the tests run the kernels under) executes kernels as Python and accepts code
+that the compiler rejects, e.g. a name that is a compile-time constant before a runtime loop and a tensor
+inside it. Such a kernel passes every CPU test and then fails on the GPU at its first launch. The first
+compilation stage (Python AST -> Triton IR) is where those errors surface; it needs no GPU and takes
+seconds, so it runs here for every kernel, over the compile-time options the library launches it with.
+
+    python -m hymba.ops.gpu.build_check          # exit status 1 if a kernel does not build
+
+Must run in a process where TRITON_INTERPRET is unset (the kernels must be defined compiled, not
+interpreted): the test suite runs it as a subprocess.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import traceback
+
+
+def _variants(**choices):
+    keys = list(choices)
+    for values in itertools.product(*(choices[k] for k in keys)):
+        yield dict(zip(keys, values))
+
+
+def kernel_cases():
+    """(label, kernel, signature overrides, constexprs, num_warps) for each launch the library makes."""
+    from ..attention import decode_triton as dec
+    from ..conv import triton_conv as conv
+    from ..scan import triton_scan as scan
+
+    act = {n: "*bf16" for n in ("u_ptr", "dt_ptr", "z_ptr", "dy_ptr", "du_ptr", "ddt_ptr", "dz_ptr", "y_ptr")}
+    cases = []
+    for v in _variants(PACK=(True, False), HAS_Z=(True, False), SAVE=(True, False)):
+        sig = dict(act, **({"b_ptr": "*i64", "c_ptr": "*i64"} if v["PACK"] else {"b_ptr": "*bf16", "c_ptr": "*bf16"}))
+        cfg = scan.FWD_CONFIG
+        const = dict(N=16, BD=cfg["BD"], PF=cfg["PF"], PB=cfg["PB"], CHUNK=scan.CHUNK, HAS_D=True, HAS_BIAS=True,
+                     HAS_H0=True, SOFTPLUS=True, FAST=True, **v)
+        cases.append((f"scan forward {v}", scan._scan_fwd_kernel, sig, const, cfg["num_warps"]))
+    for v in _variants(PACK=(True, False), HAS_Z=(True, False), HAS_DHT=(True, False)):
+        sig = dict(act, **({"b_ptr": "*i64", "c_ptr": "*i64"} if v["PACK"] else {"b_ptr": "*bf16", "c_ptr": "*bf16"}))
+        cfg = scan.BWD_CONFIG
+        const = dict(N=16, BD=cfg["BD"], T=scan.CHUNK, PF=cfg["PF"], HAS_D=True, HAS_BIAS=True, SOFTPLUS=True,
+                     FAST=True, **v)
+        cases.append((f"scan backward {v}", scan._scan_bwd_kernel, sig, const, cfg["num_warps"]))
+    cases.append(("ssm step", scan._ssm_step_kernel, act, dict(N=16, NP=16, BD=64, HAS_Z=True, HAS_D=True,
+                                                              HAS_BIAS=True, SOFTPLUS=True, FAST=True), 4))
+    for v in _variants(HAS_BIAS=(True, False), HAS_INIT=(True, False)):
+        base = dict(K=4, BD=conv.BD, SILU=True, **v)
+        cases.append((f"conv forward {v}", conv._conv_fwd_kernel, {}, dict(base, BL=conv.BL), 4))
+        cases.append((f"conv backward {v}", conv._conv_bwd_kernel, {}, dict(base, BL=conv.BL), 4))
+    cases.append(("conv step", conv._conv_step_kernel, {}, dict(K=4, BD=conv.BD, HAS_BIAS=True, SILU=True), 4))
+    for v in _variants(HAS_WINDOW=(True, False), IEEE=(True, False)):
+        dt = "*fp32" if v["IEEE"] else "*bf16"
+        sig = {"q_ptr": dt, "k_ptr": dt, "v_ptr": dt, "qpos_ptr": "*i32", "kpos_ptr": "*i32", "scale": "fp32"}
+        const = dict(DK=64, DV=128, BDK=64, BDV=128, BLOCK_M=16, BLOCK_N=dec.BLOCK_N, **v)
+        cases.append((f"decode attention {v}", dec._decode_attn_kernel, sig, const, dec.NUM_WARPS))
+    return cases
+
+
+def build_ttir(kernel, signature: dict, constexprs: dict, num_warps: int, arch: int = 90):
+    """Python AST -> Triton IR for `arch` (the stage where front-end errors surface); returns the module."""
+    from triton._C.libtriton import ir
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.compiler.compiler import make_backend
+
+    names = kernel.arg_names
+    missing = set(constexprs) - set(names)
+    if missing:
+        raise ValueError(f"{kernel.__name__} has no arguments {sorted(missing)}")
+    full = {n: "constexpr" if n in constexprs else signature.get(n, "*fp32" if n.endswith("_ptr") else "i32")
+            for n in names}
+    src = ASTSource(fn=kernel, signature=full, constexprs={(names.index(n),): v for n, v in constexprs.items()})
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    options = backend.parse_options(dict(num_warps=num_warps))
+    context = ir.context()
+    ir.load_dialects(context)
+    backend.load_dialects(context)
+    return src.make_ir(target, options, backend.get_codegen_implementation(options), backend.get_module_map(),
+                       context)
+
+
+def main() -> int:
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("build_check: unset TRITON_INTERPRET (the kernels must be defined compiled)", file=sys.stderr)
+        return 2
+    failed = 0
+    for label, kernel, sig, const, warps in kernel_cases():
+        try:
+            build_ttir(kernel, sig, const, warps)
+            print(f"ok    {label}")
+        except Exception as e:  # report every kernel, not just the first failure
+            failed += 1
+            print(f"FAIL  {label}: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}")
+            traceback.print_exc(limit=1)
+    print(f"{failed} of {len(kernel_cases())} kernel variants failed to build" if failed else "all kernels build")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
