@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from hymba import HymbaConfig, HymbaForCausalLM  # noqa: E402
+from hymba.modeling import compile_layers  # noqa: E402
 from bench_e2e import cuda_time  # noqa: E402  (scripts in this folder share their timing helper)
 
 PEAK_BF16 = 989.4e12  # H100 SXM, dense
@@ -63,14 +64,13 @@ def model_flops(config: HymbaConfig, batch: int, text_len: int) -> dict:
     return dict(matmul=matmul, attention=3 * attn, total=matmul + 3 * attn)
 
 
-def train_steps(config, batch, text_len, compile_layers: bool, steps: int):
+def train_steps(config, batch, text_len, compiled: bool, steps: int):
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = HymbaForCausalLM(config)
-    if compile_layers:
+    if compiled:
         model.set_kernels("triton-conv")  # our conv is a torch custom op: no graph break inside a layer
-        for layer in model.model.layers:
-            layer.compile()
+        compile_layers(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     ids = torch.randint(0, config.vocab_size, (batch, text_len), device="cuda")
 

@@ -179,6 +179,16 @@ def _positions(start: torch.Tensor, valid: torch.Tensor | None, T: int, device) 
     return torch.where(valid, start[:, None] + before, torch.full_like(before, -1))
 
 
+def compile_layers(module: nn.Module) -> int:
+    """torch.compile every decoder layer inside `module` (a model, or a wrapper around one, e.g. peft's), in
+    place; returns how many. Per layer rather than the whole model: the layers of one kind share a compiled
+    graph, and the model-level glue (cache, masks, meta tokens) stays eager. Returns the number compiled."""
+    layers = [m for m in module.modules() if isinstance(m, HymbaDecoderLayer)]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def _weights_version(module: nn.Module) -> int:
     """Changes whenever any parameter is modified in place (optimizer steps, load_state_dict)."""
     return sum(p._version for p in module.parameters())

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..modeling import compile_layers
 from . import checkpointing as C
 from . import distributed as D
 from .config import TrainConfig
@@ -260,9 +261,7 @@ class Trainer:
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         if cfg.model.compile:
-            for layer in model.modules():
-                if type(layer).__name__ == "HymbaDecoderLayer":
-                    layer.compile()
+            compile_layers(model)
         wrapped = D.wrap_model(model, cfg.distributed.strategy, info)
         self.model = model
         optimizer = build_optimizer(wrapped, o.lr, o.weight_decay, o.betas, o.eps, o.fused)
