@@ -206,16 +206,23 @@ def llama_decode(model, batch: int, context: int, steps: int) -> dict:
                 cache_GB=cache_bytes / 1e9, mode=mode)
 
 
-def run_hymba(args) -> dict:
+def build_hymba(kernels: str):
+    """hymba-1.5b on the GPU in bf16 with random weights (A_log spread like the released ones)."""
     config = HymbaConfig.from_preset("hymba-1.5b")
     with torch.device("cuda"):
         model = HymbaForCausalLM(config, init=False).to(torch.bfloat16).eval()
-    model.set_kernels(args.kernels)
+    model.set_kernels(kernels)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02)
         for layer in model.model.layers:
             layer.mamba.A_log[0].uniform_(0, 2.7)
+    return model
+
+
+def run_hymba(args) -> dict:
+    model = build_hymba(args.kernels)
+    config = model.config
     r = dict(params=model.num_parameters(), kernels=model.model.kernels_for(torch.device("cuda")).name,
              paper_cache_MB_fp16=paper_cache_bytes(config, args.context) / 1e6)
     with torch.no_grad():

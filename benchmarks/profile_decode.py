@@ -19,21 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from hymba import HymbaConfig, HymbaForCausalLM  # noqa: E402
-from bench_e2e import cuda_time, fill_hymba_cache  # noqa: E402
-
-
-def build(kernels: str):
-    config = HymbaConfig.from_preset("hymba-1.5b")
-    with torch.device("cuda"):
-        model = HymbaForCausalLM(config, init=False).to(torch.bfloat16).eval()
-    model.set_kernels(kernels)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-        for layer in model.model.layers:
-            layer.mamba.A_log[0].uniform_(0, 2.7)
-    return model
+from bench_e2e import build_hymba, cuda_time, fill_hymba_cache  # noqa: E402
 
 
 @torch.no_grad()
@@ -49,7 +35,7 @@ def main():
 
     from hymba.engine.cuda_graph import CUDAGraphDecoder
 
-    model = build(args.kernels)
+    model = build_hymba(args.kernels)
     dec = CUDAGraphDecoder(model, args.batch, args.context + 64)
     fill_hymba_cache(dec.cache, args.context)
     tok = torch.randint(0, model.config.vocab_size, (args.batch,), device="cuda")
