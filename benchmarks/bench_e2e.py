@@ -2,7 +2,8 @@
 
 All models get random bf16 weights (the speed of a forward does not depend on the values). Measured:
 
-- prefill tokens/s at 8k (batch 1): Hymba through its cache (FlexAttention, Triton scan), Llama with SDPA;
+- prefill tokens/s at 8k (batch 1): Hymba through its cache (FlexAttention, Triton scan; also with the scan's
+  time segmentation off), Llama with SDPA;
 - decode tokens/s at 8k context with the paper's protocol: batch 128, halved on out-of-memory. Hymba decodes
   with its model step as a CUDA graph over a static cache; Llama with transformers' StaticCache, its step
   also captured as a CUDA graph when that works (else eager, and the table says so). The context is
@@ -228,6 +229,15 @@ def run_hymba(args) -> dict:
     with torch.no_grad():
         r["prefill"] = hymba_prefill(model, args.context)
         print(f"hymba prefill {args.context}: {r['prefill']['tokens_per_s']:.0f} tok/s", flush=True)
+        from hymba.ops.scan import triton_scan
+
+        triton_scan.SEGMENTS = 1  # the same prefill with the scan walking the whole sequence in one pass
+        try:
+            r["prefill_unsegmented_scan"] = hymba_prefill(model, args.context)
+        finally:
+            triton_scan.SEGMENTS = None
+        print(f"hymba prefill {args.context}, unsegmented scan: "
+              f"{r['prefill_unsegmented_scan']['tokens_per_s']:.0f} tok/s", flush=True)
         b, r["decode"] = halving(args.batch, lambda b: hymba_decode(model, b, args.context, args.steps))
         r["decode"]["batch"] = b
         print(f"hymba decode (graph) batch {b}: {r['decode']['tokens_per_s']:.0f} tok/s "

@@ -148,3 +148,32 @@ def test_conv_step_updates_state_in_place():
     s2 = s1.clone()
     torch.testing.assert_close(triton_conv.conv_step_triton(x, s1, w, b), causal_conv1d_step_ref(x, s2, w, b))
     torch.testing.assert_close(s1, s2, rtol=0, atol=0)
+
+
+def test_segmented_inference_scan_on_the_kernels(monkeypatch):
+    """Inference over few rows runs as time segments side by side (forced here: the CPU has no SMs to fill);
+    same outputs and final state as the sequential kernel, padding inside and a ragged last segment included."""
+    x = _scan_inputs(batch=1, L=23)
+    x["delta"][0, 3:6] = float("-inf")
+    want_y, want_h = selective_scan_naive(**{k: v.double() for k, v in x.items()})
+    monkeypatch.setattr(triton_scan, "SEGMENTS", 4)
+    calls = []
+    original = triton_scan.segmented_scan
+    monkeypatch.setattr(triton_scan, "segmented_scan", lambda *a, **k: calls.append(k["segments"]) or original(*a, **k))
+    with torch.no_grad():
+        y, h = triton_scan.selective_scan_triton(**x)
+    assert calls == [4]
+    assert _rel(y, want_y) < 1e-5 and _rel(h, want_h) < 1e-5
+    leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+    triton_scan.selective_scan_triton(**leaves)  # with gradients: the whole-sequence kernel
+    assert calls == [4]
+
+
+def test_segments_are_chosen_only_for_underfilled_gpus(monkeypatch):
+    dev = torch.device("cuda", 0)
+    monkeypatch.setitem(triton_scan._SM_COUNT, dev, 132)
+    monkeypatch.setitem(triton_scan.FWD_CONFIG, "BD", 32)
+    assert triton_scan._segments(1, 8320, 3200, dev) == 7  # 100 programs of 32 channels; 6 per SM wanted
+    assert triton_scan._segments(1, 700, 3200, dev) == 1  # too short to split
+    assert triton_scan._segments(8, 8320, 3200, dev) == 1  # 800 programs already
+    assert triton_scan._segments(1, 8320, 3200, torch.device("cpu")) == 1

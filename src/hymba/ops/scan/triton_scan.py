@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .segmented import segmented_scan
+
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 _LN2 = tl.constexpr(LN2)
@@ -599,11 +601,44 @@ def _backward(ctx, dy, dfinal, _dckpt):
 _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# Inference over few rows: time segments scanned side by side (scan/segmented.py) when the rows' channels fill
+# fewer than one program per SM, aiming at SEGMENT_PROGRAMS_PER_SM programs per SM, each segment at least
+# SEGMENT_MIN_STEPS long. SEGMENTS overrides the choice (tests; 1 turns it off).
+SEGMENT_PROGRAMS_PER_SM = 6
+SEGMENT_MIN_STEPS = 512
+SEGMENTS: int | None = None
+_SM_COUNT: dict = {}
+
+
+def _segments(batch: int, L: int, d: int, device: torch.device) -> int:
+    if SEGMENTS is not None:
+        return SEGMENTS
+    if device.type != "cuda":
+        return 1
+    if device not in _SM_COUNT:
+        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _SM_COUNT[device]
+    programs = batch * triton.cdiv(d, FWD_CONFIG["BD"])
+    if programs >= sms:
+        return 1
+    return max(1, min(SEGMENT_PROGRAMS_PER_SM * sms // programs, L // SEGMENT_MIN_STEPS))
+
+
+def _scan_no_grad(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    y, ht, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), False)
+    return y, ht
+
+
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
                           initial_state=None):
     """The `Kernels.selective_scan` contract on the Triton kernels (differentiable). Returns (y, final_state)."""
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
+    if not needs_grad and delta_softplus:
+        segments = _segments(u.shape[0], u.shape[1], u.shape[2], u.device)
+        if segments > 1:
+            return segmented_scan(_scan_no_grad, u, delta, A, B, C, D, z, delta_bias, True, initial_state,
+                                  segments=segments)
     y, ht, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), needs_grad)
     return y, ht
 
