@@ -171,7 +171,7 @@ def test_segmented_inference_scan_on_the_kernels(monkeypatch):
 
 def test_segments_are_chosen_only_for_underfilled_gpus(monkeypatch):
     dev = torch.device("cuda", 0)
-    monkeypatch.setitem(triton_scan._SM_COUNT, dev, 132)
+    monkeypatch.setattr(triton_scan, "sm_count", lambda device: 132)
     monkeypatch.setitem(triton_scan.FWD_CONFIG, "BD", 32)
     assert triton_scan._segments(1, 8320, 3200, dev) == 7  # 100 programs of 32 channels; 6 per SM wanted
     assert triton_scan._segments(1, 700, 3200, dev) == 1  # too short to split

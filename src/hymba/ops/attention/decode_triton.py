@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..gpu.device import sm_count
+
 
 @triton.jit
 def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, o_ptr, m_ptr, l_ptr,
@@ -84,16 +86,11 @@ def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, o_ptr, m_ptr, l
 BLOCK_N = 64
 NUM_WARPS = 4
 NUM_STAGES = 3
-_SM_COUNT: dict = {}
 
 
 def _programs_wanted(device: torch.device) -> int:
     """Twice the SMs: enough programs in flight to keep the memory system busy."""
-    if device.type != "cuda":
-        return 8
-    if device not in _SM_COUNT:
-        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return 2 * _SM_COUNT[device]
+    return 2 * sm_count(device) if device.type == "cuda" else 8
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,

@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..gpu.device import sm_count
 from .segmented import segmented_scan
 
 LOG2E = 1.4426950408889634
@@ -607,7 +608,6 @@ _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 SEGMENT_PROGRAMS_PER_SM = 6
 SEGMENT_MIN_STEPS = 512
 SEGMENTS: int | None = None
-_SM_COUNT: dict = {}
 
 
 def _segments(batch: int, L: int, d: int, device: torch.device) -> int:
@@ -615,9 +615,7 @@ def _segments(batch: int, L: int, d: int, device: torch.device) -> int:
         return SEGMENTS
     if device.type != "cuda":
         return 1
-    if device not in _SM_COUNT:
-        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    sms = _SM_COUNT[device]
+    sms = sm_count(device)
     programs = batch * triton.cdiv(d, FWD_CONFIG["BD"])
     if programs >= sms:
         return 1
