@@ -168,6 +168,20 @@ class HybridCache:
         return sum(self.breakdown().values())
 
 
+@torch.no_grad()
+def prefill(model, cache: HybridCache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+            chunk_size: int | None = None) -> torch.Tensor:
+    """Run prompts [B, L] (left padding allowed) through `cache`, `chunk_size` tokens at a time (peak
+    activation memory bounded by the chunk, same result); logits [B, V] of the last position."""
+    L = input_ids.shape[1]
+    chunk = chunk_size or L
+    logits = None
+    for s in range(0, L, chunk):
+        m = attention_mask[:, s:s + chunk] if attention_mask is not None else None
+        logits = model(input_ids[:, s:s + chunk], attention_mask=m, cache=cache, logits_to_keep=1).logits
+    return logits[:, -1]
+
+
 def cache_bytes(config: HymbaConfig, batch_size: int, max_length: int, dtype: torch.dtype = torch.float16,
                 ssm_dtype: torch.dtype = torch.float32) -> dict[str, int]:
     """The analytic size of a HybridCache (same components as `HybridCache.breakdown`), without allocating.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .cache import CacheFullError, HybridCache
+from .cache import CacheFullError, HybridCache, prefill
 
 
 class StaticHybridCache(HybridCache):
@@ -134,13 +134,7 @@ class StaticDecoder:
             raise ValueError(f"this decoder was made for batch {self.batch_size}, got {input_ids.shape[0]} prompts")
         if self.cache.length != self.cache.num_meta:
             self.cache.reset(self._prefix)
-        L = input_ids.shape[1]
-        chunk = chunk_size or L
-        logits = None
-        for s in range(0, L, chunk):
-            m = attention_mask[:, s:s + chunk] if attention_mask is not None else None
-            logits = self.model(input_ids[:, s:s + chunk], attention_mask=m, cache=self.cache, logits_to_keep=1).logits
-        return logits[:, -1]
+        return prefill(self.model, self.cache, input_ids, attention_mask, chunk_size)
 
     def _check_room(self) -> None:
         if self.cache.length + 1 > self.cache.capacity:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .cache import prefill
 from .sampling import SamplingParams, apply_repetition_penalty, select_next_tokens, suppress_tokens
 from .streaming import IncrementalDecoder, StopStringMatcher, Streamer
 
@@ -262,10 +263,7 @@ def generate(
             steps_fn = _StaticSteps(decoder, pad_token_id)
     if steps_fn is None:
         cache = model.new_cache(B, ids.shape[1] + max_new_tokens)
-        for start in range(0, ids.shape[1], prefill_chunk_size):
-            end = start + prefill_chunk_size
-            chunk_mask = mask[:, start:end] if has_pads else None
-            logits = model(ids[:, start:end], attention_mask=chunk_mask, cache=cache, logits_to_keep=1).logits[:, -1]
+        logits = prefill(model, cache, ids, mask if has_pads else None, prefill_chunk_size)
         steps_fn = _CacheSteps(model, cache)
     prefill_seconds = time.perf_counter() - t0
 
