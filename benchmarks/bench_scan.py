@@ -6,6 +6,11 @@ over the device-to-device copy bandwidth measured in the same run (bytes read + 
 is compared with the same forward floor (the issue's target: within 3x).
 
     python benchmarks/bench_scan.py [--out benchmarks/results] [--quick]
+    python benchmarks/bench_scan.py --segments     # time segments side by side: training and prefill shapes
+
+`--segments` times the scan at the shapes the model runs it with few rows (a batch-4 x 2k training step:
+forward + backward; a batch-1 8k prefill: forward) for several segment counts (ops/scan/segmented.py), next
+to the count the launch heuristic picks; it writes scan_segments.json.
 """
 
 from __future__ import annotations
@@ -79,12 +84,62 @@ def bench_conv(batch, L, d, bw) -> dict:
     return out
 
 
+SEGMENT_SHAPES = {  # name: (batch, L, d, N, with gradients, segment counts to time)
+    "training 4x2176": (4, 2176, 3200, 16, True, (1, 2, 4, 8)),
+    "prefill 1x8320": (1, 8320, 3200, 16, False, (1, 4, 7, 13)),
+}
+
+
+def segment_sweep(out_dir: str) -> dict:
+    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, shapes={})
+    for name, (batch, L, d, N, grad, counts) in SEGMENT_SHAPES.items():
+        picked = triton_scan._segments(batch, L, d, torch.device("cuda"), training=grad)
+        x = inputs(batch, L, d, N, requires_grad=grad)
+        dy = torch.randn(batch, L, d, device="cuda", dtype=torch.bfloat16)
+
+        def run():
+            if not grad:
+                with torch.no_grad():
+                    return triton_scan.selective_scan_triton(**x)
+            for v in x.values():
+                v.grad = None
+            y, _ = triton_scan.selective_scan_triton(**x)
+            y.backward(dy)
+        row = dict(batch=batch, L=L, d=d, N=N, gradients=grad, heuristic=picked, ms={})
+        for P in counts:
+            triton_scan.SEGMENTS = P
+            try:
+                t = time.time()
+                run()
+                torch.cuda.synchronize()
+                compile_s = time.time() - t
+                ms = bench(run)
+            finally:
+                triton_scan.SEGMENTS = None
+            row["ms"][P] = ms
+            print(f"{name:<16} {'fwd+bwd' if grad else 'fwd':<8} segments {P:>2}: {ms:8.3f} ms"
+                  f"  (first call {compile_s:.0f} s)", flush=True)
+        best = min(row["ms"], key=row["ms"].get)
+        print(f"{name:<16} best {best} segments ({row['ms'][1] / row['ms'][best]:.2f}x over 1); heuristic picks "
+              f"{picked}", flush=True)
+        res["shapes"][name] = row
+        torch.cuda.empty_cache()
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "scan_segments.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     ap.add_argument("--shape", default="8,4096,3200,16", help="batch,L,d_inner,N")
     ap.add_argument("--quick", action="store_true", help="only the default launch configurations")
+    ap.add_argument("--segments", action="store_true", help="only the segment-count sweep (scan_segments.json)")
     args = ap.parse_args()
+    if args.segments:
+        segment_sweep(args.out)
+        return
     batch, L, d, N = map(int, args.shape.split(","))
     import triton
 

@@ -7,7 +7,10 @@ each query really sees (causal in global layers, window + meta elsewhere), times
 the scan, norms and elementwise work are not counted (they are bandwidth, not FLOPs). MFU is against the
 H100 SXM dense bf16 peak (989 TFLOP/s) and, in brackets, against the matmul rate measured in the same run.
 
-    python benchmarks/bench_train.py [--out benchmarks/results] [--compile]
+    python benchmarks/bench_train.py [--out benchmarks/results] [--modes eager,compiled] [--segments auto,1]
+
+`--segments` times each mode with the scan cut into that many time segments (ops/scan/segmented.py;
+"auto": the launch heuristic's choice, reported in the output).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from hymba import HymbaConfig, HymbaForCausalLM  # noqa: E402
 from hymba.modeling import compile_layers  # noqa: E402
+from hymba.ops.scan import triton_scan  # noqa: E402
 from bench_e2e import cuda_time  # noqa: E402  (scripts in this folder share their timing helper)
 
 PEAK_BF16 = 989.4e12  # H100 SXM, dense
@@ -66,6 +70,7 @@ def model_flops(config: HymbaConfig, batch: int, text_len: int) -> dict:
 
 def train_steps(config, batch, text_len, compiled: bool, steps: int):
     torch.manual_seed(0)
+    torch._dynamo.reset()  # a batch halved after out-of-memory compiles for its own static shapes
     with torch.device("cuda"):
         model = HymbaForCausalLM(config)
     if compiled:
@@ -94,8 +99,10 @@ def train_steps(config, batch, text_len, compiled: bool, steps: int):
     end.record()
     torch.cuda.synchronize()
     sec = start.elapsed_time(end) / 1e3 / steps
+    segments = triton_scan.SEGMENTS or triton_scan._segments(batch, text_len + config.num_memory_tokens,
+                                                              config.d_inner, ids.device, training=True)
     out = dict(step_s=sec, warmup_s=warm, loss=loss.item(), peak_memory_GB=torch.cuda.max_memory_allocated() / 1e9,
-               kernels=model.model.kernels_for(ids.device).name)
+               kernels=model.model.kernels_for(ids.device).name, scan_segments=segments)
     return out
 
 
@@ -106,6 +113,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--modes", default="eager,compiled", help="eager, compiled (torch.compile per layer)")
+    ap.add_argument("--segments", default="auto", help="comma list of scan segment counts, or auto")
     args = ap.parse_args()
     config = HymbaConfig.from_preset("hymba-1.5b")
     rate = matmul_rate()
@@ -113,29 +121,34 @@ def main():
                measured_matmul_TFLOPs=rate / 1e12, peak_TFLOPs=PEAK_BF16 / 1e12, runs={})
     print(f"{res['device']}: bf16 matmul {rate / 1e12:.0f} TFLOP/s measured", flush=True)
     for mode in args.modes.split(","):
-        batch = args.batch
-        while batch >= 1:
-            try:
-                r = train_steps(config, batch, args.context, mode == "compiled", args.steps)
-                break
-            except torch.OutOfMemoryError:
-                print(f"  {mode} batch {batch}: out of memory, halving", flush=True)
-                gc.collect()
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-                batch //= 2
-        else:
-            continue
-        flops = model_flops(config, batch, args.context)
-        r.update(batch=batch, tokens_per_s=batch * args.context / r["step_s"], flops=flops,
-                 mfu=flops["total"] / r["step_s"] / PEAK_BF16, mfu_vs_measured=flops["total"] / r["step_s"] / rate)
-        res["runs"][mode] = r
-        print(f"{mode:<9} batch {batch}: {r['step_s'] * 1e3:.0f} ms/step, {r['tokens_per_s']:.0f} tok/s, "
-              f"MFU {r['mfu']:.1%} ({r['mfu_vs_measured']:.1%} of measured matmul), "
-              f"peak {r['peak_memory_GB']:.1f} GB, warm-up {r['warmup_s']:.0f} s", flush=True)
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        for seg in args.segments.split(","):
+            triton_scan.SEGMENTS = None if seg == "auto" else int(seg)
+            key = mode if seg == "auto" else f"{mode} segments={seg}"
+            batch = args.batch
+            while batch >= 1:
+                try:
+                    r = train_steps(config, batch, args.context, mode == "compiled", args.steps)
+                    break
+                except torch.OutOfMemoryError:
+                    print(f"  {key} batch {batch}: out of memory, halving", flush=True)
+                    gc.collect()
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                    batch //= 2
+            else:
+                continue
+            flops = model_flops(config, batch, args.context)
+            r.update(batch=batch, tokens_per_s=batch * args.context / r["step_s"], flops=flops,
+                     mfu=flops["total"] / r["step_s"] / PEAK_BF16, mfu_vs_measured=flops["total"] / r["step_s"] / rate)
+            res["runs"][key] = r
+            print(f"{key:<9} batch {batch}: {r['step_s'] * 1e3:.0f} ms/step, {r['tokens_per_s']:.0f} tok/s, "
+                  f"MFU {r['mfu']:.1%} ({r['mfu_vs_measured']:.1%} of measured matmul), "
+                  f"peak {r['peak_memory_GB']:.1f} GB, scan segments {r['scan_segments']}, "
+                  f"warm-up {r['warmup_s']:.0f} s", flush=True)
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+    triton_scan.SEGMENTS = None
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "train.json"), "w") as f:
         json.dump(res, f, indent=1)

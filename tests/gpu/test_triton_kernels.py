@@ -150,30 +150,47 @@ def test_conv_step_updates_state_in_place():
     torch.testing.assert_close(s1, s2, rtol=0, atol=0)
 
 
-def test_segmented_inference_scan_on_the_kernels(monkeypatch):
-    """Inference over few rows runs as time segments side by side (forced here: the CPU has no SMs to fill);
-    same outputs and final state as the sequential kernel, padding inside and a ragged last segment included."""
+def test_segmented_scan_on_the_kernels(monkeypatch):
+    """Few rows run as time segments side by side (forced here: the CPU has no SMs to fill), for inference and
+    for training: same outputs, final state and gradients as the sequential kernel, padding inside and a
+    ragged last segment included."""
     x = _scan_inputs(batch=1, L=23)
     x["delta"][0, 3:6] = float("-inf")
     want_y, want_h = selective_scan_naive(**{k: v.double() for k, v in x.items()})
-    monkeypatch.setattr(triton_scan, "SEGMENTS", 4)
     calls = []
     original = triton_scan.segmented_scan
     monkeypatch.setattr(triton_scan, "segmented_scan", lambda *a, **k: calls.append(k["segments"]) or original(*a, **k))
+    monkeypatch.setattr(triton_scan, "SEGMENTS", 4)
     with torch.no_grad():
         y, h = triton_scan.selective_scan_triton(**x)
     assert calls == [4]
     assert _rel(y, want_y) < 1e-5 and _rel(h, want_h) < 1e-5
-    leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}
-    triton_scan.selective_scan_triton(**leaves)  # with gradients: the whole-sequence kernel
-    assert calls == [4]
+
+    wy, wh = torch.randn_like(y), torch.randn_like(h)
+    grads = {}
+    for segments in (1, 4):
+        monkeypatch.setattr(triton_scan, "SEGMENTS", segments)
+        leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+        y, h = triton_scan.selective_scan_triton(**leaves)
+        assert _rel(y, want_y) < 1e-5 and _rel(h, want_h) < 1e-5
+        ((y * wy).sum() + (h * wh).sum()).backward()
+        grads[segments] = {k: v.grad for k, v in leaves.items()}
+    assert calls == [4, 4]
+    for k in x:
+        assert _rel(grads[4][k], grads[1][k]) < 1e-5, k
 
 
 def test_segments_are_chosen_only_for_underfilled_gpus(monkeypatch):
     dev = torch.device("cuda", 0)
     monkeypatch.setattr(triton_scan, "sm_count", lambda device: 132)
     monkeypatch.setitem(triton_scan.FWD_CONFIG, "BD", 32)
+    monkeypatch.setitem(triton_scan.SEGMENT_PROGRAMS_PER_SM, "inference", 6)
     assert triton_scan._segments(1, 8320, 3200, dev) == 7  # 100 programs of 32 channels; 6 per SM wanted
     assert triton_scan._segments(1, 700, 3200, dev) == 1  # too short to split
+    assert triton_scan._segments(2, 8320, 3200, dev) == 3
+    assert triton_scan._segments(4, 8320, 3200, dev) == 1  # 400 programs: not worth two passes for < 2x as many
     assert triton_scan._segments(8, 8320, 3200, dev) == 1  # 800 programs already
     assert triton_scan._segments(1, 8320, 3200, torch.device("cpu")) == 1
+    monkeypatch.setitem(triton_scan.SEGMENT_PROGRAMS_PER_SM, "training", 12)
+    assert triton_scan._segments(4, 2176, 3200, dev, training=True) == 3
+    assert triton_scan._segments(4, 2176, 3200, dev) == 1

@@ -9,8 +9,9 @@ into P segments, scanned as P extra batch rows, and stitched:
 3. the true state entering segment s: h[0] = initial state, h[s+1] = decay[s] * h[s] + h_loc[s] (P small steps);
 4. scan every segment again from its true entering state, now producing y.
 
-Twice the scan work for P times the parallelism; exact up to floating-point rounding. Inference only (the
-backward of the kernels runs over whole sequences).
+Twice the scan work for P times the parallelism; exact up to floating-point rounding. Differentiable when
+`scan` is (gradients flow through both passes, the final states of the first and the entering states of the
+second): training over few rows gets the same parallelism in its backward.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 def segmented_scan(scan: Callable, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
@@ -45,17 +47,28 @@ def segmented_scan(scan: Callable, u, delta, A, B, C, D=None, z=None, delta_bias
     _, h_loc = scan(rows(u), rows(delta), A, rows(B), rows(C), None, None, delta_bias, True, None)
     ct = h_loc.dtype  # the scan's state dtype (fp32, or float64 for a float64 reference)
     h_loc = h_loc.view(batch, segments, d, N)
-    dt = delta.to(ct) if delta_bias is None else delta.to(ct) + delta_bias.to(ct)
-    dt_sum = F.softplus(dt).view(batch, segments, S, d).sum(2)  # [batch, P, d]
+    if torch.is_grad_enabled() and (delta.requires_grad or (delta_bias is not None and delta_bias.requires_grad)):
+        # recomputed in the backward: a [batch, L, d] fp32 softplus input is not worth keeping for a sum
+        dt_sum = checkpoint(_delta_sums, delta, delta_bias, ct, segments, use_reentrant=False)
+    else:
+        dt_sum = _delta_sums(delta, delta_bias, ct, segments)
     decay = torch.exp(dt_sum[..., None] * A.to(ct))  # [batch, P, d, N]
     h = initial_state.to(ct) if initial_state is not None else torch.zeros(batch, d, N, dtype=ct, device=u.device)
-    starts = torch.empty(batch, segments, d, N, dtype=ct, device=u.device)
+    starts = []
     for s in range(segments):
-        starts[:, s] = h
+        starts.append(h)
         h = decay[:, s] * h + h_loc[:, s]
+    starts = torch.stack(starts, 1).view(batch * segments, d, N)
     y, _ = scan(rows(u), rows(delta), A, rows(B), rows(C), D, rows(z) if z is not None else None, delta_bias, True,
-                starts.view(batch * segments, d, N))
+                starts)
     return y.reshape(batch, S * segments, d)[:, :L], h
+
+
+def _delta_sums(delta, delta_bias, ct: torch.dtype, segments: int) -> torch.Tensor:
+    """sum over each segment's steps of softplus(delta + bias): [batch, P * S, d] -> [batch, P, d] in `ct`."""
+    batch, L, d = delta.shape
+    dt = delta.to(ct) if delta_bias is None else delta.to(ct) + delta_bias.to(ct)
+    return F.softplus(dt).view(batch, segments, L // segments, d).sum(2)
 
 
 __all__ = ["segmented_scan"]

@@ -602,29 +602,34 @@ def _backward(ctx, dy, dfinal, _dckpt):
 _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-# Inference over few rows: time segments scanned side by side (scan/segmented.py) when the rows' channels fill
-# fewer than one program per SM, aiming at SEGMENT_PROGRAMS_PER_SM programs per SM, each segment at least
-# SEGMENT_MIN_STEPS long. SEGMENTS overrides the choice (tests; 1 turns it off).
-SEGMENT_PROGRAMS_PER_SM = 6
+# Few rows: time segments scanned side by side (scan/segmented.py) when the rows' channels fill fewer than
+# PROGRAMS_PER_SM[mode] programs per SM, aiming at that many, each segment at least SEGMENT_MIN_STEPS long.
+# Inference and training have their own target: a segmented training scan runs the forward and the backward
+# twice. SEGMENTS overrides the choice (tests, benchmarks; 1 turns it off).
+SEGMENT_PROGRAMS_PER_SM = {"inference": 6, "training": 6}
 SEGMENT_MIN_STEPS = 512
 SEGMENTS: int | None = None
 
 
-def _segments(batch: int, L: int, d: int, device: torch.device) -> int:
+def _segments(batch: int, L: int, d: int, device: torch.device, training: bool = False) -> int:
     if SEGMENTS is not None:
         return SEGMENTS
     if device.type != "cuda":
         return 1
-    sms = sm_count(device)
+    want = SEGMENT_PROGRAMS_PER_SM["training" if training else "inference"] * sm_count(device)
     programs = batch * triton.cdiv(d, FWD_CONFIG["BD"])
-    if programs >= sms:
+    if 2 * programs > want:
         return 1
-    return max(1, min(SEGMENT_PROGRAMS_PER_SM * sms // programs, L // SEGMENT_MIN_STEPS))
+    return max(1, min(want // programs, L // SEGMENT_MIN_STEPS))
 
 
-def _scan_no_grad(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
-    y, ht, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), False)
-    return y, ht
+def _scan_op(save_states: bool):
+    """The `Kernels.selective_scan` contract on the forward op (differentiable when save_states)."""
+    def scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+        y, ht, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus),
+                                save_states)
+        return y, ht
+    return scan
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
@@ -632,13 +637,12 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     """The `Kernels.selective_scan` contract on the Triton kernels (differentiable). Returns (y, final_state)."""
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
-    if not needs_grad and delta_softplus:
-        segments = _segments(u.shape[0], u.shape[1], u.shape[2], u.device)
+    scan = _scan_op(save_states=needs_grad)
+    if delta_softplus:
+        segments = _segments(u.shape[0], u.shape[1], u.shape[2], u.device, training=needs_grad)
         if segments > 1:
-            return segmented_scan(_scan_no_grad, u, delta, A, B, C, D, z, delta_bias, True, initial_state,
-                                  segments=segments)
-    y, ht, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), needs_grad)
-    return y, ht
+            return segmented_scan(scan, u, delta, A, B, C, D, z, delta_bias, True, initial_state, segments=segments)
+    return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
 
 
 def ssm_step_triton(state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
