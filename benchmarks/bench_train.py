@@ -68,7 +68,8 @@ def model_flops(config: HymbaConfig, batch: int, text_len: int) -> dict:
     return dict(matmul=matmul, attention=3 * attn, total=matmul + 3 * attn)
 
 
-def train_steps(config, batch, text_len, compiled: bool, steps: int):
+def training_step(config, batch, text_len, compiled: bool):
+    """(model, one optimizer step as a function returning the loss, the token ids) on random tokens."""
     torch.manual_seed(0)
     torch._dynamo.reset()  # a batch halved after out-of-memory compiles for its own static shapes
     with torch.device("cuda"):
@@ -86,7 +87,11 @@ def train_steps(config, batch, text_len, compiled: bool, steps: int):
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
+    return model, step, ids
 
+
+def train_steps(config, batch, text_len, compiled: bool, steps: int):
+    model, step, ids = training_step(config, batch, text_len, compiled)
     t = time.time()
     step()
     step()

@@ -22,6 +22,18 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 from bench_e2e import build_hymba, cuda_time, fill_hymba_cache  # noqa: E402
 
 
+def kernel_times(prof, steps: int) -> tuple[dict[str, list], float, float]:
+    """GPU microseconds and launches per step of every kernel name in a torch.profiler trace of `steps`
+    steps: ({name: [us, calls]}, total us, total calls)."""
+    kernels: dict[str, list] = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            k = kernels.setdefault(ev.name, [0.0, 0])
+            k[0] += ev.device_time / steps
+            k[1] += 1 / steps
+    return kernels, sum(v[0] for v in kernels.values()), sum(v[1] for v in kernels.values())
+
+
 @torch.no_grad()
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,14 +65,7 @@ def main():
         for _ in range(steps):
             eager()
         torch.cuda.synchronize()
-    kernels: dict[str, list] = {}
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            k = kernels.setdefault(ev.name, [0.0, 0])
-            k[0] += ev.device_time / steps  # microseconds per step
-            k[1] += 1 / steps
-    total = sum(v[0] for v in kernels.values())
-    count = sum(v[1] for v in kernels.values())
+    kernels, total, count = kernel_times(prof, steps)
     rows = sorted(kernels.items(), key=lambda kv: -kv[1][0])
     print(f"graph step {graph_s * 1e3:.2f} ms ({args.batch / graph_s:.0f} tok/s); kernel time {total / 1e3:.2f} ms "
           f"in {count:.0f} kernels per step")

@@ -94,3 +94,27 @@ def test_flex_block_mask_with_gqa_and_wide_values_matches_sdpa():
     got = flex_attention(q, k, v, block_mask=bm, scale=0.3, enable_gqa=True)
     want = sdpa_attention(q, k, v, build_sdpa_mask(q_pos, k_pos, W, M, torch.float32), 0.3)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # padding rows included
+
+
+def test_compiled_regions_leave_the_eager_flex_wrapper_fused():
+    """flex_attention traced inside a compiled region (compiled layers) and then called eagerly (generation
+    after compiled training) must still run the compiled kernel: tracing through the compiled wrapper used
+    to switch it to the unfused eager version for the rest of the process (10x slower training, the full
+    score matrix in memory)."""
+    import warnings
+
+    from hymba.ops.attention import flex
+
+    T = 128
+    mask = AttentionMask(block_mask=create_block_mask(_plain_mask_mod(None, 0), None, None, T, T, device="cpu"))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, T, d, generator=g) for d in (16, 16, 32))
+    layer = lambda q, k, v: flex.flex_attention(q, k, v, mask, 0.25)  # noqa: E731
+    compiled_out = torch.compile(layer)(q, k, v)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        eager_out = layer(q, k, v)
+    assert not [w for w in caught if "without torch.compile" in str(w.message)]
+    torch.testing.assert_close(eager_out, compiled_out)
+    torch.testing.assert_close(eager_out, sdpa_attention(q, k, v, build_sdpa_mask(*(torch.arange(T)[None],) * 2,
+                                                                                   None, 0), 0.25))

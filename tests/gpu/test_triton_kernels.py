@@ -191,6 +191,7 @@ def test_segments_are_chosen_only_for_underfilled_gpus(monkeypatch):
     assert triton_scan._segments(4, 8320, 3200, dev) == 1  # 400 programs: not worth two passes for < 2x as many
     assert triton_scan._segments(8, 8320, 3200, dev) == 1  # 800 programs already
     assert triton_scan._segments(1, 8320, 3200, torch.device("cpu")) == 1
+    assert triton_scan._segments(1, 8320, 3200, dev, training=True) == 1  # off for training (measured slower)
     monkeypatch.setitem(triton_scan.SEGMENT_PROGRAMS_PER_SM, "training", 12)
     assert triton_scan._segments(4, 2176, 3200, dev, training=True) == 3
     assert triton_scan._segments(4, 2176, 3200, dev) == 1

@@ -118,12 +118,22 @@ def _flex():
     return _compiled_flex
 
 
+def _flex_in_graph():
+    """Inside a region torch.compile is tracing (compiled layers), flex_attention itself: the enclosing
+    compile fuses it. Tracing through our compiled wrapper instead would leave that wrapper running the
+    unfused eager version in every later call outside a compiled region (seen with torch 2.11 and 2.13)."""
+    from torch.nn.attention.flex_attention import flex_attention as flex
+
+    return flex
+
+
 def flex_attention(q, k, v, mask: AttentionMask, scale: float):
     """The `Kernels.attention` contract. q [B, H, Tq, dk]; k [B, Hkv, Tk, dk]; v [B, Hkv, Tk, dv]."""
     if k.dtype != q.dtype:
         k, v = k.to(q.dtype), v.to(q.dtype)
     if mask.block_mask is not None:
-        return _flex()(q, k, v, block_mask=mask.block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+        flex = _flex_in_graph() if torch.compiler.is_compiling() else _flex()
+        return flex(q, k, v, block_mask=mask.block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     if mask.positions is not None:
         if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
             from .decode_triton import decode_attention

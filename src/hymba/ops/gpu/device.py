@@ -7,6 +7,7 @@ from functools import lru_cache
 import torch
 
 
+@torch.compiler.assume_constant_result  # traced by torch.compile (compiled layers) as a constant
 @lru_cache(maxsize=None)
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device."""

@@ -603,10 +603,12 @@ _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # Few rows: time segments scanned side by side (scan/segmented.py) when the rows' channels fill fewer than
-# PROGRAMS_PER_SM[mode] programs per SM, aiming at that many, each segment at least SEGMENT_MIN_STEPS long.
-# Inference and training have their own target: a segmented training scan runs the forward and the backward
-# twice. SEGMENTS overrides the choice (tests, benchmarks; 1 turns it off).
-SEGMENT_PROGRAMS_PER_SM = {"inference": 6, "training": 6}
+# SEGMENT_PROGRAMS_PER_SM[mode] programs per SM, aiming at that many, each segment at least
+# SEGMENT_MIN_STEPS long. Off for training (0): on an H100 a batch-4 x 2176 forward + backward took
+# 4.26 ms whole and 7.21 ms in 2 segments (benchmarks/bench_scan.py --segments): the backward is bound by
+# its arithmetic, not by parallelism, so doing it twice does not pay. SEGMENTS overrides the choice (tests,
+# benchmarks; 1 turns it off).
+SEGMENT_PROGRAMS_PER_SM = {"inference": 6, "training": 0}
 SEGMENT_MIN_STEPS = 512
 SEGMENTS: int | None = None
 
