@@ -98,6 +98,19 @@ def check_scan(dev):
             errors = grads_vs(lambda **a: selective_scan_triton(**a), lambda **a: selective_scan_chunked(**a),
                               x, out_names=("y", "final"))
             record(f"scan fwd+bwd {str(dtype)[6:]} B={batch} L={L} d={d} N={N}", errors, TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
+        # inference over one row in time segments side by side (what a batch-1 prefill runs), forced here
+        from hymba.ops.scan import triton_scan
+
+        with torch.no_grad():
+            one = {k: (v[:1] if k not in ("A", "D", "delta_bias") else v) for k, v in x.items()}
+            want = selective_scan_chunked(**{k: v.double() for k, v in one.items()})
+            triton_scan.SEGMENTS = 5
+            try:
+                got = selective_scan_triton(**one)
+            finally:
+                triton_scan.SEGMENTS = None
+        record(f"scan segmented (5) inference {str(dtype)[6:]} B=1 L={L}",
+               dict(y=rel(got[0], want[0]), final=rel(got[1], want[1])), TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
         # decode step, in place
         d, N = SIZES["scan"][0][2:]
         state = torch.randn(4, d, N, device=dev)
