@@ -7,6 +7,7 @@ is compared with the same forward floor (the issue's target: within 3x).
 
     python benchmarks/bench_scan.py [--out benchmarks/results] [--quick]
     python benchmarks/bench_scan.py --segments     # time segments side by side: training and prefill shapes
+    python benchmarks/bench_scan.py --model-layout # the forward on a training step's strided inputs
 
 `--segments` times the scan at the shapes the model runs it with few rows (a batch-4 x 2k training step:
 forward + backward; a batch-1 8k prefill: forward) for several segment counts (ops/scan/segmented.py), next
@@ -85,8 +86,9 @@ def bench_conv(batch, L, d, bw) -> dict:
 
 
 SEGMENT_SHAPES = {  # name: (batch, L, d, N, with gradients, segment counts to time)
-    "training 4x2176": (4, 2176, 3200, 16, True, (1, 2, 4, 8)),
     "prefill 1x8320": (1, 8320, 3200, 16, False, (1, 4, 7, 13)),
+    "prefill 2x8320": (2, 8320, 3200, 16, False, (1, 3, 6)),
+    "training 4x2176": (4, 2176, 3200, 16, True, (1, 2, 4)),
 }
 
 
@@ -130,15 +132,62 @@ def segment_sweep(out_dir: str) -> dict:
     return res
 
 
+def model_layout(out_dir: str, batch: int = 4, text_len: int = 2048) -> dict:
+    """The forward kernel on the very tensors a hymba-1.5b training step hands it (bf16 autocast: strided
+    views of the projections) against contiguous copies of them, one input at a time."""
+    from hymba import HymbaConfig, HymbaForCausalLM
+
+    config = HymbaConfig.from_preset("hymba-1.5b", num_hidden_layers=1, global_attn_idx=[0], kv_reuse_group=[])
+    with torch.device("cuda"):
+        model = HymbaForCausalLM(config)
+    model.set_kernels("triton-conv")
+    captured = {}
+    original = triton_scan._scan_fwd_op
+
+    def capture(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states):
+        captured.update(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+        return original(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states)
+    triton_scan._scan_fwd_op = capture
+    try:
+        ids = torch.randint(0, config.vocab_size, (batch, text_len), device="cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            model(ids, labels=ids).loss.backward()
+    finally:
+        triton_scan._scan_fwd_op = original
+    x = {k: v.detach() for k, v in captured.items()}
+    res = dict(device=torch.cuda.get_device_name(), shape=list(x["u"].shape),
+               layout={k: dict(dtype=str(v.dtype), stride=list(v.stride()), offset=v.storage_offset())
+                       for k, v in x.items()}, forward_ms={})
+    print("scan inputs in a training step:", {k: (str(v.dtype)[6:], tuple(v.stride())) for k, v in x.items()})
+    variants = {"as the model gives them": {}}
+    for name in ("u", "delta", "z", "B", "C"):
+        variants[f"{name} contiguous"] = {name: x[name].contiguous()}
+    variants["all contiguous"] = {k: v.contiguous() for k, v in x.items()}
+    for label, swap in variants.items():
+        args = {**x, **swap}
+        ms = bench(lambda: triton_scan.scan_fwd(**args, save_states=True))
+        res["forward_ms"][label] = ms
+        print(f"fwd (saving states) {label:<26} {ms:8.3f} ms", flush=True)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "scan_model_layout.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     ap.add_argument("--shape", default="8,4096,3200,16", help="batch,L,d_inner,N")
     ap.add_argument("--quick", action="store_true", help="only the default launch configurations")
     ap.add_argument("--segments", action="store_true", help="only the segment-count sweep (scan_segments.json)")
+    ap.add_argument("--model-layout", action="store_true",
+                    help="only the forward on a training step's own input layout (scan_model_layout.json)")
     args = ap.parse_args()
     if args.segments:
         segment_sweep(args.out)
+        return
+    if args.model_layout:
+        model_layout(args.out)
         return
     batch, L, d, N = map(int, args.shape.split(","))
     import triton

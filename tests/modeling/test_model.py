@@ -201,3 +201,27 @@ def test_release_layout_on_meta_device():
     got = {n: tuple(t.shape) for n, t in model.state_dict().items()}
     assert got == expected
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_padded_vocab_head_gives_the_same_logits_loss_and_gradients(monkeypatch, tied):
+    """On CUDA the LM head pads an odd vocabulary for its matmul (aligned GEMMs); forced here on the CPU:
+    logits, loss and every gradient equal the plain head's, and the logits keep the vocabulary's width."""
+    from hymba.modeling import model as model_module
+
+    config = small_config(vocab_size=101, tie_word_embeddings=tied)
+    ids = torch.randint(0, 101, (2, 9), generator=torch.Generator().manual_seed(0))
+    results = []
+    for pad in (False, True):
+        monkeypatch.setattr(model_module, "_pad_vocab", lambda hidden: pad)
+        torch.manual_seed(0)
+        model = randomized(HymbaForCausalLM(config)).double()
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        results.append((out.logits, out.loss, {n: p.grad for n, p in model.named_parameters()}))
+    (logits0, loss0, grads0), (logits1, loss1, grads1) = results
+    assert logits1.shape == (2, 9, 101)
+    torch.testing.assert_close(logits1, logits0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(loss1, loss0, rtol=1e-12, atol=1e-12)
+    for name in grads0:
+        torch.testing.assert_close(grads1[name], grads0[name], rtol=1e-12, atol=1e-12, msg=name)
