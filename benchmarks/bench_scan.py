@@ -86,9 +86,10 @@ def bench_conv(batch, L, d, bw) -> dict:
 
 
 SEGMENT_SHAPES = {  # name: (batch, L, d, N, with gradients, segment counts to time)
-    "prefill 1x8320": (1, 8320, 3200, 16, False, (1, 4, 7, 13)),
-    "prefill 2x8320": (2, 8320, 3200, 16, False, (1, 3, 6)),
-    "training 4x2176": (4, 2176, 3200, 16, True, (1, 2, 4)),
+    "prefill 1x8320": (1, 8320, 3200, 16, False, (1, 4, 10, 13, 16, 20)),
+    "prefill 2x8320": (2, 8320, 3200, 16, False, (1, 4, 5, 8)),
+    "prefill 4x8320": (4, 8320, 3200, 16, False, (1, 2, 4)),
+    "training 4x2176": (4, 2176, 3200, 16, True, (1, 2)),
 }
 
 

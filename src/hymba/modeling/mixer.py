@@ -149,6 +149,9 @@ class HymbaMixer(nn.Module):
         dt, B, C = self.x_proj[0](xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.inner_norms:
             dt, B, C = self.dt_layernorm(dt), self.B_layernorm(B), self.C_layernorm(C)
+            # under autocast the norms return fp32; B and C go to the scan in the activations' dtype, as
+            # without the norms (the fast scan reads 16-bit B/C packed: 2.15 -> ~0.7 ms a layer in training)
+            B, C = B.to(xc.dtype), C.to(xc.dtype)
         dt = F.linear(dt, self.dt_proj[0].weight)  # the bias is added in fp32 inside the scan, before softplus
         if valid is not None:  # softplus(-inf) = 0: padding leaves the state exactly unchanged
             dt = dt.masked_fill(~valid[..., None], float("-inf"))

@@ -608,7 +608,7 @@ _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # 4.26 ms whole and 7.21 ms in 2 segments (benchmarks/bench_scan.py --segments): the backward is bound by
 # its arithmetic, not by parallelism, so doing it twice does not pay. SEGMENTS overrides the choice (tests,
 # benchmarks; 1 turns it off).
-SEGMENT_PROGRAMS_PER_SM = {"inference": 6, "training": 0}
+SEGMENT_PROGRAMS_PER_SM = {"inference": 10, "training": 0}
 SEGMENT_MIN_STEPS = 512
 SEGMENTS: int | None = None
 
@@ -622,7 +622,10 @@ def _segments(batch: int, L: int, d: int, device: torch.device, training: bool =
     programs = batch * triton.cdiv(d, FWD_CONFIG["BD"])
     if 2 * programs > want:
         return 1
-    return max(1, min(want // programs, L // SEGMENT_MIN_STEPS))
+    most = min(want // programs, L // SEGMENT_MIN_STEPS)
+    # a count that divides L needs no padded copies of the inputs (they cost more than a few segments gain)
+    exact = [p for p in range(most, 1, -1) if L % p == 0 and 2 * p > most]
+    return exact[0] if exact else max(1, most)
 
 
 def _scan_op(save_states: bool):
