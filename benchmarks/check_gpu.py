@@ -285,9 +285,10 @@ def check_model(dev):
                          errors=errors, reference_kernels_same_dtype=base))
         print(f"{'ok  ' if ok else 'FAIL'} model fwd+bwd {str(dtype)[6:]} (padded batch, {cfg.num_hidden_layers} layers): "
               + " ".join(f"{k}={v:.1e} (reference kernels {base[k]:.1e})" for k, v in errors.items()), flush=True)
-        # cached decoding, eager and as a CUDA graph, against the full forward of the same model
         if dtype == torch.float32:
-            check_decode(fast, cfg, dev)
+            fast32 = fast
+    # cached decoding, eager and as a CUDA graph, against the full forward of the same fp32 model
+    check_decode(fast32, cfg, dev)
 
 
 @torch.no_grad()

@@ -184,17 +184,17 @@ def test_segments_are_chosen_only_for_underfilled_gpus(monkeypatch):
     dev = torch.device("cuda", 0)
     monkeypatch.setattr(triton_scan, "sm_count", lambda device: 132)
     monkeypatch.setitem(triton_scan.FWD_CONFIG, "BD", 32)
+    assert triton_scan._segments(1, 8320, 3200, dev) == 10  # the defaults: the best count measured (H100)
     monkeypatch.setitem(triton_scan.SEGMENT_PROGRAMS_PER_SM, "inference", 6)
     # 100 programs of 32 channels, 6 per SM wanted: up to 7 segments, and 5 is the most that divides 8320
     assert triton_scan._segments(1, 8320, 3200, dev) == 5
     assert triton_scan._segments(1, 8316, 3200, dev) == 7  # 7 divides 8316
     assert triton_scan._segments(1, 8321, 3200, dev) == 7  # no divisor above 3: padded
     assert triton_scan._segments(1, 700, 3200, dev) == 1  # too short to split
-    assert triton_scan._segments(2, 8320, 3200, dev) == 2
-    assert triton_scan._segments(4, 8320, 3200, dev) == 1  # 400 programs: not worth two passes for < 2x as many
+    assert triton_scan._segments(2, 8320, 3200, dev) == 1  # 200 programs: more than the SMs already
     assert triton_scan._segments(8, 8320, 3200, dev) == 1  # 800 programs already
     assert triton_scan._segments(1, 8320, 3200, torch.device("cpu")) == 1
     assert triton_scan._segments(1, 8320, 3200, dev, training=True) == 1  # off for training (measured slower)
     monkeypatch.setitem(triton_scan.SEGMENT_PROGRAMS_PER_SM, "training", 12)
-    assert triton_scan._segments(4, 2176, 3200, dev, training=True) == 2
-    assert triton_scan._segments(4, 2176, 3200, dev) == 1
+    assert triton_scan._segments(1, 2176, 3200, dev, training=True) == 4
+    assert triton_scan._segments(4, 2176, 3200, dev, training=True) == 1

@@ -602,13 +602,14 @@ def _backward(ctx, dy, dfinal, _dckpt):
 _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-# Few rows: time segments scanned side by side (scan/segmented.py) when the rows' channels fill fewer than
-# SEGMENT_PROGRAMS_PER_SM[mode] programs per SM, aiming at that many, each segment at least
-# SEGMENT_MIN_STEPS long. Off for training (0): on an H100 a batch-4 x 2176 forward + backward took
-# 4.26 ms whole and 7.21 ms in 2 segments (benchmarks/bench_scan.py --segments): the backward is bound by
-# its arithmetic, not by parallelism, so doing it twice does not pay. SEGMENTS overrides the choice (tests,
-# benchmarks; 1 turns it off).
-SEGMENT_PROGRAMS_PER_SM = {"inference": 10, "training": 0}
+# Few rows: time segments scanned side by side (scan/segmented.py) when the rows' channels fill fewer
+# programs than the GPU has SMs, aiming at SEGMENT_PROGRAMS_PER_SM programs per SM in all, each segment at
+# least SEGMENT_MIN_STEPS long. Measured on an H100 (benchmarks/bench_scan.py --segments; the forward at
+# L=8320, d=3200): one pass takes ~1.9 ms for batch 1, 2 and 4 alike (each step's latency bounds it);
+# batch 1 in 10 segments takes 1.16 ms, batch 2 in 5 gains only 8%, batch 4 in 2 takes twice as long.
+# Off for training: a batch-4 x 2176 forward + backward took 4.28 ms whole and 7.27 ms in 2 segments.
+# SEGMENTS overrides the choice (tests, benchmarks; 1 turns it off).
+SEGMENT_PROGRAMS_PER_SM = {"inference": 8, "training": 0}
 SEGMENT_MIN_STEPS = 512
 SEGMENTS: int | None = None
 
@@ -618,11 +619,12 @@ def _segments(batch: int, L: int, d: int, device: torch.device, training: bool =
         return SEGMENTS
     if device.type != "cuda":
         return 1
-    want = SEGMENT_PROGRAMS_PER_SM["training" if training else "inference"] * sm_count(device)
+    sms = sm_count(device)
     programs = batch * triton.cdiv(d, FWD_CONFIG["BD"])
-    if 2 * programs > want:
+    if programs >= sms:
         return 1
-    most = min(want // programs, L // SEGMENT_MIN_STEPS)
+    most = min(SEGMENT_PROGRAMS_PER_SM["training" if training else "inference"] * sms // programs,
+               L // SEGMENT_MIN_STEPS)
     # a count that divides L needs no padded copies of the inputs (they cost more than a few segments gain)
     exact = [p for p in range(most, 1, -1) if L % p == 0 and 2 * p > most]
     return exact[0] if exact else max(1, most)
