@@ -75,8 +75,7 @@ def training_step(config, batch, text_len, compiled: bool):
     with torch.device("cuda"):
         model = HymbaForCausalLM(config)
     if compiled:
-        model.set_kernels("triton-conv")  # our conv is a torch custom op: no graph break inside a layer
-        compile_layers(model)
+        compile_layers(model)  # (picks kernels without graph breaks: our conv rather than fla-core's)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     ids = torch.randint(0, config.vocab_size, (batch, text_len), device="cuda")
 

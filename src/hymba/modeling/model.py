@@ -55,18 +55,24 @@ class HymbaModel(nn.Module):
         self.rotary = RotaryEmbedding(config) if config.use_attention and config.rope else None
         self.gradient_checkpointing = False
         self._kernels_choice: str | Kernels = "auto"
+        self._traceable_kernels = False
         self._kernels: dict[str, Kernels] = {}
 
     # ---- kernels --------------------------------------------------------------------------------------------
-    def set_kernels(self, choice: str | Kernels) -> None:
-        """"auto" (default: the fastest available for the device), "reference", or a registered name."""
+    def set_kernels(self, choice: str | Kernels, traceable: bool | None = None) -> None:
+        """"auto" (default: the fastest available for the device), "reference", or a registered name.
+        traceable: "auto" picks among kernels torch.compile traces without graph breaks (compile_layers
+        sets it); None keeps the current setting."""
         self._kernels_choice = choice
+        if traceable is not None:
+            self._traceable_kernels = traceable
         self._kernels = {}
 
     def kernels_for(self, device: torch.device) -> Kernels:
         key = str(device)
         if key not in self._kernels:
-            self._kernels[key] = get_kernels(self._kernels_choice, device)
+            self._kernels[key] = get_kernels(self._kernels_choice, device,
+                                             traceable=self._traceable_kernels)
         return self._kernels[key]
 
     # ---- forward --------------------------------------------------------------------------------------------
@@ -188,6 +194,9 @@ def compile_layers(module: nn.Module) -> int:
     """torch.compile every decoder layer inside `module` (a model, or a wrapper around one, e.g. peft's), in
     place; returns how many. Per layer rather than the whole model: the layers of one kind share a compiled
     graph, and the model-level glue (cache, masks, meta tokens) stays eager. Returns the number compiled."""
+    for model in module.modules():
+        if isinstance(model, HymbaModel):  # "auto" then prefers kernels without graph breaks (our conv)
+            model.set_kernels(model._kernels_choice, traceable=True)
     layers = [m for m in module.modules() if isinstance(m, HymbaDecoderLayer)]
     for layer in layers:
         layer.compile()

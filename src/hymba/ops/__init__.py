@@ -34,6 +34,7 @@ class Kernels:
     ssm_step: Callable
     build_attention_mask: Callable
     attention: Callable
+    traceable: bool = True  # torch.compile traces every member without a graph break
 
 
 REFERENCE = Kernels(
@@ -62,20 +63,27 @@ def available_kernels() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def get_kernels(name: str | Kernels = "auto", device: torch.device | str | None = None) -> Kernels:
+def get_kernels(name: str | Kernels = "auto", device: torch.device | str | None = None,
+                traceable: bool = False) -> Kernels:
     """Resolve a backend name for a device. "auto": the fastest registered backend that works on CUDA,
-    the reference elsewhere (and whenever no faster one can be loaded)."""
+    the reference elsewhere (and whenever no faster one can be loaded); with `traceable` (compiled layers),
+    the fastest whose members torch.compile traces without a graph break."""
     if isinstance(name, Kernels):
         return name
     _load_optional_backends()
     if name == "auto":
         dev = torch.device(device) if device is not None else torch.device("cpu")
         if dev.type == "cuda":
-            for candidate in _CUDA_PREFERENCE:
+            candidates = list(_CUDA_PREFERENCE)
+            if traceable:
+                candidates += [n for n in _FACTORIES if n not in candidates and n != "reference"]
+            for candidate in candidates:
                 try:
-                    return _FACTORIES[candidate]()
+                    kernels = _FACTORIES[candidate]()
                 except (ImportError, RuntimeError):
                     continue
+                if kernels.traceable or not traceable:
+                    return kernels
         return REFERENCE
     if name not in _FACTORIES:
         raise ValueError(f"unknown kernels {name!r}; available: {', '.join(available_kernels())}")

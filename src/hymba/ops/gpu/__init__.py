@@ -44,6 +44,7 @@ def build_triton_kernels(conv: str = "auto", require_cuda: bool = True) -> Kerne
         ssm_step=ssm_step_triton,
         build_attention_mask=build_flex_mask if require_cuda else functools.partial(build_flex_mask, decode_kernel=True),
         attention=flex_attention,
+        traceable=conv_name != "fla",  # fla-core's conv runs outside torch.compile (a graph break)
     )
 
 
