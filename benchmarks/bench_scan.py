@@ -8,6 +8,7 @@ is compared with the same forward floor (the issue's target: within 3x).
     python benchmarks/bench_scan.py [--out benchmarks/results] [--quick]
     python benchmarks/bench_scan.py --segments     # time segments side by side: training and prefill shapes
     python benchmarks/bench_scan.py --model-layout # the forward on a training step's strided inputs
+    python benchmarks/bench_scan.py --conv         # only the causal conv (conv.json)
 
 `--segments` times the scan at the shapes the model runs it with few rows (a batch-4 x 2k training step:
 forward + backward; a batch-1 8k prefill: forward) for several segment counts (ops/scan/segmented.py), next
@@ -80,7 +81,7 @@ def bench_conv(batch, L, d, bw) -> dict:
             fn(x, w, b, None, "silu")[0].backward(dy)
         fwd_bwd = bench(fb)
         out[name] = dict(forward_ms=fwd, forward_backward_ms=fwd_bwd)
-        print(f"conv {name:<16} fwd {fwd:7.3f} ms ({floor_ms / fwd:5.1%} of floor)  fwd+bwd {fwd_bwd:7.3f} ms",
+        print(f"conv {batch}x{L}x{d} {name:<16} fwd {fwd:7.3f} ms ({floor_ms / fwd:5.1%} of floor)  fwd+bwd {fwd_bwd:7.3f} ms",
               flush=True)
     return out
 
@@ -181,6 +182,7 @@ def main():
     ap.add_argument("--shape", default="8,4096,3200,16", help="batch,L,d_inner,N")
     ap.add_argument("--quick", action="store_true", help="only the default launch configurations")
     ap.add_argument("--segments", action="store_true", help="only the segment-count sweep (scan_segments.json)")
+    ap.add_argument("--conv", action="store_true", help="only the causal conv, at the scan's and a training shape")
     ap.add_argument("--model-layout", action="store_true",
                     help="only the forward on a training step's own input layout (scan_model_layout.json)")
     args = ap.parse_args()
@@ -189,6 +191,13 @@ def main():
         return
     if args.model_layout:
         model_layout(args.out)
+        return
+    if args.conv:
+        bw = copy_bandwidth()
+        res = {shape: bench_conv(*map(int, shape.split(",")), bw) for shape in ("8,4096,3200", "4,2176,3200")}
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "conv.json"), "w") as f:
+            json.dump(dict(device=torch.cuda.get_device_name(), copy_bandwidth_TBps=bw / 1e12, shapes=res), f, indent=1)
         return
     batch, L, d, N = map(int, args.shape.split(","))
     import triton

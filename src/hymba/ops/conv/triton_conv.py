@@ -6,8 +6,9 @@ initial_state [batch, K-1, d] (the K-1 inputs before x); returns (y, final_state
 state is a slice of the inputs, taken in torch so that it stays differentiable.
 
 Our forward reads K shifted [BL, BD] tiles of x (the shifts hit L1/L2, so DRAM sees x about once) and
-writes y once. The backward recomputes the pre-activation instead of storing it; reductions over the
-sequence (weight and bias gradients) go through per-program partial sums.
+writes y once. The backward recomputes the pre-activation instead of storing it, in two passes: the gradient
+at the pre-activation once per row (with per-program partial sums of the weight and bias gradients, from the
+same x tiles), then dx from K shifted reads of it.
 """
 
 from __future__ import annotations
@@ -64,38 +65,57 @@ def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, y_ptr, L, d, s_xb, s_xl, 
 
 
 @triton.jit
-def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, dy_ptr, dx_ptr, dinit_ptr, dwp_ptr, dbp_ptr,
-                     L, d, nbatch, s_xb, s_xl, s_ib, s_il,
-                     K: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
+def _conv_bwd_gate_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, dy_ptr, g_ptr, dwp_ptr, dbp_ptr,
+                          L, d, nbatch, s_xb, s_xl, s_ib, s_il,
+                          K: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
+    """Over output rows t: g = dL/d(pre-activation) = dy * act'(pre), and this tile's share of the weight
+    and bias gradients (its K input tiles are the ones the pre-activation needs anyway)."""
+    pid_d, pid_l = tl.program_id(0), tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    cols = pid_d * BD + tl.arange(0, BD)
+    cm = cols < d
+    t = pid_l * BL + tl.arange(0, BL)
+    x_ptr += b * s_xb
+    init_ptr += b * s_ib
+    tm = (t < L)[:, None] & cm[None, :]
+    g = tl.load(dy_ptr + (b * L + t[:, None]) * d + cols[None, :], mask=tm, other=0.0).to(tl.float32)
+    xs = ()
+    for k in tl.static_range(K):
+        xs = xs + (_x_at(x_ptr, init_ptr, t - (K - 1) + k, cols, cm, L, s_xl, s_il, K, HAS_INIT),)
+    if SILU:
+        if HAS_BIAS:
+            pre = tl.load(bias_ptr + cols, mask=cm, other=0.0).to(tl.float32)[None, :] + tl.zeros([BL, BD], tl.float32)
+        else:
+            pre = tl.zeros([BL, BD], tl.float32)
+        for k in tl.static_range(K):
+            pre += tl.load(w_ptr + cols * K + k, mask=cm, other=0.0).to(tl.float32)[None, :] * xs[k]
+        sg = tl.sigmoid(pre)
+        g = g * sg * (1.0 + pre * (1.0 - sg))
+    g = tl.where(tm, g, 0.0)
+    tl.store(g_ptr + (b * L + t[:, None]) * d + cols[None, :], g, mask=tm)
+    part = (pid_l * nbatch + b) * K
+    for k in tl.static_range(K):
+        tl.store(dwp_ptr + (part + k) * d + cols, tl.sum(g * xs[k], axis=0), mask=cm)
+    tl.store(dbp_ptr + (pid_l * nbatch + b) * d + cols, tl.sum(g, axis=0), mask=cm)
+
+
+@triton.jit
+def _conv_bwd_input_kernel(g_ptr, w_ptr, dx_ptr, dinit_ptr, L, d,
+                           K: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr, HAS_INIT: tl.constexpr):
+    """dx[s] = sum_j w[:, K-1-j] * g[s + j] over input rows s (negative: the initial state's rows)."""
     pid_d, pid_l = tl.program_id(0), tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     cols = pid_d * BD + tl.arange(0, BD)
     cm = cols < d
     off = K - 1 if HAS_INIT else 0
-    s = pid_l * BL + tl.arange(0, BL) - off  # input rows this program owns (negative: the initial state)
-    x_ptr += b * s_xb
-    init_ptr += b * s_ib
-    dy_ptr += b * L * d
-
+    s = pid_l * BL + tl.arange(0, BL) - off
     dx = tl.zeros([BL, BD], tl.float32)
     for j in tl.static_range(K):
-        t = s + j  # outputs that see input s through tap K-1-j
+        t = s + j
         tm = ((t >= 0) & (t < L))[:, None] & cm[None, :]
-        g = tl.load(dy_ptr + t[:, None] * d + cols[None, :], mask=tm, other=0.0).to(tl.float32)
-        if SILU:
-            pre = _pre_at(x_ptr, init_ptr, w_ptr, bias_ptr, t, cols, cm, L, s_xl, s_il, K, HAS_BIAS, HAS_INIT)
-            sg = tl.sigmoid(pre)
-            g = g * sg * (1.0 + pre * (1.0 - sg))
-        g = tl.where(tm, g, 0.0)
-        wk = tl.load(w_ptr + cols * K + (K - 1 - j), mask=cm, other=0.0).to(tl.float32)
-        dx += wk[None, :] * g
-        if j == 0:  # the rows t = s are this program's share of the weight and bias gradients
-            part = (pid_l * nbatch + b) * K
-            for k in tl.static_range(K):
-                xk = _x_at(x_ptr, init_ptr, s - (K - 1) + k, cols, cm, L, s_xl, s_il, K, HAS_INIT)
-                tl.store(dwp_ptr + (part + k) * d + cols, tl.sum(g * xk, axis=0), mask=cm)
-            tl.store(dbp_ptr + (pid_l * nbatch + b) * d + cols, tl.sum(g, axis=0), mask=cm)
+        gj = tl.load(g_ptr + (b * L + t[:, None]) * d + cols[None, :], mask=tm, other=0.0)
+        dx += tl.load(w_ptr + cols * K + (K - 1 - j), mask=cm, other=0.0).to(tl.float32)[None, :] * gj
     mx = ((s >= 0) & (s < L))[:, None] & cm[None, :]
     tl.store(dx_ptr + (b * L + s[:, None]) * d + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mx)
     if HAS_INIT:
@@ -193,17 +213,22 @@ def _conv_bwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     w = weight.contiguous()
     init = _rows(initial_state) if initial_state is not None else None
     off = K - 1 if init is not None else 0
-    nl = triton.cdiv(L + off, BL)
+    nl = triton.cdiv(L, BL)
     dx = torch.empty(batch, L, d, dtype=x.dtype, device=x.device)
     dinit = torch.empty(batch, K - 1, d, dtype=torch.float32, device=x.device)
     dwp = torch.zeros(nl, batch, K, d, dtype=torch.float32, device=x.device)
     dbp = torch.zeros(nl, batch, d, dtype=torch.float32, device=x.device)
-    if L + off > 0:
-        _conv_bwd_kernel[(triton.cdiv(d, BD), nl, batch)](
-            x, w, bias if bias is not None else w, init if init is not None else x, dy, dx, dinit, dwp, dbp,
+    if L > 0:  # two passes: g = dy * act'(pre) once per row, then dx from K shifted reads of g
+        g = torch.empty(batch, L, d, dtype=torch.float32, device=x.device)
+        _conv_bwd_gate_kernel[(triton.cdiv(d, BD), nl, batch)](
+            x, w, bias if bias is not None else w, init if init is not None else x, dy, g, dwp, dbp,
             L, d, batch, x.stride(0), x.stride(1),
             init.stride(0) if init is not None else 0, init.stride(1) if init is not None else 0,
             K=K, BL=BL, BD=BD, HAS_BIAS=bias is not None, HAS_INIT=init is not None, SILU=silu, num_warps=4)
+        _conv_bwd_input_kernel[(triton.cdiv(d, BD), triton.cdiv(L + off, BL), batch)](
+            g, w, dx, dinit, L, d, K=K, BL=BL, BD=BD, HAS_INIT=init is not None, num_warps=4)
+    elif init is not None:
+        dinit.zero_()
     dw = dwp.sum((0, 1)).t().contiguous().to(weight.dtype)  # [d, K]
     db = dbp.sum((0, 1)).to(bias.dtype) if bias is not None else x.new_empty(0)
     di = dinit.to(initial_state.dtype) if initial_state is not None else x.new_empty(0)

@@ -51,7 +51,10 @@ def kernel_cases():
     for v in _variants(HAS_BIAS=(True, False), HAS_INIT=(True, False)):
         base = dict(K=4, BD=conv.BD, SILU=True, **v)
         cases.append((f"conv forward {v}", conv._conv_fwd_kernel, {}, dict(base, BL=conv.BL), 4))
-        cases.append((f"conv backward {v}", conv._conv_bwd_kernel, {}, dict(base, BL=conv.BL), 4))
+        cases.append((f"conv backward, gate {v}", conv._conv_bwd_gate_kernel, {}, dict(base, BL=conv.BL), 4))
+    for init in (True, False):
+        cases.append((f"conv backward, input HAS_INIT={init}", conv._conv_bwd_input_kernel, {},
+                      dict(K=4, BL=conv.BL, BD=conv.BD, HAS_INIT=init), 4))
     cases.append(("conv step", conv._conv_step_kernel, {}, dict(K=4, BD=conv.BD, HAS_BIAS=True, SILU=True), 4))
     for v in _variants(HAS_WINDOW=(True, False), IEEE=(True, False)):
         dt = "*fp32" if v["IEEE"] else "*bf16"
