@@ -95,6 +95,16 @@ def segments_md(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def conv_md(r: dict) -> str:
+    lines = [f"## Causal conv (K=4, silu, bf16), {r['device']}", "",
+             "| shape | kernels | forward ms | forward + backward ms |", "|---|---|---|---|"]
+    for shape, v in r["shapes"].items():
+        for name, t in v.items():
+            if isinstance(t, dict):
+                lines.append(f"| {shape} | {name} | {t['forward_ms']:.3f} | {t['forward_backward_ms']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def profile_train_md(r: dict) -> str:
     lines = [f"## Where a training step's GPU time goes: {r['mode']}, batch {r['batch']} x {r['context']}, {r['device']}",
              "", f"Step {r['step_ms']:.0f} ms; kernel time {r['kernel_ms']:.0f} ms in {r['kernels_per_step']:.0f} kernels.",
@@ -135,7 +145,7 @@ def main():
         with open(os.path.join(args.results, "check_gpu.md"), "w") as f:
             f.write(md)
         parts.append(md)
-    for name, fn in (("scan.json", scan_md), ("scan_segments.json", segments_md), ("e2e.json", e2e_md),
+    for name, fn in (("scan.json", scan_md), ("scan_segments.json", segments_md), ("conv.json", conv_md), ("e2e.json", e2e_md),
                      ("e2e_hymba.json", e2e_md), ("train.json", train_md),
                      ("profile_train_compiled.json", profile_train_md)):
         r = _load(args.results, name)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
+
+_SM_COUNTS: dict[int | None, int] = {}
 
 
 @torch.compiler.assume_constant_result  # traced by torch.compile (compiled layers) as a constant
-@lru_cache(maxsize=None)
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device."""
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    index = torch.device(device).index
+    if index not in _SM_COUNTS:
+        _SM_COUNTS[index] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SM_COUNTS[index]

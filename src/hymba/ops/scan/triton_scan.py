@@ -617,14 +617,14 @@ SEGMENTS: int | None = None
 def _segments(batch: int, L: int, d: int, device: torch.device, training: bool = False) -> int:
     if SEGMENTS is not None:
         return SEGMENTS
-    if device.type != "cuda":
+    per_sm = SEGMENT_PROGRAMS_PER_SM["training" if training else "inference"]
+    if device.type != "cuda" or per_sm == 0:
         return 1
     sms = sm_count(device)
     programs = batch * triton.cdiv(d, FWD_CONFIG["BD"])
     if programs >= sms:
         return 1
-    most = min(SEGMENT_PROGRAMS_PER_SM["training" if training else "inference"] * sms // programs,
-               L // SEGMENT_MIN_STEPS)
+    most = min(per_sm * sms // programs, L // SEGMENT_MIN_STEPS)
     # a count that divides L needs no padded copies of the inputs (they cost more than a few segments gain)
     exact = [p for p in range(most, 1, -1) if L % p == 0 and 2 * p > most]
     return exact[0] if exact else max(1, most)
