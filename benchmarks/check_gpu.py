@@ -110,7 +110,8 @@ def check_scan(dev):
             finally:
                 triton_scan.SEGMENTS = None
         record(f"scan segmented (5) inference {str(dtype)[6:]} B=1 L={L}",
-               dict(y=rel(got[0], want[0]), final=rel(got[1], want[1])), TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
+               dict(y=rel(got[0], want[0]), final=rel(got[1], want[1])),
+               TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
         # decode step, in place
         d, N = SIZES["scan"][0][2:]
         state = torch.randn(4, d, N, device=dev)

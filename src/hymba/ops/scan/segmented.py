@@ -11,7 +11,8 @@ into P segments, scanned as P extra batch rows, and stitched:
 
 Twice the scan work for P times the parallelism; exact up to floating-point rounding. Differentiable when
 `scan` is (gradients flow through both passes, the final states of the first and the entering states of the
-second): training over few rows gets the same parallelism in its backward.
+second). The Triton launch heuristic uses it for inference only: for training on an H100 the doubled
+backward cost more than the parallelism gained.
 """
 
 from __future__ import annotations
