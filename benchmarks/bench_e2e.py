@@ -231,11 +231,8 @@ def run_hymba(args) -> dict:
         print(f"hymba prefill {args.context}: {r['prefill']['tokens_per_s']:.0f} tok/s", flush=True)
         from hymba.ops.scan import triton_scan
 
-        triton_scan.SEGMENTS = 1  # the same prefill with the scan walking the whole sequence in one pass
-        try:
+        with triton_scan.forced_segments(1):  # the same prefill with the scan walking the sequence in one pass
             r["prefill_unsegmented_scan"] = hymba_prefill(model, args.context)
-        finally:
-            triton_scan.SEGMENTS = None
         print(f"hymba prefill {args.context}, unsegmented scan: "
               f"{r['prefill_unsegmented_scan']['tokens_per_s']:.0f} tok/s", flush=True)
         b, r["decode"] = halving(args.batch, lambda b: hymba_decode(model, b, args.context, args.steps))

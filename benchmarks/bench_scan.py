@@ -111,15 +111,12 @@ def segment_sweep(out_dir: str) -> dict:
             y.backward(dy)
         row = dict(batch=batch, L=L, d=d, N=N, gradients=grad, heuristic=picked, ms={})
         for P in counts:
-            triton_scan.SEGMENTS = P
-            try:
+            with triton_scan.forced_segments(P):
                 t = time.time()
                 run()
                 torch.cuda.synchronize()
                 compile_s = time.time() - t
                 ms = bench(run)
-            finally:
-                triton_scan.SEGMENTS = None
             row["ms"][P] = ms
             print(f"{name:<16} {'fwd+bwd' if grad else 'fwd':<8} segments {P:>2}: {ms:8.3f} ms"
                   f"  (first call {compile_s:.0f} s)", flush=True)

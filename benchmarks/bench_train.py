@@ -96,13 +96,9 @@ def train_steps(config, batch, text_len, compiled: bool, steps: int):
     step()
     torch.cuda.synchronize()
     warm = time.time() - t
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(steps):
-        loss = step()
-    end.record()
-    torch.cuda.synchronize()
-    sec = start.elapsed_time(end) / 1e3 / steps
+    losses = []
+    sec = cuda_time(lambda: losses.append(step()), steps)
+    loss = losses[-1]
     segments = triton_scan.SEGMENTS or triton_scan._segments(batch, text_len + config.num_memory_tokens,
                                                               config.d_inner, ids.device, training=True)
     out = dict(step_s=sec, warmup_s=warm, loss=loss.item(), peak_memory_GB=torch.cuda.max_memory_allocated() / 1e9,
@@ -126,20 +122,20 @@ def main():
     print(f"{res['device']}: bf16 matmul {rate / 1e12:.0f} TFLOP/s measured", flush=True)
     for mode in args.modes.split(","):
         for seg in args.segments.split(","):
-            triton_scan.SEGMENTS = None if seg == "auto" else int(seg)
             key = mode if seg == "auto" else f"{mode} segments={seg}"
             batch = args.batch
-            while batch >= 1:
-                try:
-                    r = train_steps(config, batch, args.context, mode == "compiled", args.steps)
-                    break
-                except torch.OutOfMemoryError:
-                    print(f"  {key} batch {batch}: out of memory, halving", flush=True)
-                    gc.collect()
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                    batch //= 2
-            else:
+            with triton_scan.forced_segments(None if seg == "auto" else int(seg)):
+                while batch >= 1:
+                    try:
+                        r = train_steps(config, batch, args.context, mode == "compiled", args.steps)
+                        break
+                    except torch.OutOfMemoryError:
+                        print(f"  {key} batch {batch}: out of memory, halving", flush=True)
+                        gc.collect()
+                        torch.cuda.empty_cache()
+                        torch.cuda.reset_peak_memory_stats()
+                        batch //= 2
+            if batch < 1:
                 continue
             flops = model_flops(config, batch, args.context)
             r.update(batch=batch, tokens_per_s=batch * args.context / r["step_s"], flops=flops,
@@ -152,7 +148,6 @@ def main():
             gc.collect()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-    triton_scan.SEGMENTS = None
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "train.json"), "w") as f:
         json.dump(res, f, indent=1)

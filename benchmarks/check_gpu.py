@@ -104,11 +104,8 @@ def check_scan(dev):
         with torch.no_grad():
             one = {k: (v[:1] if k not in ("A", "D", "delta_bias") else v) for k, v in x.items()}
             want = selective_scan_chunked(**{k: v.double() for k, v in one.items()})
-            triton_scan.SEGMENTS = 5
-            try:
+            with triton_scan.forced_segments(5):
                 got = selective_scan_triton(**one)
-            finally:
-                triton_scan.SEGMENTS = None
         record(f"scan segmented (5) inference {str(dtype)[6:]} B=1 L={L}",
                dict(y=rel(got[0], want[0]), final=rel(got[1], want[1])),
                TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))

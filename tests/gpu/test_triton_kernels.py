@@ -198,3 +198,6 @@ def test_segments_are_chosen_only_for_underfilled_gpus(monkeypatch):
     monkeypatch.setitem(triton_scan.SEGMENT_PROGRAMS_PER_SM, "training", 12)
     assert triton_scan._segments(1, 2176, 3200, dev, training=True) == 4
     assert triton_scan._segments(4, 2176, 3200, dev, training=True) == 1
+    with triton_scan.forced_segments(3):  # the override the benchmarks use, restored after the block
+        assert triton_scan._segments(8, 8320, 3200, dev) == 3
+    assert triton_scan.SEGMENTS is None and triton_scan._segments(8, 8320, 3200, dev) == 1

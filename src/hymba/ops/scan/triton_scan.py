@@ -24,6 +24,8 @@ B/C [batch, L, N], A [d, N] (negative), fp32 state, a delta of -inf (before soft
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 
 import torch
@@ -612,6 +614,17 @@ _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 SEGMENT_PROGRAMS_PER_SM = {"inference": 8, "training": 0}
 SEGMENT_MIN_STEPS = 512
 SEGMENTS: int | None = None
+
+
+@contextlib.contextmanager
+def forced_segments(count: int | None):
+    """SEGMENTS = count inside the block (None: the heuristic's choice), the previous value restored after."""
+    global SEGMENTS
+    saved, SEGMENTS = SEGMENTS, count
+    try:
+        yield
+    finally:
+        SEGMENTS = saved
 
 
 def _segments(batch: int, L: int, d: int, device: torch.device, training: bool = False) -> int:
