@@ -86,6 +86,12 @@ def bench_conv(batch, L, d, bw) -> dict:
     return out
 
 
+# Launch configurations timed beside the defaults (warm_kernels.py compiles them ahead, in parallel).
+FWD_VARIANTS = [dict(PB=8, BC="bf16"), dict(PB=4, BC="bf16"), dict(PB=4, BC="f32"), dict(PB=2, BC="f32")]
+BWD_VARIANTS = [dict(PF=4, PB=2, BC="bf16"), dict(PF=4, PB=2, BC="f32"), dict(PF=4, PB=1, BC="bf16"),
+                dict(PF=2, PB=2, BC="bf16")]
+
+
 SEGMENT_SHAPES = {  # name: (batch, L, d, N, with gradients, segment counts to time)
     "prefill 1x8320": (1, 8320, 3200, 16, False, (1, 4, 10, 13, 16, 20)),
     "prefill 2x8320": (2, 8320, 3200, 16, False, (1, 4, 5, 8)),
@@ -210,11 +216,12 @@ def main():
                forward={}, forward_backward={}, reference={})
 
     x = inputs(batch, L, d, N)
-    fwd_variants = [dict(triton_scan.FWD_CONFIG)]
-    if not args.quick:
-        fwd_variants += [dict(BD=32, num_warps=1, PF=8, PB=4)]
+    fwd_variants = [dict(triton_scan.FWD_CONFIG)] + ([] if args.quick else FWD_VARIANTS)
     for cfg in fwd_variants:
-        key = "BD={BD} warps={num_warps} PF={PF} PB={PB}".format(**cfg)
+        cfg = dict(triton_scan.FWD_CONFIG, **cfg)
+        key = "BD={BD} warps={num_warps} PF={PF} PB={PB} B/C {BC}".format(**cfg)
+        if key in res["forward"]:
+            continue
         t = time.time()
         fn = lambda: triton_scan.scan_fwd(**x, save_states=False, config=cfg)  # noqa: E731
         fn()
@@ -222,7 +229,7 @@ def main():
         compile_s = time.time() - t
         ms = bench(fn)
         res["forward"][key] = dict(ms=ms, GBps=floor_bytes / ms / 1e6, of_copy_bw=floor_ms / ms, compile_s=compile_s)
-        print(f"fwd  {key:<34} {ms:8.3f} ms  {floor_bytes / ms / 1e6:7.0f} GB/s  {floor_ms / ms:6.1%} of floor"
+        print(f"fwd  {key:<40} {ms:8.3f} ms  {floor_bytes / ms / 1e6:7.0f} GB/s  {floor_ms / ms:6.1%} of floor"
               f"  (compile {compile_s:.0f} s)", flush=True)
     best_fwd = min(res["forward"].values(), key=lambda r: r["ms"])["ms"]
     # forward with the checkpoints the backward needs (what training runs)
@@ -232,33 +239,31 @@ def main():
 
     xg = inputs(batch, L, d, N, requires_grad=True)
     dy = torch.randn(batch, L, d, device="cuda", dtype=torch.bfloat16)
-    bwd_variants = [dict(triton_scan.BWD_CONFIG)]
-    if not args.quick:
-        bwd_variants += [dict(BD=32, num_warps=1, PF=2), dict(BD=64, num_warps=2, PF=4)]
+    bwd_variants = [dict(triton_scan.BWD_CONFIG)] + ([] if args.quick else BWD_VARIANTS)
     for cfg in bwd_variants:
-        key = "BD={BD} warps={num_warps} PF={PF}".format(**cfg)
-        saved = dict(triton_scan.BWD_CONFIG)
-        triton_scan.BWD_CONFIG.update(cfg)
-        try:
-            def step():
-                for v in xg.values():
-                    v.grad = None
-                y, _ = triton_scan.selective_scan_triton(**xg)
-                y.backward(dy)
-            t = time.time()
-            step()
-            torch.cuda.synchronize()
-            compile_s = time.time() - t
-            ms = bench(step)
-        except Exception as e:  # a configuration that does not compile or run is reported, not fatal
-            print(f"fwd+bwd {key}: failed: {e!r}", flush=True)
-            res["forward_backward"][key] = dict(error=repr(e))
+        cfg = dict(triton_scan.BWD_CONFIG, **cfg)
+        key = "BD={BD} warps={num_warps} PF={PF} PB={PB} B/C {BC}".format(**cfg)
+        if key in res["forward_backward"]:
             continue
-        finally:
-            triton_scan.BWD_CONFIG.clear()
-            triton_scan.BWD_CONFIG.update(saved)
+
+        def step():
+            for v in xg.values():
+                v.grad = None
+            y, _ = triton_scan.selective_scan_triton(**xg)
+            y.backward(dy)
+        with triton_scan.forced_configs(bwd=cfg):
+            try:
+                t = time.time()
+                step()
+                torch.cuda.synchronize()
+                compile_s = time.time() - t
+                ms = bench(step)
+            except Exception as e:  # a configuration that does not compile or run is reported, not fatal
+                print(f"fwd+bwd {key}: failed: {e!r}", flush=True)
+                res["forward_backward"][key] = dict(error=repr(e))
+                continue
         res["forward_backward"][key] = dict(ms=ms, x_forward_floor=ms / floor_ms, compile_s=compile_s)
-        print(f"fwd+bwd {key:<31} {ms:8.3f} ms  {ms / floor_ms:5.2f}x the forward floor  (compile {compile_s:.0f} s)",
+        print(f"fwd+bwd {key:<37} {ms:8.3f} ms  {ms / floor_ms:5.2f}x the forward floor  (compile {compile_s:.0f} s)",
               flush=True)
 
     # the torch reference (chunked scan), at the full shape if it fits, else one batch row scaled up

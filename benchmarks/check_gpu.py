@@ -84,6 +84,7 @@ def cast_inputs(inputs: dict, dtype) -> dict:
 
 # ---- ops ----------------------------------------------------------------------------------------------------
 def check_scan(dev):
+    from hymba.ops.scan import triton_scan
     from hymba.ops.scan.triton_scan import selective_scan_triton, ssm_step_triton
 
     for dtype in (torch.float32, torch.bfloat16):
@@ -95,12 +96,14 @@ def check_scan(dev):
                      initial_state=r(batch, d, N))
             x["delta"][0, L // 3: L // 2] = float("-inf")  # padding
             x = cast_inputs(x, dtype)
-            errors = grads_vs(lambda **a: selective_scan_triton(**a), lambda **a: selective_scan_chunked(**a),
-                              x, out_names=("y", "final"))
-            record(f"scan fwd+bwd {str(dtype)[6:]} B={batch} L={L} d={d} N={N}", errors, TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
+            # B and C reach the kernels as bf16 words or converted to fp32: both layouts, whichever is default
+            for bc in ("bf16", "f32") if dtype == torch.bfloat16 else (triton_scan.FWD_CONFIG["BC"],):
+                with triton_scan.forced_configs(dict(BC=bc), dict(BC=bc)):
+                    errors = grads_vs(lambda **a: selective_scan_triton(**a),
+                                      lambda **a: selective_scan_chunked(**a), x, out_names=("y", "final"))
+                record(f"scan fwd+bwd {str(dtype)[6:]} B/C {bc} B={batch} L={L} d={d} N={N}", errors,
+                       TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
         # inference over one row in time segments side by side (what a batch-1 prefill runs), forced here
-        from hymba.ops.scan import triton_scan
-
         with torch.no_grad():
             one = {k: (v[:1] if k not in ("A", "D", "delta_bias") else v) for k, v in x.items()}
             want = selective_scan_chunked(**{k: v.double() for k, v in one.items()})

@@ -39,6 +39,23 @@ def scan_job(shape: str, segments: int):
         y.float().sum().backward()
 
 
+def variant_job(kind: str, index: int):
+    """One launch configuration of bench_scan's FWD_VARIANTS / BWD_VARIANTS at its default shape."""
+    import torch
+
+    from bench_scan import BWD_VARIANTS, FWD_VARIANTS, inputs
+    from hymba.ops.scan import triton_scan
+
+    if kind == "forward":
+        triton_scan.scan_fwd(**inputs(8, 4096, 3200, 16), config=dict(triton_scan.FWD_CONFIG, **FWD_VARIANTS[index]))
+        return
+    x = inputs(8, 4096, 3200, 16, requires_grad=True)
+    with triton_scan.forced_configs(bwd=BWD_VARIANTS[index]):
+        y, _ = triton_scan.selective_scan_triton(**x)
+        y.float().sum().backward()
+    torch.cuda.synchronize()
+
+
 def model_job(kind: str, segments: int | None):
     """A 3-layer model of hymba-1.5b's widths: a bf16-autocast training step (kind="train", what bench_train
     runs) or a prefill and a few decode steps in bf16 (kind="decode", what bench_e2e and check_gpu run)."""
@@ -66,11 +83,19 @@ def model_job(kind: str, segments: int | None):
         generate(model, ids[:, :300].repeat(2, 1), max_new_tokens=20, cuda_graph=False)
 
 
+def _variant_jobs():
+    from bench_scan import BWD_VARIANTS, FWD_VARIANTS
+
+    return ([(variant_job, ("forward", i)) for i in range(len(FWD_VARIANTS))]
+            + [(variant_job, ("backward", i)) for i in range(len(BWD_VARIANTS))])
+
+
 JOBS = {
     "scan": [(scan_job, ("training 4x2176", 1)), (scan_job, ("training 4x2176", 2)),
              (scan_job, ("prefill 1x8320", 1)), (scan_job, ("prefill 1x8320", 4))],
     "model": [(model_job, ("train", 1)), (model_job, ("train", 2))],
     "decode": [(model_job, ("decode", 1)), (model_job, ("decode", 4))],
+    "variants": _variant_jobs(),
 }
 
 

@@ -13,8 +13,15 @@ training it also writes the state at the start of every CHUNK steps (fp32, N x d
 last to first, the backward first re-runs the chunk forward from its checkpoint, writing the CHUNK states
 to a per-program scratch (CHUNK x N x BD fp32, small enough to stay in L2), then walks it backwards with the
 adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}, reading the state before each step back from the scratch.
-Reductions over channels (dB, dC) are written as per-program partial sums and added in torch
-(deterministic, no atomics).
+dB_t and dC_t sum over channels, i.e. over the lanes of the warp: the 2N per-lane terms of a step are
+reduced together by a butterfly reduce-scatter (`_channel_sums`: 2N - 1 shuffles, lane j ends with sum j,
+one coalesced store) and written as per-program partial sums that torch adds (deterministic, no atomics).
+
+Inputs are read unmasked with clamped indices (steps outside the sequence and channels past d re-read valid
+elements whose results are never stored or are zeroed before any sum): no predicates or zero-fills in the
+loops. Counting the SASS instructions of the loops (sm_90, compiled on a CPU) guided the rest: B and C
+reach the kernels as words of two fp32 or four bf16 values, and softplus uses the MUFU's lg2 for 16-bit
+outputs (libdevice's log2 was ~25 instructions a step).
 
 Step (`_ssm_step_kernel`): one token, the [BD, N] state tile read and written in place.
 
@@ -41,18 +48,30 @@ _LN2 = tl.constexpr(LN2)
 _LOG2E = tl.constexpr(LOG2E)
 
 # Launch configurations (benchmarks/bench_scan.py measures alternatives; see benchmarks/README.md).
-FWD_CONFIG = dict(BD=32, num_warps=1, PF=8, PB=8)
-BWD_CONFIG = dict(BD=32, num_warps=1, PF=4)
+FWD_CONFIG = dict(BD=32, num_warps=1, PF=8, PB=4, BC="f32")
+BWD_CONFIG = dict(BD=32, num_warps=1, PF=4, PB=2, BC="bf16")
 CHUNK = 16  # steps between saved states: the backward's scratch holds one chunk of states per program
 
 
 # ---- shared device helpers --------------------------------------------------------------------------------
 @triton.jit
-def _softplus(x):
-    """log(1 + e^x), linear above 20 like torch's; e^x itself far to the left (keeps its relative precision);
+def _log2(x, FAST: tl.constexpr):
+    """FAST: the MUFU's lg2.approx (absolute error ~2^-22) instead of libdevice's ~25-instruction polynomial."""
+    if FAST:
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def _softplus(x, FAST: tl.constexpr):
+    """log(1 + e^x), linear above 20 like torch's; below -4 the series of log1p(e^x) to e^4 (relative error
+    < 3e-8, and keeps e^x's relative precision far to the left, where log2(1 + e) would round to 0);
     softplus(-inf) = 0 exactly, which makes a step with delta = -inf a no-op."""
     e = tl.exp2(x * _LOG2E)
-    sp = tl.where(x < -15.0, e, tl.log2(1.0 + e) * _LN2)
+    series = e * (1.0 - e * (0.5 - e * (0.3333333333333333 - e * 0.25)))
+    sp = tl.where(x < -4.0, series, _log2(1.0 + e, FAST) * _LN2)
     return tl.where(x > 20.0, x, sp)
 
 
@@ -68,13 +87,15 @@ def _sigmoid(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def _load_x(u_ptr, dt_ptr, z_ptr, t, L, cols, cmask, s_ul, s_dl, s_zl, HAS_Z: tl.constexpr):
-    """u, delta, z of time step t for this program's channels (zeros past the end)."""
-    m = cmask & (t < L)
-    u = tl.load(u_ptr + t * s_ul + cols, mask=m, other=0.0)
-    dt = tl.load(dt_ptr + t * s_dl + cols, mask=m, other=0.0)
+def _load_x(u_ptr, dt_ptr, z_ptr, t, L, cols, s_ul, s_dl, s_zl, HAS_Z: tl.constexpr):
+    """u, delta, z of time step t for this program's channels. Unmasked: the caller clamps `cols` into the
+    tensor and steps outside 0..L-1 read the nearest step (finite values that the caller never uses: delta
+    past the end is forced to 0, their outputs are not stored)."""
+    t = tl.minimum(tl.maximum(t, 0), L - 1)
+    u = tl.load(u_ptr + t * s_ul + cols)
+    dt = tl.load(dt_ptr + t * s_dl + cols)
     if HAS_Z:
-        z = tl.load(z_ptr + t * s_zl + cols, mask=m, other=0.0)
+        z = tl.load(z_ptr + t * s_zl + cols)
     else:
         z = u
     return u, dt, z
@@ -90,37 +111,44 @@ def _unpack_bf16x4(w):
 
 
 @triton.jit
-def _load_bc(b_ptr, c_ptr, t, L, s_bl, s_cl, N: tl.constexpr, PACK: tl.constexpr):
-    """B_t and C_t as loaded (the same for every channel): with PACK, bf16 rows read as int64 words, four
-    values per load, kept packed until used (a quarter of the loads and of the registers in flight)."""
-    tm = t < L
-    bs = ()
-    cs = ()
-    if PACK:
-        for q in tl.static_range(N // 4):
-            bs = bs + (tl.load(b_ptr + t * s_bl + q, mask=tm, other=0),)
-            cs = cs + (tl.load(c_ptr + t * s_cl + q, mask=tm, other=0),)
-    else:
-        for n in tl.static_range(N):
-            bs = bs + (tl.load(b_ptr + t * s_bl + n, mask=tm, other=0.0),)
-            cs = cs + (tl.load(c_ptr + t * s_cl + n, mask=tm, other=0.0),)
-    return bs, cs
+def _unpack_f32x2(w):
+    """Two fp32 values packed in an int64 -> two fp32 scalars (register moves, no arithmetic)."""
+    return w.to(tl.int32).to(tl.float32, bitcast=True), (w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _unpack_bc(bs, cs, N: tl.constexpr, PACK: tl.constexpr):
-    """-> 2N fp32 scalars."""
-    bf = ()
-    cf = ()
-    if PACK:
+def _load_row(ptr, t, L, s_l, N: tl.constexpr, PACK: tl.constexpr):
+    """Row t of B or C (the same for every channel), as loaded: PACK=1 bf16 read as int64 words of four
+    values, PACK=2 fp32 as words of two, kept packed until used (fewer loads and registers in flight);
+    PACK=0 one load per value. Steps outside 0..L-1 read the nearest row (never used)."""
+    t = tl.minimum(tl.maximum(t, 0), L - 1)
+    ws = ()
+    if PACK == 1:
         for q in tl.static_range(N // 4):
-            bf = bf + _unpack_bf16x4(bs[q])
-            cf = cf + _unpack_bf16x4(cs[q])
+            ws = ws + (tl.load(ptr + t * s_l + q),)
+    elif PACK == 2:
+        for q in tl.static_range(N // 2):
+            ws = ws + (tl.load(ptr + t * s_l + q),)
     else:
         for n in tl.static_range(N):
-            bf = bf + (bs[n].to(tl.float32),)
-            cf = cf + (cs[n].to(tl.float32),)
-    return bf, cf
+            ws = ws + (tl.load(ptr + t * s_l + n),)
+    return ws
+
+
+@triton.jit
+def _unpack_row(ws, N: tl.constexpr, PACK: tl.constexpr):
+    """-> N fp32 scalars."""
+    out = ()
+    if PACK == 1:
+        for q in tl.static_range(N // 4):
+            out = out + _unpack_bf16x4(ws[q])
+    elif PACK == 2:
+        for q in tl.static_range(N // 2):
+            out = out + _unpack_f32x2(ws[q])
+    else:
+        for n in tl.static_range(N):
+            out = out + (ws[n].to(tl.float32),)
+    return out
 
 
 # ---- forward ----------------------------------------------------------------------------------------------
@@ -159,12 +187,13 @@ def _scan_fwd_kernel(
         bias = tl.load(bias_ptr + cols, mask=cm, other=0.0)
 
     # Software pipeline: the inputs of the next PF steps (and B, C of the next PB) are already in flight.
+    colc = tl.minimum(cols, d - 1)  # unmasked loads (a ragged last block re-reads the last channel)
     ring_x = ()
     for i in tl.static_range(PF):
-        ring_x = ring_x + (_load_x(u_ptr, dt_ptr, z_ptr, i, L, cols, cm, s_ul, s_dl, s_zl, HAS_Z),)
+        ring_x = ring_x + (_load_x(u_ptr, dt_ptr, z_ptr, i, L, colc, s_ul, s_dl, s_zl, HAS_Z),)
     ring_bc = ()
     for i in tl.static_range(PB):
-        ring_bc = ring_bc + (_load_bc(b_ptr, c_ptr, i, L, s_bl, s_cl, N, PACK),)
+        ring_bc = ring_bc + ((_load_row(b_ptr, i, L, s_bl, N, PACK), _load_row(c_ptr, i, L, s_cl, N, PACK)),)
 
     for t0 in range(0, L, PF):
         if SAVE:
@@ -175,15 +204,17 @@ def _scan_fwd_kernel(
         for i in tl.static_range(PF):
             t = t0 + i
             u, dt, z = ring_x[0]
-            bs, cs = _unpack_bc(ring_bc[0][0], ring_bc[0][1], N, PACK)
-            ring_x = ring_x[1:] + (_load_x(u_ptr, dt_ptr, z_ptr, t + PF, L, cols, cm, s_ul, s_dl, s_zl, HAS_Z),)
-            ring_bc = ring_bc[1:] + (_load_bc(b_ptr, c_ptr, t + PB, L, s_bl, s_cl, N, PACK),)
+            bs = _unpack_row(ring_bc[0][0], N, PACK)
+            cs = _unpack_row(ring_bc[0][1], N, PACK)
+            ring_x = ring_x[1:] + (_load_x(u_ptr, dt_ptr, z_ptr, t + PF, L, colc, s_ul, s_dl, s_zl, HAS_Z),)
+            ring_bc = ring_bc[1:] + ((_load_row(b_ptr, t + PB, L, s_bl, N, PACK),
+                                      _load_row(c_ptr, t + PB, L, s_cl, N, PACK)),)
             u = u.to(tl.float32)
             dt = dt.to(tl.float32)
             if HAS_BIAS:
                 dt = dt + bias
             if SOFTPLUS:
-                dt = _softplus(dt)
+                dt = _softplus(dt, FAST)
             dt = tl.where(t < L, dt, 0.0)  # steps past the end leave the state alone
             du = dt * u
             if HAS_D:
@@ -207,39 +238,69 @@ def _scan_fwd_kernel(
 
 # ---- backward ---------------------------------------------------------------------------------------------
 @triton.jit
-def _load_g(u_ptr, dt_ptr, z_ptr, dy_ptr, t, L, cols, cmask, s_ul, s_dl, s_zl, s_gl, HAS_Z: tl.constexpr):
-    """u, delta, z, dy of time step t (zeros outside 0..L-1: the reverse walk prefetches below 0)."""
-    m = cmask & (t < L) & (t >= 0)
-    u = tl.load(u_ptr + t * s_ul + cols, mask=m, other=0.0)
-    dt = tl.load(dt_ptr + t * s_dl + cols, mask=m, other=0.0)
-    dy = tl.load(dy_ptr + t * s_gl + cols, mask=m, other=0.0)
-    if HAS_Z:
-        z = tl.load(z_ptr + t * s_zl + cols, mask=m, other=0.0)
-    else:
-        z = u
+def _load_g(u_ptr, dt_ptr, z_ptr, dy_ptr, t, L, cols, s_ul, s_dl, s_zl, s_gl, HAS_Z: tl.constexpr):
+    """u, delta, z, dy of time step t (unmasked like `_load_x`: the reverse walk prefetches below 0)."""
+    u, dt, z = _load_x(u_ptr, dt_ptr, z_ptr, t, L, cols, s_ul, s_dl, s_zl, HAS_Z)
+    dy = tl.load(dy_ptr + tl.minimum(tl.maximum(t, 0), L - 1) * s_gl + cols)
     return u, dt, z, dy
 
 
 @triton.jit
-def _delta(dtr, bias, t, L, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+def _delta(dtr, bias, t, L, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
     """(delta after bias and softplus, the pre-softplus value); delta is 0 for steps past the end."""
     dtr = dtr.to(tl.float32)
     if HAS_BIAS:
         dtr = dtr + bias
     if SOFTPLUS:
-        dt = _softplus(dtr)
+        dt = _softplus(dtr, FAST)
     else:
         dt = dtr
     return tl.where(t < L, dt, 0.0), dtr
 
 
 @triton.jit
+def _exchange_halves(vals, lanes, M: tl.constexpr):
+    """One round of `_channel_sums`: 2M values per lane -> M, lanes l and l ^ M each keeping one half."""
+    up = (lanes & M) != 0
+    partner = lanes ^ M
+    kept = ()
+    for j in tl.static_range(M):
+        send = tl.where(up, vals[j], vals[j + M])
+        keep = tl.where(up, vals[j + M], vals[j])
+        kept = kept + (keep + tl.gather(send, partner, 0),)  # a warp shuffle (SHFL.IDX)
+    return kept
+
+
+@triton.jit
+def _channel_sums(vals, lanes, BD: tl.constexpr):
+    """BD per-lane vectors (BD a power of two, at most 64) -> one vector whose lane j holds the sum over the
+    BD lanes of vals[j].
+
+    A butterfly reduce-scatter: in each round a lane keeps half of its remaining values, sends the other half
+    to its partner lane (one shuffle per pair) and adds what it receives; BD - 1 shuffles in all, against
+    BD log2(BD) for BD separate `tl.sum`s across the lanes."""
+    vals = _exchange_halves(vals, lanes, BD // 2)
+    if BD >= 4:
+        vals = _exchange_halves(vals, lanes, BD // 4)
+    if BD >= 8:
+        vals = _exchange_halves(vals, lanes, BD // 8)
+    if BD >= 16:
+        vals = _exchange_halves(vals, lanes, BD // 16)
+    if BD >= 32:
+        vals = _exchange_halves(vals, lanes, BD // 32)
+    if BD >= 64:
+        vals = _exchange_halves(vals, lanes, BD // 64)
+    return vals[0]
+
+
+@triton.jit
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, a2_ptr, dskip_ptr, bias_ptr, ckpt_ptr, dy_ptr, dht_ptr, scratch_ptr,
-    du_ptr, ddt_ptr, dz_ptr, da_ptr, dbp_ptr, dcp_ptr, dd_ptr, dbias_ptr, dh0_ptr,
+    du_ptr, ddt_ptr, dz_ptr, da_ptr, dbc_ptr, dd_ptr, dbias_ptr, dh0_ptr,
     L, d, n_chunks, nbatch,
     s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_bb, s_bl, s_cb, s_cl, s_gb, s_gl,
-    N: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, PF: tl.constexpr,
+    N: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, PF: tl.constexpr, PB: tl.constexpr,
+    SCATTER: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DHT: tl.constexpr,
     SOFTPLUS: tl.constexpr, FAST: tl.constexpr, PACK: tl.constexpr,
 ):
@@ -248,6 +309,7 @@ def _scan_bwd_kernel(
     lanes = tl.arange(0, BD)
     cols = pid_d * BD + lanes
     cm = cols < d
+    colc = tl.minimum(cols, d - 1)  # unmasked loads; lanes past d are zeroed before any sum over channels
     u_ptr += b * s_ub
     dt_ptr += b * s_db
     z_ptr += b * s_zb
@@ -258,7 +320,7 @@ def _scan_bwd_kernel(
     ddt_ptr += b * L * d
     dz_ptr += b * L * d
     scratch_ptr += (b * tl.num_programs(0) + pid_d) * (T * N * BD)  # [T, N, BD]: the states of one chunk
-    part = (pid_d * nbatch + b) * L * N  # this program's rows of the dB, dC partial sums [L, N]
+    dbc_ptr += (pid_d * nbatch + b) * L * (2 * N)  # this program's rows of the dB | dC partial sums [L, 2N]
 
     a2 = ()
     g = ()  # a_{t+1} dL/dh_{t+1}: the adjoint carried into step t (dL/dh_final before the last step)
@@ -290,15 +352,18 @@ def _scan_bwd_kernel(
             h = h + (tl.load(ckpt_ptr + ((b * n_chunks + ci) * N + n) * d + cols, mask=cm, other=0.0),)
         ring_x = ()
         for p in tl.static_range(PF):
-            ring_x = ring_x + (_load_x(u_ptr, dt_ptr, z_ptr, t0 + p, L, cols, cm, s_ul, s_dl, s_zl, False),)
+            ring_x = ring_x + (_load_x(u_ptr, dt_ptr, z_ptr, t0 + p, L, colc, s_ul, s_dl, s_zl, False),)
+        ring_b = ()
+        for p in tl.static_range(PB):
+            ring_b = ring_b + (_load_row(b_ptr, t0 + p, L, s_bl, N, PACK),)
         for i0 in range(0, T, PF):
             for ii in tl.static_range(PF):
                 t = t0 + i0 + ii
-                xu, xdt, xz = ring_x[0]
-                ring_x = ring_x[1:] + (_load_x(u_ptr, dt_ptr, z_ptr, t + PF, L, cols, cm, s_ul, s_dl, s_zl, False),)
-                bs1, cs1 = _load_bc(b_ptr, c_ptr, t, L, s_bl, s_cl, N, PACK)
-                bf1, cf1 = _unpack_bc(bs1, bs1, N, PACK)
-                dt1, dtr1 = _delta(xdt, bias, t, L, HAS_BIAS, SOFTPLUS)
+                xu, xdt, _ = ring_x[0]
+                ring_x = ring_x[1:] + (_load_x(u_ptr, dt_ptr, z_ptr, t + PF, L, colc, s_ul, s_dl, s_zl, False),)
+                bf1 = _unpack_row(ring_b[0], N, PACK)
+                ring_b = ring_b[1:] + (_load_row(b_ptr, t + PB, L, s_bl, N, PACK),)
+                dt1, _ = _delta(xdt, bias, t, L, HAS_BIAS, SOFTPLUS, FAST)
                 dtu1 = dt1 * xu.to(tl.float32)
                 new_h = ()
                 for n in tl.static_range(N):
@@ -308,54 +373,71 @@ def _scan_bwd_kernel(
         # 2. walk the chunk backwards; h is the state after step t, the scratch holds the one before it
         ring_g = ()
         for p in tl.static_range(PF):
-            ring_g = ring_g + (_load_g(u_ptr, dt_ptr, z_ptr, dy_ptr, t0 + T - 1 - p, L, cols, cm,
+            ring_g = ring_g + (_load_g(u_ptr, dt_ptr, z_ptr, dy_ptr, t0 + T - 1 - p, L, colc,
                                        s_ul, s_dl, s_zl, s_gl, HAS_Z),)
+        ring_bc = ()
+        for p in tl.static_range(PB):
+            ring_bc = ring_bc + ((_load_row(b_ptr, t0 + T - 1 - p, L, s_bl, N, PACK),
+                                  _load_row(c_ptr, t0 + T - 1 - p, L, s_cl, N, PACK)),)
         for j0 in range(0, T, PF):
             for jj in tl.static_range(PF):
                 row = T - 1 - j0 - jj
                 t = t0 + row
+                h_before = ()  # issued first: the next step's state, read back from the scratch
+                for n in tl.static_range(N):
+                    h_before = h_before + (tl.load(scratch_ptr + (row * N + n) * BD + lanes),)
                 u, dtr, z, dy = ring_g[0]
-                ring_g = ring_g[1:] + (_load_g(u_ptr, dt_ptr, z_ptr, dy_ptr, t - PF, L, cols, cm,
+                ring_g = ring_g[1:] + (_load_g(u_ptr, dt_ptr, z_ptr, dy_ptr, t - PF, L, colc,
                                                s_ul, s_dl, s_zl, s_gl, HAS_Z),)
-                bs, cs = _load_bc(b_ptr, c_ptr, t, L, s_bl, s_cl, N, PACK)
-                bf, cf = _unpack_bc(bs, cs, N, PACK)
+                bf = _unpack_row(ring_bc[0][0], N, PACK)
+                cf = _unpack_row(ring_bc[0][1], N, PACK)
+                ring_bc = ring_bc[1:] + ((_load_row(b_ptr, t - PB, L, s_bl, N, PACK),
+                                          _load_row(c_ptr, t - PB, L, s_cl, N, PACK)),)
                 live = cm & (t < L)
                 u = u.to(tl.float32)
                 dy = dy.to(tl.float32)
-                dt, dtr = _delta(dtr, bias, t, L, HAS_BIAS, SOFTPLUS)
-                dtu = dt * u
+                dt, dtr = _delta(dtr, bias, t, L, HAS_BIAS, SOFTPLUS, FAST)
+                dtu = tl.where(live, dt * u, 0.0)  # zero on dead lanes and steps: no share in the channel sums
                 if HAS_Z:
                     z = z.to(tl.float32)
                     sz = _sigmoid(z, FAST)
                     dyg = dy * z * sz
                 else:
                     dyg = dy
+                dyg = tl.where(live, dyg, 0.0)
                 y = u * dskip  # y before the gate, for dz
-                dub = tl.zeros([BD], tl.float32)
-                ddt = tl.zeros([BD], tl.float32)
+                dub = tl.zeros([BD], tl.float32)  # sum_n dL/dh_t[n] B_t[n]
+                ddt = tl.zeros([BD], tl.float32)  # sum_n dL/dh_t[n] A[n] a_t h_{t-1}[n] (in log2 units)
                 new_g = ()
                 new_da = ()
-                h_before = ()
+                sums = ()
                 for n in tl.static_range(N):
                     gn = cf[n] * dyg + g[n]  # dL/dh_t
                     hm = h[n] - dtu * bf[n]  # a_t h_{t-1}
-                    y += cf[n] * h[n]
+                    if HAS_Z:
+                        y += cf[n] * h[n]
                     dub += gn * bf[n]
-                    ddt += gn * ((a2[n] * _LN2) * hm + u * bf[n])
-                    new_da = new_da + (da[n] + gn * dt * hm,)
+                    q = gn * hm
+                    new_da = new_da + (da[n] + dt * q,)
+                    ddt += a2[n] * q
                     new_g = new_g + (tl.exp2(dt * a2[n]) * gn,)
-                    h_before = h_before + (tl.load(scratch_ptr + (row * N + n) * BD + lanes),)
-                    tl.store(dbp_ptr + part + t * N + n, tl.sum(tl.where(live, gn * dtu, 0.0), axis=0), mask=t < L)
-                    tl.store(dcp_ptr + part + t * N + n, tl.sum(tl.where(live, h[n] * dyg, 0.0), axis=0),
-                             mask=t < L)
+                    sums = sums + (gn * dtu,)
+                for n in tl.static_range(N):
+                    sums = sums + (h[n] * dyg,)
+                if SCATTER:  # lane j ends with the sum of sums[j]: one coalesced store of dB_t | dC_t
+                    tl.store(dbc_ptr + t * (2 * N) + lanes, _channel_sums(sums, lanes, BD), mask=t < L)
+                else:
+                    for j in tl.static_range(2 * N):
+                        tl.store(dbc_ptr + t * (2 * N) + j, tl.sum(sums[j], axis=0), mask=t < L)
                 g = new_g
                 da = new_da
                 h = h_before
                 du = dub * dt + dskip * dyg
+                ddt = ddt * _LN2 + u * dub
                 if SOFTPLUS:
                     ddt = ddt * _sigmoid(dtr, FAST)
                 ddt = tl.where(live, ddt, 0.0)
-                dd_acc += tl.where(live, dyg * u, 0.0)
+                dd_acc += dyg * u
                 dbias_acc += ddt
                 tl.store(du_ptr + t * d + cols, du.to(du_ptr.dtype.element_ty), mask=live)
                 tl.store(ddt_ptr + t * d + cols, ddt.to(ddt_ptr.dtype.element_ty), mask=live)
@@ -394,7 +476,7 @@ def _ssm_step_kernel(
     if HAS_BIAS:
         dt += tl.load(bias_ptr + cols, mask=cm, other=0.0)
     if SOFTPLUS:
-        dt = _softplus(dt)
+        dt = _softplus(dt, FAST)
     bv = tl.load(b_ptr + b * s_bb + ns, mask=nm, other=0.0).to(tl.float32)
     cv = tl.load(c_ptr + b * s_cb + ns, mask=nm, other=0.0).to(tl.float32)
     h = tl.exp2(dt[:, None] * a2) * h + (dt * u)[:, None] * bv[None, :]
@@ -419,14 +501,21 @@ def _fast(out: torch.Tensor) -> bool:
     return out.element_size() == 2 and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
-def _packed_bc(B: torch.Tensor, C: torch.Tensor, N: int):
-    """bf16 B/C viewed as int64 words (4 values each) when the layout allows it."""
-    if B.dtype == C.dtype == torch.bfloat16 and N % 4 == 0 and os.environ.get("TRITON_HYMBA_NO_PACK") != "1":
+def _packed_bc(B: torch.Tensor, C: torch.Tensor, N: int, bc: str):
+    """B, C as the kernels read them: (B, C, PACK). bc="f32": converted to fp32 and viewed as int64 words of
+    two values (no unpacking arithmetic in the kernels; B and C are small); "bf16": bf16 inputs viewed as
+    words of four; both fall back to one load per value (PACK=0) where the layout does not allow it."""
+    if os.environ.get("TRITON_HYMBA_NO_PACK") == "1":
+        return B, C, 0
+    if bc == "f32" and N % 2 == 0:
+        B32, C32 = B.float().contiguous(), C.float().contiguous()
+        return B32.view(torch.int64), C32.view(torch.int64), 2
+    if B.dtype == C.dtype == torch.bfloat16 and N % 4 == 0:
         try:
-            return B.view(torch.int64), C.view(torch.int64), True
+            return B.view(torch.int64), C.view(torch.int64), 1
         except RuntimeError:  # misaligned rows: fall back to one load per value
             pass
-    return B, C, False
+    return B, C, 0
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -470,7 +559,7 @@ def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=
     if CHUNK % cfg["PF"]:
         raise ValueError(f"selective_scan: prefetch depth {cfg['PF']} must divide the chunk ({CHUNK})")
     zz = z if z is not None else u
-    Bk, Ck, pack = _packed_bc(B, C, N)
+    Bk, Ck, pack = _packed_bc(B, C, N, cfg["BC"])
     grid = (triton.cdiv(d, cfg["BD"]), batch)
     _scan_fwd_kernel[grid](
         u, delta, zz, Bk, Ck, a2, D if D is not None else a2, delta_bias if delta_bias is not None else a2,
@@ -507,33 +596,35 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
     ddt = torch.empty(batch, L, d, dtype=delta.dtype, device=dev)
     dz = torch.empty(batch, L, d, dtype=z.dtype, device=dev) if z is not None else None
     da = torch.empty(batch, d, N, dtype=torch.float32, device=dev)
-    dbp = torch.empty(nb, batch, L, N, dtype=torch.float32, device=dev)
-    dcp = torch.empty(nb, batch, L, N, dtype=torch.float32, device=dev)
+    dbc = torch.empty(nb, batch, L, 2 * N, dtype=torch.float32, device=dev)  # per-program partial sums
     dd = torch.empty(batch, d, dtype=torch.float32, device=dev)
     dbias = torch.empty(batch, d, dtype=torch.float32, device=dev)
     dh0 = torch.empty(batch, d, N, dtype=torch.float32, device=dev)
     if L > 0:
         zz = z if z is not None else u
         scratch = torch.empty(batch, nb, CHUNK, N, cfg["BD"], dtype=torch.float32, device=dev)
-        Bk, Ck, pack = _packed_bc(B, C, N)
+        Bk, Ck, pack = _packed_bc(B, C, N, cfg["BC"])
+        BD = cfg["BD"]
         _scan_bwd_kernel[(nb, batch)](
             u, delta, zz, Bk, Ck, a2, Df if Df is not None else a2, biasf if biasf is not None else a2, ckpt, dy,
             dht if dht is not None else a2, scratch,
-            du, ddt, dz if dz is not None else du, da, dbp, dcp, dd, dbias, dh0,
+            du, ddt, dz if dz is not None else du, da, dbc, dd, dbias, dh0,
             L, d, n_chunks, batch,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
             Bk.stride(0), Bk.stride(1), Ck.stride(0), Ck.stride(1), dy.stride(0), dy.stride(1),
-            N=N, BD=cfg["BD"], T=CHUNK, PF=cfg["PF"],
+            N=N, BD=BD, T=CHUNK, PF=cfg["PF"], PB=cfg["PB"],
+            SCATTER=2 * N == BD and BD in (2, 4, 8, 16, 32, 64),
             HAS_Z=z is not None, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, HAS_DHT=dht is not None,
             SOFTPLUS=bool(delta_softplus), FAST=_fast(du), PACK=pack, num_warps=cfg["num_warps"],
         )
     else:
-        for t in (da, dbp, dcp, dd, dbias):
+        for t in (da, dbc, dd, dbias):
             t.zero_()
         dh0.copy_(dht if dht is not None else torch.zeros_like(dh0))
     dA = da.sum(0).to(A.dtype)
-    dB = dbp.sum(0).to(B.dtype)
-    dC = dcp.sum(0).to(C.dtype)
+    dbc = dbc.sum(0)
+    dB = dbc[..., :N].to(B.dtype, copy=True)  # copies: the op's outputs may not alias each other
+    dC = dbc[..., N:].to(C.dtype, copy=True)
     dD = dd.sum(0).to(D.dtype) if D is not None else None
     dbias_out = dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
     return du, ddt, dA, dB, dC, dD, dz, dbias_out, dh0
@@ -625,6 +716,20 @@ def forced_segments(count: int | None):
         yield
     finally:
         SEGMENTS = saved
+
+
+@contextlib.contextmanager
+def forced_configs(fwd: dict | None = None, bwd: dict | None = None):
+    """FWD_CONFIG / BWD_CONFIG updated with `fwd` / `bwd` inside the block (benchmarks, checks), restored after."""
+    saved = dict(FWD_CONFIG), dict(BWD_CONFIG)
+    FWD_CONFIG.update(fwd or {})
+    BWD_CONFIG.update(bwd or {})
+    try:
+        yield
+    finally:
+        for cfg, old in zip((FWD_CONFIG, BWD_CONFIG), saved):
+            cfg.clear()
+            cfg.update(old)
 
 
 def _segments(batch: int, L: int, d: int, device: torch.device, training: bool = False) -> int:
