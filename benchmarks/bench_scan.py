@@ -87,9 +87,8 @@ def bench_conv(batch, L, d, bw) -> dict:
 
 
 # Launch configurations timed beside the defaults (warm_kernels.py compiles them ahead, in parallel).
-FWD_VARIANTS = [dict(PB=8, BC="bf16"), dict(PB=4, BC="bf16"), dict(PB=4, BC="f32"), dict(PB=2, BC="f32")]
-BWD_VARIANTS = [dict(PF=4, PB=2, BC="bf16"), dict(PF=4, PB=2, BC="f32"), dict(PF=4, PB=1, BC="bf16"),
-                dict(PF=2, PB=2, BC="bf16")]
+FWD_VARIANTS = [dict(PB=4)]
+BWD_VARIANTS = [dict(PF=4, PB=2)]
 
 
 SEGMENT_SHAPES = {  # name: (batch, L, d, N, with gradients, segment counts to time)
@@ -219,7 +218,7 @@ def main():
     fwd_variants = [dict(triton_scan.FWD_CONFIG)] + ([] if args.quick else FWD_VARIANTS)
     for cfg in fwd_variants:
         cfg = dict(triton_scan.FWD_CONFIG, **cfg)
-        key = "BD={BD} warps={num_warps} PF={PF} PB={PB} B/C {BC}".format(**cfg)
+        key = "BD={BD} warps={num_warps} PF={PF} PB={PB}".format(**cfg)
         if key in res["forward"]:
             continue
         t = time.time()
@@ -242,7 +241,7 @@ def main():
     bwd_variants = [dict(triton_scan.BWD_CONFIG)] + ([] if args.quick else BWD_VARIANTS)
     for cfg in bwd_variants:
         cfg = dict(triton_scan.BWD_CONFIG, **cfg)
-        key = "BD={BD} warps={num_warps} PF={PF} PB={PB} B/C {BC}".format(**cfg)
+        key = "BD={BD} warps={num_warps} PF={PF} PB={PB}".format(**cfg)
         if key in res["forward_backward"]:
             continue
 

@@ -74,6 +74,16 @@ def grads_vs(fast_fn, ref_fn, inputs: dict, out_names=("y",)) -> dict[str, float
 
 
 KERNELS = "auto"
+
+
+class SHARD:
+    """--shard K/M: this process runs only the scan cases numbered K mod M (the GPU compiles each case's
+    kernels for minutes; M processes side by side compile them in parallel)."""
+    k, m = 0, 1
+
+    @classmethod
+    def mine(cls, i: int) -> bool:
+        return i % cls.m == cls.k
 ACTIVATIONS = {"u", "delta", "z", "B", "C", "x", "q", "k", "v"}
 
 
@@ -83,27 +93,34 @@ def cast_inputs(inputs: dict, dtype) -> dict:
 
 
 # ---- ops ----------------------------------------------------------------------------------------------------
+def scan_inputs(batch, L, d, N, dtype, dev) -> dict:
+    g = torch.Generator(device=dev).manual_seed(batch * L)
+    r = lambda *s: torch.randn(*s, device=dev, generator=g)  # noqa: E731
+    x = dict(u=r(batch, L, d), delta=r(batch, L, d) - 2, A=-torch.exp(r(d, N) * 0.5) * 2,
+             B=r(batch, L, N), C=r(batch, L, N), D=r(d), z=r(batch, L, d), delta_bias=r(d) * 0.3,
+             initial_state=r(batch, d, N))
+    x["delta"][0, L // 3: L // 2] = float("-inf")  # padding
+    return cast_inputs(x, dtype)
+
+
 def check_scan(dev):
     from hymba.ops.scan import triton_scan
     from hymba.ops.scan.triton_scan import selective_scan_triton, ssm_step_triton
 
     for dtype in (torch.float32, torch.bfloat16):
-        for (batch, L, d, N) in SIZES["scan"]:
-            g = torch.Generator(device=dev).manual_seed(batch * L)
-            r = lambda *s: torch.randn(*s, device=dev, generator=g)  # noqa: E731
-            x = dict(u=r(batch, L, d), delta=r(batch, L, d) - 2, A=-torch.exp(r(d, N) * 0.5) * 2,
-                     B=r(batch, L, N), C=r(batch, L, N), D=r(d), z=r(batch, L, d), delta_bias=r(d) * 0.3,
-                     initial_state=r(batch, d, N))
-            x["delta"][0, L // 3: L // 2] = float("-inf")  # padding
-            x = cast_inputs(x, dtype)
-            # B and C reach the kernels as bf16 words or converted to fp32: both layouts, whichever is default
-            for bc in ("bf16", "f32") if dtype == torch.bfloat16 else (triton_scan.FWD_CONFIG["BC"],):
-                with triton_scan.forced_configs(dict(BC=bc), dict(BC=bc)):
-                    errors = grads_vs(lambda **a: selective_scan_triton(**a),
-                                      lambda **a: selective_scan_chunked(**a), x, out_names=("y", "final"))
-                record(f"scan fwd+bwd {str(dtype)[6:]} B/C {bc} B={batch} L={L} d={d} N={N}", errors,
-                       TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
+        for i, (batch, L, d, N) in enumerate(SIZES["scan"]):
+            if not SHARD.mine(i + len(SIZES["scan"]) * (dtype == torch.bfloat16)):
+                continue
+            x = scan_inputs(batch, L, d, N, dtype, dev)
+            errors = grads_vs(lambda **a: selective_scan_triton(**a), lambda **a: selective_scan_chunked(**a),
+                              x, out_names=("y", "final"))
+            record(f"scan fwd+bwd {str(dtype)[6:]} B={batch} L={L} d={d} N={N}", errors,
+                   TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
+        if not SHARD.mine(0):
+            continue
         # inference over one row in time segments side by side (what a batch-1 prefill runs), forced here
+        x = scan_inputs(*SIZES["scan"][-1], dtype, dev)
+        L = x["u"].shape[1]
         with torch.no_grad():
             one = {k: (v[:1] if k not in ("A", "D", "delta_bias") else v) for k, v in x.items()}
             want = selective_scan_chunked(**{k: v.double() for k, v in one.items()})
@@ -328,8 +345,10 @@ def main():
     ap.add_argument("--out", default=None, help="folder for check_gpu.json")
     ap.add_argument("--only", default=None, help="comma list of: scan,conv,attention,strided,model,decode "
                     "(decode: only the decoding checks that `model` ends with)")
+    ap.add_argument("--shard", default="0/1", help="K/M: only the scan cases numbered K mod M (parallel runs)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (TRITON_INTERPRET=1): a dry run")
     args = ap.parse_args()
+    SHARD.k, SHARD.m = map(int, args.shard.split("/"))
     global KERNELS
     if args.smoke:
         from hymba.ops.gpu.interpreter import use_cpu_interpreter

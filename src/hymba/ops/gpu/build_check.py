@@ -34,15 +34,14 @@ def kernel_cases():
 
     act = {n: "*bf16" for n in ("u_ptr", "dt_ptr", "z_ptr", "dy_ptr", "du_ptr", "ddt_ptr", "dz_ptr", "y_ptr")}
     cases = []
-    packed = {0: {"b_ptr": "*bf16", "c_ptr": "*bf16"}, 1: {"b_ptr": "*i64", "c_ptr": "*i64"},
-              2: {"b_ptr": "*i64", "c_ptr": "*i64"}}
-    for v in _variants(PACK=(2, 1, 0), HAS_Z=(True, False), SAVE=(True, False)):
+    packed = {False: {"b_ptr": "*bf16", "c_ptr": "*bf16"}, True: {"b_ptr": "*i64", "c_ptr": "*i64"}}
+    for v in _variants(PACK=(True, False), HAS_Z=(True, False), SAVE=(True, False)):
         cfg = scan.FWD_CONFIG
         const = dict(N=16, BD=cfg["BD"], PF=cfg["PF"], PB=cfg["PB"], CHUNK=scan.CHUNK, HAS_D=True, HAS_BIAS=True,
                      HAS_H0=True, SOFTPLUS=True, FAST=True, **v)
         cases.append((f"scan forward {v}", scan._scan_fwd_kernel, dict(act, **packed[v["PACK"]]), const,
                       cfg["num_warps"]))
-    for v in _variants(PACK=(1, 2, 0), HAS_Z=(True, False), HAS_DHT=(True, False)):
+    for v in _variants(PACK=(True, False), HAS_Z=(True, False), HAS_DHT=(True, False)):
         cfg = scan.BWD_CONFIG
         const = dict(N=16, BD=cfg["BD"], T=scan.CHUNK, PF=cfg["PF"], PB=cfg["PB"], SCATTER=cfg["BD"] == 32,
                      HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, FAST=True, **v)

@@ -19,9 +19,8 @@ one coalesced store) and written as per-program partial sums that torch adds (de
 
 Inputs are read unmasked with clamped indices (steps outside the sequence and channels past d re-read valid
 elements whose results are never stored or are zeroed before any sum): no predicates or zero-fills in the
-loops. Counting the SASS instructions of the loops (sm_90, compiled on a CPU) guided the rest: B and C
-reach the kernels as words of two fp32 or four bf16 values, and softplus uses the MUFU's lg2 for 16-bit
-outputs (libdevice's log2 was ~25 instructions a step).
+loops. Counting the SASS instructions of the loops (sm_90, compiled on a CPU) guided the rest, e.g. softplus
+uses the MUFU's lg2 for 16-bit outputs (libdevice's log2 was ~25 instructions a step).
 
 Step (`_ssm_step_kernel`): one token, the [BD, N] state tile read and written in place.
 
@@ -48,8 +47,8 @@ _LN2 = tl.constexpr(LN2)
 _LOG2E = tl.constexpr(LOG2E)
 
 # Launch configurations (benchmarks/bench_scan.py measures alternatives; see benchmarks/README.md).
-FWD_CONFIG = dict(BD=32, num_warps=1, PF=8, PB=4, BC="f32")
-BWD_CONFIG = dict(BD=32, num_warps=1, PF=4, PB=2, BC="bf16")
+FWD_CONFIG = dict(BD=32, num_warps=1, PF=8, PB=8)
+BWD_CONFIG = dict(BD=32, num_warps=1, PF=2, PB=2)
 CHUNK = 16  # steps between saved states: the backward's scratch holds one chunk of states per program
 
 
@@ -111,23 +110,14 @@ def _unpack_bf16x4(w):
 
 
 @triton.jit
-def _unpack_f32x2(w):
-    """Two fp32 values packed in an int64 -> two fp32 scalars (register moves, no arithmetic)."""
-    return w.to(tl.int32).to(tl.float32, bitcast=True), (w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _load_row(ptr, t, L, s_l, N: tl.constexpr, PACK: tl.constexpr):
-    """Row t of B or C (the same for every channel), as loaded: PACK=1 bf16 read as int64 words of four
-    values, PACK=2 fp32 as words of two, kept packed until used (fewer loads and registers in flight);
-    PACK=0 one load per value. Steps outside 0..L-1 read the nearest row (never used)."""
+    """Row t of B or C (the same for every channel), as loaded: with PACK bf16 read as int64 words of four
+    values, kept packed until used (a quarter of the loads and of the registers in flight); else one load per
+    value. Steps outside 0..L-1 read the nearest row (never used)."""
     t = tl.minimum(tl.maximum(t, 0), L - 1)
     ws = ()
-    if PACK == 1:
+    if PACK:
         for q in tl.static_range(N // 4):
-            ws = ws + (tl.load(ptr + t * s_l + q),)
-    elif PACK == 2:
-        for q in tl.static_range(N // 2):
             ws = ws + (tl.load(ptr + t * s_l + q),)
     else:
         for n in tl.static_range(N):
@@ -139,12 +129,9 @@ def _load_row(ptr, t, L, s_l, N: tl.constexpr, PACK: tl.constexpr):
 def _unpack_row(ws, N: tl.constexpr, PACK: tl.constexpr):
     """-> N fp32 scalars."""
     out = ()
-    if PACK == 1:
+    if PACK:
         for q in tl.static_range(N // 4):
             out = out + _unpack_bf16x4(ws[q])
-    elif PACK == 2:
-        for q in tl.static_range(N // 2):
-            out = out + _unpack_f32x2(ws[q])
     else:
         for n in tl.static_range(N):
             out = out + (ws[n].to(tl.float32),)
@@ -501,21 +488,16 @@ def _fast(out: torch.Tensor) -> bool:
     return out.element_size() == 2 and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
-def _packed_bc(B: torch.Tensor, C: torch.Tensor, N: int, bc: str):
-    """B, C as the kernels read them: (B, C, PACK). bc="f32": converted to fp32 and viewed as int64 words of
-    two values (no unpacking arithmetic in the kernels; B and C are small); "bf16": bf16 inputs viewed as
-    words of four; both fall back to one load per value (PACK=0) where the layout does not allow it."""
-    if os.environ.get("TRITON_HYMBA_NO_PACK") == "1":
-        return B, C, 0
-    if bc == "f32" and N % 2 == 0:
-        B32, C32 = B.float().contiguous(), C.float().contiguous()
-        return B32.view(torch.int64), C32.view(torch.int64), 2
-    if B.dtype == C.dtype == torch.bfloat16 and N % 4 == 0:
+def _packed_bc(B: torch.Tensor, C: torch.Tensor, N: int):
+    """bf16 B/C viewed as int64 words (4 values each) when the layout allows it. (Measured on an H100: fp32
+    B/C read as words of two values save the unpacking arithmetic but cost more loads; the forward took
+    1.55 ms against 1.17.)"""
+    if B.dtype == C.dtype == torch.bfloat16 and N % 4 == 0 and os.environ.get("TRITON_HYMBA_NO_PACK") != "1":
         try:
-            return B.view(torch.int64), C.view(torch.int64), 1
+            return B.view(torch.int64), C.view(torch.int64), True
         except RuntimeError:  # misaligned rows: fall back to one load per value
             pass
-    return B, C, 0
+    return B, C, False
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -559,7 +541,7 @@ def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=
     if CHUNK % cfg["PF"]:
         raise ValueError(f"selective_scan: prefetch depth {cfg['PF']} must divide the chunk ({CHUNK})")
     zz = z if z is not None else u
-    Bk, Ck, pack = _packed_bc(B, C, N, cfg["BC"])
+    Bk, Ck, pack = _packed_bc(B, C, N)
     grid = (triton.cdiv(d, cfg["BD"]), batch)
     _scan_fwd_kernel[grid](
         u, delta, zz, Bk, Ck, a2, D if D is not None else a2, delta_bias if delta_bias is not None else a2,
@@ -603,7 +585,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
     if L > 0:
         zz = z if z is not None else u
         scratch = torch.empty(batch, nb, CHUNK, N, cfg["BD"], dtype=torch.float32, device=dev)
-        Bk, Ck, pack = _packed_bc(B, C, N, cfg["BC"])
+        Bk, Ck, pack = _packed_bc(B, C, N)
         BD = cfg["BD"]
         _scan_bwd_kernel[(nb, batch)](
             u, delta, zz, Bk, Ck, a2, Df if Df is not None else a2, biasf if biasf is not None else a2, ckpt, dy,
