@@ -11,3 +11,10 @@ fi
 gpu_cache_save() {
     tar czf - .gpu_cache/triton .gpu_cache/inductor | split -b 15M - "$1/cache.tgz.part"
 }
+gpu_cache_prune() {  # drop Triton cache entries older than $1 (date) holding kernels named by the other arguments
+    local before=$1; shift
+    local pattern; pattern=$(printf '^%s\\|' "$@"); pattern=${pattern%\\|}
+    find .gpu_cache/triton -mindepth 1 -maxdepth 1 -type d ! -newermt "$before" | while read -r dir; do
+        ls "$dir" | grep -q "$pattern" && rm -rf "$dir"
+    done
+}
