@@ -88,7 +88,7 @@ def bench_conv(batch, L, d, bw) -> dict:
 
 # Launch configurations timed beside the defaults (warm_kernels.py compiles them ahead, in parallel).
 FWD_VARIANTS = [dict(PB=4)]
-BWD_VARIANTS = [dict(PF=4, PB=2)]
+BWD_VARIANTS = [dict(BD=32, S=1), dict(BD=8, S=4)]  # states of a channel on 1, 2 (default) or 4 lanes
 
 
 SEGMENT_SHAPES = {  # name: (batch, L, d, N, with gradients, segment counts to time)
@@ -241,7 +241,7 @@ def main():
     bwd_variants = [dict(triton_scan.BWD_CONFIG)] + ([] if args.quick else BWD_VARIANTS)
     for cfg in bwd_variants:
         cfg = dict(triton_scan.BWD_CONFIG, **cfg)
-        key = "BD={BD} warps={num_warps} PF={PF} PB={PB}".format(**cfg)
+        key = "BD={BD} S={S} warps={num_warps} PF={PF} PB={PB}".format(**cfg)
         if key in res["forward_backward"]:
             continue
 

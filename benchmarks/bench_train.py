@@ -114,7 +114,10 @@ def main():
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--modes", default="eager,compiled", help="eager, compiled (torch.compile per layer)")
     ap.add_argument("--segments", default="auto", help="comma list of scan segment counts, or auto")
+    ap.add_argument("--scan-backward", default=None, metavar="JSON",
+                    help='launch configuration of the scan backward, e.g. \'{"BD": 32, "S": 1}\' (default: the library\'s)')
     args = ap.parse_args()
+    bwd = json.loads(args.scan_backward) if args.scan_backward else None
     config = HymbaConfig.from_preset("hymba-1.5b")
     rate = matmul_rate()
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, context=args.context,
@@ -124,7 +127,7 @@ def main():
         for seg in args.segments.split(","):
             key = mode if seg == "auto" else f"{mode} segments={seg}"
             batch = args.batch
-            with triton_scan.forced_segments(None if seg == "auto" else int(seg)):
+            with triton_scan.forced_segments(None if seg == "auto" else int(seg)), triton_scan.forced_configs(bwd=bwd):
                 while batch >= 1:
                     try:
                         r = train_steps(config, batch, args.context, mode == "compiled", args.steps)
@@ -138,7 +141,7 @@ def main():
             if batch < 1:
                 continue
             flops = model_flops(config, batch, args.context)
-            r.update(batch=batch, tokens_per_s=batch * args.context / r["step_s"], flops=flops,
+            r.update(scan_backward=dict(triton_scan.BWD_CONFIG, **(bwd or {})), batch=batch, tokens_per_s=batch * args.context / r["step_s"], flops=flops,
                      mfu=flops["total"] / r["step_s"] / PEAK_BF16, mfu_vs_measured=flops["total"] / r["step_s"] / rate)
             res["runs"][key] = r
             print(f"{key:<9} batch {batch}: {r['step_s'] * 1e3:.0f} ms/step, {r['tokens_per_s']:.0f} tok/s, "

@@ -57,8 +57,12 @@ def test_scan_padding_is_an_exact_no_op():
     assert torch.equal(y[:, keep], y_short)
 
 
-@pytest.mark.parametrize("N", [4, 8])  # N=8: dB, dC by the 16-lane reduce-scatter; N=4 by separate sums
-def test_scan_gradients_match_naive(N):
+# (N, BD channels a backward program, S lanes a channel): dB and dC by the reduce-scatter where 2N/S == BD
+# (N=8 rows), else by separate sums; S=2 splits each channel's states over two lanes.
+@pytest.mark.parametrize("N, BD, S", [(4, 16, 1), (8, 16, 1), (4, 16, 2), (8, 8, 2)])
+def test_scan_gradients_match_naive(N, BD, S, monkeypatch):
+    monkeypatch.setitem(triton_scan.BWD_CONFIG, "BD", BD)
+    monkeypatch.setitem(triton_scan.BWD_CONFIG, "S", S)
     x = _scan_inputs(N=N)
     x["delta"][1, 3:6] = float("-inf")
     leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}

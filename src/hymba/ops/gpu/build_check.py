@@ -43,7 +43,8 @@ def kernel_cases():
                       cfg["num_warps"]))
     for v in _variants(PACK=(True, False), HAS_Z=(True, False), HAS_DHT=(True, False)):
         cfg = scan.BWD_CONFIG
-        const = dict(N=16, BD=cfg["BD"], T=scan.CHUNK, PF=cfg["PF"], PB=cfg["PB"], SCATTER=cfg["BD"] == 32,
+        const = dict(N=16, BD=cfg["BD"], S=cfg["S"], T=scan.CHUNK, PF=cfg["PF"], PB=cfg["PB"],
+                     SCATTER=cfg["BD"] * cfg["S"] == 32,
                      HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, FAST=True, **v)
         cases.append((f"scan backward {v}", scan._scan_bwd_kernel, dict(act, **packed[v["PACK"]]), const,
                       cfg["num_warps"]))

@@ -48,7 +48,7 @@ _LOG2E = tl.constexpr(LOG2E)
 
 # Launch configurations (benchmarks/bench_scan.py measures alternatives; see benchmarks/README.md).
 FWD_CONFIG = dict(BD=32, num_warps=1, PF=8, PB=8)
-BWD_CONFIG = dict(BD=32, num_warps=1, PF=2, PB=2)
+BWD_CONFIG = dict(BD=16, S=2, num_warps=1, PF=2, PB=2)  # BD channels a program, S lanes per channel
 CHUNK = 16  # steps between saved states: the backward's scratch holds one chunk of states per program
 
 
@@ -281,80 +281,101 @@ def _channel_sums(vals, lanes, BD: tl.constexpr):
 
 
 @triton.jit
+def _across_splits(x, lanes, BD: tl.constexpr, S: tl.constexpr):
+    """Sum over the S lanes that hold one channel's state slices (lanes l, l ^ BD, ...): per-channel totals."""
+    if S >= 2:
+        x = x + tl.gather(x, lanes ^ BD, 0)
+    if S >= 4:
+        x = x + tl.gather(x, lanes ^ (2 * BD), 0)
+    return x
+
+
+@triton.jit
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, a2_ptr, dskip_ptr, bias_ptr, ckpt_ptr, dy_ptr, dht_ptr, scratch_ptr,
     du_ptr, ddt_ptr, dz_ptr, da_ptr, dbc_ptr, dd_ptr, dbias_ptr, dh0_ptr,
     L, d, n_chunks, nbatch,
     s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_bb, s_bl, s_cb, s_cl, s_gb, s_gl,
-    N: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, PF: tl.constexpr, PB: tl.constexpr,
+    N: tl.constexpr, BD: tl.constexpr, S: tl.constexpr, T: tl.constexpr, PF: tl.constexpr, PB: tl.constexpr,
     SCATTER: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DHT: tl.constexpr,
     SOFTPLUS: tl.constexpr, FAST: tl.constexpr, PACK: tl.constexpr,
 ):
+    # BD channels per program, each held by S lanes (lane = slice * BD + channel), each lane NS of its states.
+    NS: tl.constexpr = N // S
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    lanes = tl.arange(0, BD)
-    cols = pid_d * BD + lanes
+    lanes = tl.arange(0, BD * S)
+    slc = lanes // BD  # which slice of the N states this lane holds
+    cols = pid_d * BD + lanes % BD
     cm = cols < d
+    lead = cm & (slc == 0)  # one lane per channel writes the per-channel outputs
     colc = tl.minimum(cols, d - 1)  # unmasked loads; lanes past d are zeroed before any sum over channels
     u_ptr += b * s_ub
     dt_ptr += b * s_db
     z_ptr += b * s_zb
-    b_ptr += b * s_bb
-    c_ptr += b * s_cb
+    if S > 1:  # this lane's slice of B_t, C_t
+        b_ptr = b_ptr + b * s_bb + slc * (NS // 4 if PACK else NS)
+        c_ptr = c_ptr + b * s_cb + slc * (NS // 4 if PACK else NS)
+    else:
+        b_ptr += b * s_bb
+        c_ptr += b * s_cb
     dy_ptr += b * s_gb
     du_ptr += b * L * d  # gradient outputs are contiguous [batch, L, d]
     ddt_ptr += b * L * d
     dz_ptr += b * L * d
-    scratch_ptr += (b * tl.num_programs(0) + pid_d) * (T * N * BD)  # [T, N, BD]: the states of one chunk
+    scratch_ptr += (b * tl.num_programs(0) + pid_d) * (T * NS * BD * S)  # [T, NS, lanes]: one chunk's states
     dbc_ptr += (pid_d * nbatch + b) * L * (2 * N)  # this program's rows of the dB | dC partial sums [L, 2N]
+    st = (b * d + cols) * N + slc * NS  # this lane's states in [batch, d, N]
+    # SCATTER: after `_channel_sums` channel lane j of slice k holds term j of that slice: dB or dC of one state
+    dbc_col = tl.where(lanes % BD < NS, slc * NS + lanes % BD, N + slc * NS + lanes % BD - NS)
 
     a2 = ()
     g = ()  # a_{t+1} dL/dh_{t+1}: the adjoint carried into step t (dL/dh_final before the last step)
     da = ()
-    for n in tl.static_range(N):
-        a2 = a2 + (tl.load(a2_ptr + cols * N + n, mask=cm, other=0.0),)
+    for n in tl.static_range(NS):
+        a2 = a2 + (tl.load(a2_ptr + cols * N + slc * NS + n, mask=cm, other=0.0),)
         if HAS_DHT:
-            g = g + (tl.load(dht_ptr + (b * d + cols) * N + n, mask=cm, other=0.0),)
+            g = g + (tl.load(dht_ptr + st + n, mask=cm, other=0.0),)
         else:
-            g = g + (tl.zeros([BD], tl.float32),)
-        da = da + (tl.zeros([BD], tl.float32),)
+            g = g + (tl.zeros([BD * S], tl.float32),)
+        da = da + (tl.zeros([BD * S], tl.float32),)
     if HAS_D:
         dskip = tl.load(dskip_ptr + cols, mask=cm, other=0.0)
     else:
-        dskip = tl.zeros([BD], tl.float32)
+        dskip = tl.zeros([BD * S], tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=cm, other=0.0)
     else:
-        bias = tl.zeros([BD], tl.float32)
-    dd_acc = tl.zeros([BD], tl.float32)
-    dbias_acc = tl.zeros([BD], tl.float32)
+        bias = tl.zeros([BD * S], tl.float32)
+    dd_acc = tl.zeros([BD * S], tl.float32)
+    dbias_acc = tl.zeros([BD * S], tl.float32)
 
     for k in range(0, n_chunks):
         ci = n_chunks - 1 - k
         t0 = ci * T
         # 1. rebuild the chunk's states from its checkpoint; scratch row i = the state before step t0 + i
         h = ()
-        for n in tl.static_range(N):
-            h = h + (tl.load(ckpt_ptr + ((b * n_chunks + ci) * N + n) * d + cols, mask=cm, other=0.0),)
+        for n in tl.static_range(NS):
+            h = h + (tl.load(ckpt_ptr + ((b * n_chunks + ci) * N + slc * NS + n) * d + cols, mask=cm, other=0.0),)
         ring_x = ()
         for p in tl.static_range(PF):
             ring_x = ring_x + (_load_x(u_ptr, dt_ptr, z_ptr, t0 + p, L, colc, s_ul, s_dl, s_zl, False),)
         ring_b = ()
         for p in tl.static_range(PB):
-            ring_b = ring_b + (_load_row(b_ptr, t0 + p, L, s_bl, N, PACK),)
+            ring_b = ring_b + (_load_row(b_ptr, t0 + p, L, s_bl, NS, PACK),)
         for i0 in range(0, T, PF):
             for ii in tl.static_range(PF):
                 t = t0 + i0 + ii
                 xu, xdt, _ = ring_x[0]
                 ring_x = ring_x[1:] + (_load_x(u_ptr, dt_ptr, z_ptr, t + PF, L, colc, s_ul, s_dl, s_zl, False),)
-                bf1 = _unpack_row(ring_b[0], N, PACK)
-                ring_b = ring_b[1:] + (_load_row(b_ptr, t + PB, L, s_bl, N, PACK),)
+                bf1 = _unpack_row(ring_b[0], NS, PACK)
+                ring_b = ring_b[1:] + (_load_row(b_ptr, t + PB, L, s_bl, NS, PACK),)
                 dt1, _ = _delta(xdt, bias, t, L, HAS_BIAS, SOFTPLUS, FAST)
                 dtu1 = dt1 * xu.to(tl.float32)
                 new_h = ()
-                for n in tl.static_range(N):
-                    tl.store(scratch_ptr + ((i0 + ii) * N + n) * BD + lanes, h[n])
+                for n in tl.static_range(NS):
+                    tl.store(scratch_ptr + ((i0 + ii) * NS + n) * (BD * S) + lanes, h[n])
                     new_h = new_h + (tl.exp2(dt1 * a2[n]) * h[n] + dtu1 * bf1[n],)
                 h = new_h
         # 2. walk the chunk backwards; h is the state after step t, the scratch holds the one before it
@@ -364,22 +385,22 @@ def _scan_bwd_kernel(
                                        s_ul, s_dl, s_zl, s_gl, HAS_Z),)
         ring_bc = ()
         for p in tl.static_range(PB):
-            ring_bc = ring_bc + ((_load_row(b_ptr, t0 + T - 1 - p, L, s_bl, N, PACK),
-                                  _load_row(c_ptr, t0 + T - 1 - p, L, s_cl, N, PACK)),)
+            ring_bc = ring_bc + ((_load_row(b_ptr, t0 + T - 1 - p, L, s_bl, NS, PACK),
+                                  _load_row(c_ptr, t0 + T - 1 - p, L, s_cl, NS, PACK)),)
         for j0 in range(0, T, PF):
             for jj in tl.static_range(PF):
                 row = T - 1 - j0 - jj
                 t = t0 + row
                 h_before = ()  # issued first: the next step's state, read back from the scratch
-                for n in tl.static_range(N):
-                    h_before = h_before + (tl.load(scratch_ptr + (row * N + n) * BD + lanes),)
+                for n in tl.static_range(NS):
+                    h_before = h_before + (tl.load(scratch_ptr + (row * NS + n) * (BD * S) + lanes),)
                 u, dtr, z, dy = ring_g[0]
                 ring_g = ring_g[1:] + (_load_g(u_ptr, dt_ptr, z_ptr, dy_ptr, t - PF, L, colc,
                                                s_ul, s_dl, s_zl, s_gl, HAS_Z),)
-                bf = _unpack_row(ring_bc[0][0], N, PACK)
-                cf = _unpack_row(ring_bc[0][1], N, PACK)
-                ring_bc = ring_bc[1:] + ((_load_row(b_ptr, t - PB, L, s_bl, N, PACK),
-                                          _load_row(c_ptr, t - PB, L, s_cl, N, PACK)),)
+                bf = _unpack_row(ring_bc[0][0], NS, PACK)
+                cf = _unpack_row(ring_bc[0][1], NS, PACK)
+                ring_bc = ring_bc[1:] + ((_load_row(b_ptr, t - PB, L, s_bl, NS, PACK),
+                                          _load_row(c_ptr, t - PB, L, s_cl, NS, PACK)),)
                 live = cm & (t < L)
                 u = u.to(tl.float32)
                 dy = dy.to(tl.float32)
@@ -392,13 +413,13 @@ def _scan_bwd_kernel(
                 else:
                     dyg = dy
                 dyg = tl.where(live, dyg, 0.0)
-                y = u * dskip  # y before the gate, for dz
-                dub = tl.zeros([BD], tl.float32)  # sum_n dL/dh_t[n] B_t[n]
-                ddt = tl.zeros([BD], tl.float32)  # sum_n dL/dh_t[n] A[n] a_t h_{t-1}[n] (in log2 units)
+                y = tl.zeros([BD * S], tl.float32)  # sum_n C_t[n] h_t[n]: y before the skip and the gate, for dz
+                dub = tl.zeros([BD * S], tl.float32)  # sum_n dL/dh_t[n] B_t[n]
+                ddt = tl.zeros([BD * S], tl.float32)  # sum_n dL/dh_t[n] A[n] a_t h_{t-1}[n] (in log2 units)
                 new_g = ()
                 new_da = ()
                 sums = ()
-                for n in tl.static_range(N):
+                for n in tl.static_range(NS):
                     gn = cf[n] * dyg + g[n]  # dL/dh_t
                     hm = h[n] - dtu * bf[n]  # a_t h_{t-1}
                     if HAS_Z:
@@ -409,16 +430,20 @@ def _scan_bwd_kernel(
                     ddt += a2[n] * q
                     new_g = new_g + (tl.exp2(dt * a2[n]) * gn,)
                     sums = sums + (gn * dtu,)
-                for n in tl.static_range(N):
+                for n in tl.static_range(NS):
                     sums = sums + (h[n] * dyg,)
-                if SCATTER:  # lane j ends with the sum of sums[j]: one coalesced store of dB_t | dC_t
-                    tl.store(dbc_ptr + t * (2 * N) + lanes, _channel_sums(sums, lanes, BD), mask=t < L)
+                if SCATTER:  # one coalesced store of dB_t | dC_t
+                    tl.store(dbc_ptr + t * (2 * N) + dbc_col, _channel_sums(sums, lanes, BD), mask=t < L)
                 else:
-                    for j in tl.static_range(2 * N):
-                        tl.store(dbc_ptr + t * (2 * N) + j, tl.sum(sums[j], axis=0), mask=t < L)
+                    for j in tl.static_range(2 * NS):
+                        for k in tl.static_range(S):
+                            part = tl.sum(tl.where(slc == k, sums[j], 0.0), axis=0)
+                            tl.store(dbc_ptr + t * (2 * N) + (j // NS) * N + k * NS + j % NS, part, mask=t < L)
                 g = new_g
                 da = new_da
                 h = h_before
+                dub = _across_splits(dub, lanes, BD, S)
+                ddt = _across_splits(ddt, lanes, BD, S)
                 du = dub * dt + dskip * dyg
                 ddt = ddt * _LN2 + u * dub
                 if SOFTPLUS:
@@ -426,17 +451,18 @@ def _scan_bwd_kernel(
                 ddt = tl.where(live, ddt, 0.0)
                 dd_acc += dyg * u
                 dbias_acc += ddt
-                tl.store(du_ptr + t * d + cols, du.to(du_ptr.dtype.element_ty), mask=live)
-                tl.store(ddt_ptr + t * d + cols, ddt.to(ddt_ptr.dtype.element_ty), mask=live)
+                tl.store(du_ptr + t * d + cols, du.to(du_ptr.dtype.element_ty), mask=live & lead)
+                tl.store(ddt_ptr + t * d + cols, ddt.to(ddt_ptr.dtype.element_ty), mask=live & lead)
                 if HAS_Z:
+                    y = _across_splits(y, lanes, BD, S) + u * dskip
                     dz = dy * y * sz * (1.0 + z * (1.0 - sz))
-                    tl.store(dz_ptr + t * d + cols, dz.to(dz_ptr.dtype.element_ty), mask=live)
+                    tl.store(dz_ptr + t * d + cols, dz.to(dz_ptr.dtype.element_ty), mask=live & lead)
 
-    for n in tl.static_range(N):
-        tl.store(da_ptr + (b * d + cols) * N + n, da[n], mask=cm)
-        tl.store(dh0_ptr + (b * d + cols) * N + n, g[n], mask=cm)
-    tl.store(dd_ptr + b * d + cols, dd_acc, mask=cm)
-    tl.store(dbias_ptr + b * d + cols, dbias_acc, mask=cm)
+    for n in tl.static_range(NS):
+        tl.store(da_ptr + st + n, da[n], mask=cm)
+        tl.store(dh0_ptr + st + n, g[n], mask=cm)
+    tl.store(dd_ptr + b * d + cols, dd_acc, mask=lead)
+    tl.store(dbias_ptr + b * d + cols, dbias_acc, mask=lead)
 
 
 # ---- decode step ------------------------------------------------------------------------------------------
@@ -489,7 +515,7 @@ def _fast(out: torch.Tensor) -> bool:
 
 
 def _packed_bc(B: torch.Tensor, C: torch.Tensor, N: int):
-    """bf16 B/C viewed as int64 words (4 values each) when the layout allows it. (Measured on an H100: fp32
+    """bf16 B/C viewed as int64 words (4 values each) when the layout allows it (N: the values a lane reads). (Measured on an H100: fp32
     B/C read as words of two values save the unpacking arithmetic but cost more loads; the forward took
     1.55 ms against 1.17.)"""
     if B.dtype == C.dtype == torch.bfloat16 and N % 4 == 0 and os.environ.get("TRITON_HYMBA_NO_PACK") != "1":
@@ -574,6 +600,9 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
     n_chunks = triton.cdiv(L, CHUNK)
     if CHUNK % cfg["PF"]:
         raise ValueError(f"selective_scan: backward prefetch depth {cfg['PF']} must divide the chunk ({CHUNK})")
+    if N % cfg["S"]:
+        raise ValueError(f"selective_scan: the backward splits each channel's {N} states over {cfg['S']} lanes; "
+                         f"choose a split that divides N")
     du = torch.empty(batch, L, d, dtype=u.dtype, device=dev)
     ddt = torch.empty(batch, L, d, dtype=delta.dtype, device=dev)
     dz = torch.empty(batch, L, d, dtype=z.dtype, device=dev) if z is not None else None
@@ -584,9 +613,9 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
     dh0 = torch.empty(batch, d, N, dtype=torch.float32, device=dev)
     if L > 0:
         zz = z if z is not None else u
-        scratch = torch.empty(batch, nb, CHUNK, N, cfg["BD"], dtype=torch.float32, device=dev)
-        Bk, Ck, pack = _packed_bc(B, C, N)
-        BD = cfg["BD"]
+        scratch = torch.empty(batch, nb, CHUNK, N, cfg["BD"], dtype=torch.float32, device=dev)  # N/S x S lanes
+        BD, S = cfg["BD"], cfg["S"]
+        Bk, Ck, pack = _packed_bc(B, C, N // S)  # each lane reads its N/S values of a row
         _scan_bwd_kernel[(nb, batch)](
             u, delta, zz, Bk, Ck, a2, Df if Df is not None else a2, biasf if biasf is not None else a2, ckpt, dy,
             dht if dht is not None else a2, scratch,
@@ -594,8 +623,8 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
             L, d, n_chunks, batch,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
             Bk.stride(0), Bk.stride(1), Ck.stride(0), Ck.stride(1), dy.stride(0), dy.stride(1),
-            N=N, BD=BD, T=CHUNK, PF=cfg["PF"], PB=cfg["PB"],
-            SCATTER=2 * N == BD and BD in (2, 4, 8, 16, 32, 64),
+            N=N, BD=BD, S=S, T=CHUNK, PF=cfg["PF"], PB=cfg["PB"],
+            SCATTER=2 * N == BD * S and BD in (2, 4, 8, 16, 32, 64),
             HAS_Z=z is not None, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, HAS_DHT=dht is not None,
             SOFTPLUS=bool(delta_softplus), FAST=_fast(du), PACK=pack, num_warps=cfg["num_warps"],
         )
