@@ -15,6 +15,7 @@ gpu_cache_prune() {  # drop Triton cache entries older than $1 (date) holding ke
     local before=$1; shift
     local pattern; pattern=$(printf '^%s\\|' "$@"); pattern=${pattern%\\|}
     find .gpu_cache/triton -mindepth 1 -maxdepth 1 -type d ! -newermt "$before" | while read -r dir; do
-        ls "$dir" | grep -q "$pattern" && rm -rf "$dir"
+        if ls "$dir" | grep -q "$pattern"; then rm -rf "$dir"; fi
     done
+    return 0
 }
