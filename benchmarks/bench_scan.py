@@ -87,8 +87,8 @@ def bench_conv(batch, L, d, bw) -> dict:
 
 
 # Launch configurations timed beside the defaults (warm_kernels.py compiles them ahead, in parallel).
-FWD_VARIANTS = [dict(PB=4)]
-BWD_VARIANTS = [dict(BD=32, S=1), dict(BD=8, S=4)]  # states of a channel on 1, 2 (default) or 4 lanes
+FWD_VARIANTS = [dict(BD=32, S=1)]  # each channel's states on one lane (default: split over two)
+BWD_VARIANTS = [dict(BD=32, S=1)]
 
 
 SEGMENT_SHAPES = {  # name: (batch, L, d, N, with gradients, segment counts to time)
@@ -218,7 +218,7 @@ def main():
     fwd_variants = [dict(triton_scan.FWD_CONFIG)] + ([] if args.quick else FWD_VARIANTS)
     for cfg in fwd_variants:
         cfg = dict(triton_scan.FWD_CONFIG, **cfg)
-        key = "BD={BD} warps={num_warps} PF={PF} PB={PB}".format(**cfg)
+        key = "BD={BD} S={S} warps={num_warps} PF={PF} PB={PB}".format(**cfg)
         if key in res["forward"]:
             continue
         t = time.time()

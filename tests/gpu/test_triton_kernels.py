@@ -38,8 +38,10 @@ def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
+@pytest.mark.parametrize("S", [1, 2])  # lanes per channel in the forward
 @pytest.mark.parametrize("opts", [dict(), dict(z=None, D=None, delta_bias=None, initial_state=None)])
-def test_scan_forward_matches_naive(opts):
+def test_scan_forward_matches_naive(opts, S, monkeypatch):
+    monkeypatch.setitem(triton_scan.FWD_CONFIG, "S", S)
     x = {**_scan_inputs(), **opts}
     y, final = triton_scan.selective_scan_triton(**x)
     y_ref, final_ref = selective_scan_naive(**{k: (v.double() if v is not None else None) for k, v in x.items()})

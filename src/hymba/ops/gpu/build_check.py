@@ -37,7 +37,7 @@ def kernel_cases():
     packed = {False: {"b_ptr": "*bf16", "c_ptr": "*bf16"}, True: {"b_ptr": "*i64", "c_ptr": "*i64"}}
     for v in _variants(PACK=(True, False), HAS_Z=(True, False), SAVE=(True, False)):
         cfg = scan.FWD_CONFIG
-        const = dict(N=16, BD=cfg["BD"], PF=cfg["PF"], PB=cfg["PB"], CHUNK=scan.CHUNK, HAS_D=True, HAS_BIAS=True,
+        const = dict(N=16, BD=cfg["BD"], S=cfg["S"], PF=cfg["PF"], PB=cfg["PB"], CHUNK=scan.CHUNK, HAS_D=True, HAS_BIAS=True,
                      HAS_H0=True, SOFTPLUS=True, FAST=True, **v)
         cases.append((f"scan forward {v}", scan._scan_fwd_kernel, dict(act, **packed[v["PACK"]]), const,
                       cfg["num_warps"]))

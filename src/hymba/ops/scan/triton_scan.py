@@ -47,7 +47,7 @@ _LN2 = tl.constexpr(LN2)
 _LOG2E = tl.constexpr(LOG2E)
 
 # Launch configurations (benchmarks/bench_scan.py measures alternatives; see benchmarks/README.md).
-FWD_CONFIG = dict(BD=32, num_warps=1, PF=8, PB=8)
+FWD_CONFIG = dict(BD=16, S=2, num_warps=1, PF=8, PB=8)
 BWD_CONFIG = dict(BD=16, S=2, num_warps=1, PF=2, PB=2)  # BD channels a program, S lanes per channel
 CHUNK = 16  # steps between saved states: the backward's scratch holds one chunk of states per program
 
@@ -138,6 +138,16 @@ def _unpack_row(ws, N: tl.constexpr, PACK: tl.constexpr):
     return out
 
 
+@triton.jit
+def _across_splits(x, lanes, BD: tl.constexpr, S: tl.constexpr):
+    """Sum over the S lanes that hold one channel's state slices (lanes l, l ^ BD, ...): per-channel totals."""
+    if S >= 2:
+        x = x + tl.gather(x, lanes ^ BD, 0)
+    if S >= 4:
+        x = x + tl.gather(x, lanes ^ (2 * BD), 0)
+    return x
+
+
 # ---- forward ----------------------------------------------------------------------------------------------
 @triton.jit
 def _scan_fwd_kernel(
@@ -145,29 +155,40 @@ def _scan_fwd_kernel(
     y_ptr, ht_ptr, ckpt_ptr,
     L, d, n_chunks,
     s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_bb, s_bl, s_cb, s_cl, s_yb, s_yl,
-    N: tl.constexpr, BD: tl.constexpr, PF: tl.constexpr, PB: tl.constexpr, CHUNK: tl.constexpr,
+    N: tl.constexpr, BD: tl.constexpr, S: tl.constexpr, PF: tl.constexpr, PB: tl.constexpr,
+    CHUNK: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, FAST: tl.constexpr, PACK: tl.constexpr,
 ):
+    # BD channels per program, each held by S lanes (lane = slice * BD + channel), each lane NS of its states.
+    NS: tl.constexpr = N // S
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    cols = pid_d * BD + tl.arange(0, BD)
+    lanes = tl.arange(0, BD * S)
+    slc = lanes // BD
+    cols = pid_d * BD + lanes % BD
     cm = cols < d
+    lead = cm & (slc == 0)  # one lane per channel writes y
     u_ptr += b * s_ub
     dt_ptr += b * s_db
     z_ptr += b * s_zb
-    b_ptr += b * s_bb
-    c_ptr += b * s_cb
+    if S > 1:  # this lane's slice of B_t, C_t
+        b_ptr = b_ptr + b * s_bb + slc * (NS // 4 if PACK else NS)
+        c_ptr = c_ptr + b * s_cb + slc * (NS // 4 if PACK else NS)
+    else:
+        b_ptr += b * s_bb
+        c_ptr += b * s_cb
     y_ptr += b * s_yb
+    st = (b * d + cols) * N + slc * NS  # this lane's states in [batch, d, N]
 
     a2 = ()
     h = ()
-    for n in tl.static_range(N):
-        a2 = a2 + (tl.load(a2_ptr + cols * N + n, mask=cm, other=0.0),)
+    for n in tl.static_range(NS):
+        a2 = a2 + (tl.load(a2_ptr + cols * N + slc * NS + n, mask=cm, other=0.0),)
         if HAS_H0:
-            h = h + (tl.load(h0_ptr + (b * d + cols) * N + n, mask=cm, other=0.0),)
+            h = h + (tl.load(h0_ptr + st + n, mask=cm, other=0.0),)
         else:
-            h = h + (tl.zeros([BD], tl.float32),)
+            h = h + (tl.zeros([BD * S], tl.float32),)
     if HAS_D:
         dskip = tl.load(dskip_ptr + cols, mask=cm, other=0.0)
     if HAS_BIAS:
@@ -180,22 +201,22 @@ def _scan_fwd_kernel(
         ring_x = ring_x + (_load_x(u_ptr, dt_ptr, z_ptr, i, L, colc, s_ul, s_dl, s_zl, HAS_Z),)
     ring_bc = ()
     for i in tl.static_range(PB):
-        ring_bc = ring_bc + ((_load_row(b_ptr, i, L, s_bl, N, PACK), _load_row(c_ptr, i, L, s_cl, N, PACK)),)
+        ring_bc = ring_bc + ((_load_row(b_ptr, i, L, s_bl, NS, PACK), _load_row(c_ptr, i, L, s_cl, NS, PACK)),)
 
     for t0 in range(0, L, PF):
         if SAVE:
             if t0 % CHUNK == 0:
-                base = (b * n_chunks + t0 // CHUNK) * N
-                for n in tl.static_range(N):
+                base = (b * n_chunks + t0 // CHUNK) * N + slc * NS
+                for n in tl.static_range(NS):
                     tl.store(ckpt_ptr + (base + n) * d + cols, h[n], mask=cm)
         for i in tl.static_range(PF):
             t = t0 + i
             u, dt, z = ring_x[0]
-            bs = _unpack_row(ring_bc[0][0], N, PACK)
-            cs = _unpack_row(ring_bc[0][1], N, PACK)
+            bs = _unpack_row(ring_bc[0][0], NS, PACK)
+            cs = _unpack_row(ring_bc[0][1], NS, PACK)
             ring_x = ring_x[1:] + (_load_x(u_ptr, dt_ptr, z_ptr, t + PF, L, colc, s_ul, s_dl, s_zl, HAS_Z),)
-            ring_bc = ring_bc[1:] + ((_load_row(b_ptr, t + PB, L, s_bl, N, PACK),
-                                      _load_row(c_ptr, t + PB, L, s_cl, N, PACK)),)
+            ring_bc = ring_bc[1:] + ((_load_row(b_ptr, t + PB, L, s_bl, NS, PACK),
+                                      _load_row(c_ptr, t + PB, L, s_cl, NS, PACK)),)
             u = u.to(tl.float32)
             dt = dt.to(tl.float32)
             if HAS_BIAS:
@@ -204,23 +225,23 @@ def _scan_fwd_kernel(
                 dt = _softplus(dt, FAST)
             dt = tl.where(t < L, dt, 0.0)  # steps past the end leave the state alone
             du = dt * u
-            if HAS_D:
-                y = u * dskip
-            else:
-                y = tl.zeros([BD], tl.float32)
+            y = tl.zeros([BD * S], tl.float32)
             new_h = ()
-            for n in tl.static_range(N):
+            for n in tl.static_range(NS):
                 hn = tl.exp2(dt * a2[n]) * h[n] + du * bs[n]
                 y += hn * cs[n]
                 new_h = new_h + (hn,)
             h = new_h
+            y = _across_splits(y, lanes, BD, S)
+            if HAS_D:
+                y += u * dskip
             if HAS_Z:
                 zf = z.to(tl.float32)
                 y = y * zf * _sigmoid(zf, FAST)
-            tl.store(y_ptr + t * s_yl + cols, y.to(y_ptr.dtype.element_ty), mask=cm & (t < L))
+            tl.store(y_ptr + t * s_yl + cols, y.to(y_ptr.dtype.element_ty), mask=lead & (t < L))
 
-    for n in tl.static_range(N):
-        tl.store(ht_ptr + (b * d + cols) * N + n, h[n], mask=cm)
+    for n in tl.static_range(NS):
+        tl.store(ht_ptr + st + n, h[n], mask=cm)
 
 
 # ---- backward ---------------------------------------------------------------------------------------------
@@ -278,16 +299,6 @@ def _channel_sums(vals, lanes, BD: tl.constexpr):
     if BD >= 64:
         vals = _exchange_halves(vals, lanes, BD // 64)
     return vals[0]
-
-
-@triton.jit
-def _across_splits(x, lanes, BD: tl.constexpr, S: tl.constexpr):
-    """Sum over the S lanes that hold one channel's state slices (lanes l, l ^ BD, ...): per-channel totals."""
-    if S >= 2:
-        x = x + tl.gather(x, lanes ^ BD, 0)
-    if S >= 4:
-        x = x + tl.gather(x, lanes ^ (2 * BD), 0)
-    return x
 
 
 @triton.jit
@@ -566,8 +577,11 @@ def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=
         return y, ht, ckpt
     if CHUNK % cfg["PF"]:
         raise ValueError(f"selective_scan: prefetch depth {cfg['PF']} must divide the chunk ({CHUNK})")
+    if N % cfg["S"]:
+        raise ValueError(f"selective_scan: the forward splits each channel's {N} states over {cfg['S']} lanes; "
+                         f"choose a split that divides N")
     zz = z if z is not None else u
-    Bk, Ck, pack = _packed_bc(B, C, N)
+    Bk, Ck, pack = _packed_bc(B, C, N // cfg["S"])  # each lane reads its N/S values of a row
     grid = (triton.cdiv(d, cfg["BD"]), batch)
     _scan_fwd_kernel[grid](
         u, delta, zz, Bk, Ck, a2, D if D is not None else a2, delta_bias if delta_bias is not None else a2,
@@ -575,7 +589,7 @@ def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=
         L, d, n_chunks,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
         Bk.stride(0), Bk.stride(1), Ck.stride(0), Ck.stride(1), y.stride(0), y.stride(1),
-        N=N, BD=cfg["BD"], PF=cfg["PF"], PB=cfg["PB"], CHUNK=CHUNK,
+        N=N, BD=cfg["BD"], S=cfg["S"], PF=cfg["PF"], PB=cfg["PB"], CHUNK=CHUNK,
         HAS_Z=z is not None, HAS_D=D is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
         SOFTPLUS=bool(delta_softplus), SAVE=save_states, FAST=_fast(y), PACK=pack, num_warps=cfg["num_warps"],
     )
