@@ -208,3 +208,15 @@ def test_segments_are_chosen_only_for_underfilled_gpus(monkeypatch):
     with triton_scan.forced_segments(3):  # the override the benchmarks use, restored after the block
         assert triton_scan._segments(8, 8320, 3200, dev) == 3
     assert triton_scan.SEGMENTS is None and triton_scan._segments(8, 8320, 3200, dev) == 1
+
+
+def test_forward_splits_states_only_for_few_rows(monkeypatch):
+    dev = torch.device("cuda", 0)
+    monkeypatch.setattr(triton_scan, "sm_count", lambda device: 132)
+    monkeypatch.setitem(triton_scan.FWD_CONFIG, "BD", 32)
+    # a training step's 4 x 3200 channels are 400 one-lane warps, under 4 per SM: two lanes per channel
+    assert triton_scan._forward_split(4, 3200, dev) == dict(BD=16, S=2)
+    assert triton_scan._forward_split(8, 3200, dev) == {}  # 800 warps: one lane per channel measured faster
+    assert triton_scan._forward_split(1, 3200, torch.device("cpu")) == {}
+    monkeypatch.setitem(triton_scan.FWD_CONFIG, "S", 2)  # a configuration that already splits is left alone
+    assert triton_scan._forward_split(1, 3200, dev) == {}

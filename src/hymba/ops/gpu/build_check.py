@@ -35,11 +35,11 @@ def kernel_cases():
     act = {n: "*bf16" for n in ("u_ptr", "dt_ptr", "z_ptr", "dy_ptr", "du_ptr", "ddt_ptr", "dz_ptr", "y_ptr")}
     cases = []
     packed = {False: {"b_ptr": "*bf16", "c_ptr": "*bf16"}, True: {"b_ptr": "*i64", "c_ptr": "*i64"}}
-    for v in _variants(PACK=(True, False), HAS_Z=(True, False), SAVE=(True, False)):
-        cfg = scan.FWD_CONFIG
+    for v in _variants(PACK=(True, False), HAS_Z=(True, False), SAVE=(True, False), SPLIT=(False, True)):
+        cfg = dict(scan.FWD_CONFIG, **(scan.FWD_SPLIT if v.pop("SPLIT") else {}))
         const = dict(N=16, BD=cfg["BD"], S=cfg["S"], PF=cfg["PF"], PB=cfg["PB"], CHUNK=scan.CHUNK, HAS_D=True, HAS_BIAS=True,
                      HAS_H0=True, SOFTPLUS=True, FAST=True, **v)
-        cases.append((f"scan forward {v}", scan._scan_fwd_kernel, dict(act, **packed[v["PACK"]]), const,
+        cases.append((f"scan forward S={cfg['S']} {v}", scan._scan_fwd_kernel, dict(act, **packed[v["PACK"]]), const,
                       cfg["num_warps"]))
     for v in _variants(PACK=(True, False), HAS_Z=(True, False), HAS_DHT=(True, False)):
         cfg = scan.BWD_CONFIG
