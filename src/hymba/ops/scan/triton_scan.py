@@ -5,17 +5,19 @@ N vectors), the sequence walked in order. Each program owns BD channels of one b
 next PF time steps are loaded ahead (a ring of register tuples, unrolled), so that memory latency hides
 behind the arithmetic. Every input element is read once and every output written once. Above the bytes sit
 one exp2 per (step, channel, state), and the few warps a batch x d_inner problem offers to hide latency: see
-benchmarks/README.md for what was measured on an H100 and why.
+benchmarks/README.md for what was measured on an H100 and why. With few rows each channel's states are split
+over S lanes (lane = slice * BD + channel, N/S states each; y summed over the slices by a shuffle): S times
+the warps for a little more work per state (`_forward_split` decides; the backward always splits in two).
 
-Backward (`_scan_bwd_kernel`): shaped like the forward, one thread per channel with its N states and N
-adjoints in registers, time walked in reverse. States are recomputed, not stored: when the forward runs for
+Backward (`_scan_bwd_kernel`): shaped like the forward, each channel's states and adjoints in the registers of
+its S lanes, time walked in reverse. States are recomputed, not stored: when the forward runs for
 training it also writes the state at the start of every CHUNK steps (fp32, N x d per chunk). For each chunk,
 last to first, the backward first re-runs the chunk forward from its checkpoint, writing the CHUNK states
 to a per-program scratch (CHUNK x N x BD fp32, small enough to stay in L2), then walks it backwards with the
 adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}, reading the state before each step back from the scratch.
-dB_t and dC_t sum over channels, i.e. over the lanes of the warp: the 2N per-lane terms of a step are
-reduced together by a butterfly reduce-scatter (`_channel_sums`: 2N - 1 shuffles, lane j ends with sum j,
-one coalesced store) and written as per-program partial sums that torch adds (deterministic, no atomics).
+dB_t and dC_t sum over channels, i.e. over the lanes of the warp: the 2N/S per-lane terms of a step are
+reduced together by a butterfly reduce-scatter (`_channel_sums`: 2N/S - 1 shuffles, each lane ends with one
+sum, one coalesced store) and written as per-program partial sums that torch adds (deterministic, no atomics).
 
 Inputs are read unmasked with clamped indices (steps outside the sequence and channels past d re-read valid
 elements whose results are never stored or are zeroed before any sum): no predicates or zero-fills in the
