@@ -112,10 +112,13 @@ def check_scan(dev):
             if not SHARD.mine(i + len(SIZES["scan"]) * (dtype == torch.bfloat16)):
                 continue
             x = scan_inputs(batch, L, d, N, dtype, dev)
-            errors = grads_vs(lambda **a: selective_scan_triton(**a), lambda **a: selective_scan_chunked(**a),
-                              x, out_names=("y", "final"))
-            record(f"scan fwd+bwd {str(dtype)[6:]} B={batch} L={L} d={d} N={N}", errors,
-                   TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
+            # the forward with each channel on one lane and split over two (the launch picks by the rows)
+            for lanes, below in (("1 lane", 0), ("2 lanes", 10**9)):
+                with triton_scan.forced_configs(split_below=below):
+                    errors = grads_vs(lambda **a: selective_scan_triton(**a),
+                                      lambda **a: selective_scan_chunked(**a), x, out_names=("y", "final"))
+                record(f"scan fwd ({lanes}) + bwd {str(dtype)[6:]} B={batch} L={L} d={d} N={N}", errors,
+                       TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
         if not SHARD.mine(0):
             continue
         # inference over one row in time segments side by side (what a batch-1 prefill runs), forced here

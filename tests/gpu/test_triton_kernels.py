@@ -218,5 +218,8 @@ def test_forward_splits_states_only_for_few_rows(monkeypatch):
     assert triton_scan._forward_split(4, 3200, dev) == dict(BD=16, S=2)
     assert triton_scan._forward_split(8, 3200, dev) == {}  # 800 warps: one lane per channel measured faster
     assert triton_scan._forward_split(1, 3200, torch.device("cpu")) == {}
+    with triton_scan.forced_configs(split_below=0):  # the checks' way to force one lane, restored after
+        assert triton_scan._forward_split(1, 3200, dev) == {}
+    assert triton_scan.FWD_SPLIT_BELOW == 4 and triton_scan._forward_split(1, 3200, dev) == dict(BD=16, S=2)
     monkeypatch.setitem(triton_scan.FWD_CONFIG, "S", 2)  # a configuration that already splits is left alone
     assert triton_scan._forward_split(1, 3200, dev) == {}

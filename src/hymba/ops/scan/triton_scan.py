@@ -746,17 +746,21 @@ def forced_segments(count: int | None):
 
 
 @contextlib.contextmanager
-def forced_configs(fwd: dict | None = None, bwd: dict | None = None):
-    """FWD_CONFIG / BWD_CONFIG updated with `fwd` / `bwd` inside the block (benchmarks, checks), restored after."""
-    saved = dict(FWD_CONFIG), dict(BWD_CONFIG)
+def forced_configs(fwd: dict | None = None, bwd: dict | None = None, split_below: int | None = None):
+    """FWD_CONFIG / BWD_CONFIG updated with `fwd` / `bwd` and FWD_SPLIT_BELOW set to `split_below` inside the
+    block (benchmarks, checks), restored after."""
+    global FWD_SPLIT_BELOW
+    saved = dict(FWD_CONFIG), dict(BWD_CONFIG), FWD_SPLIT_BELOW
     FWD_CONFIG.update(fwd or {})
     BWD_CONFIG.update(bwd or {})
+    FWD_SPLIT_BELOW = saved[2] if split_below is None else split_below
     try:
         yield
     finally:
         for cfg, old in zip((FWD_CONFIG, BWD_CONFIG), saved):
             cfg.clear()
             cfg.update(old)
+        FWD_SPLIT_BELOW = saved[2]
 
 
 # Few rows: the forward splits each channel's states over two lanes (twice the warps for ~30% more
