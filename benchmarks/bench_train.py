@@ -1,7 +1,7 @@
 """Training step throughput and model FLOPs utilisation of `hymba-1.5b` at 2k context on one GPU.
 
-One step = forward + backward + fused AdamW, bf16 autocast over fp32 master weights, batch 8 halved on
-out-of-memory, random tokens. Model FLOPs per step count the matmuls (6 x parameters x tokens; the layers
+One step = forward + backward + fused AdamW, bf16 autocast over fp32 master weights, batch 8 on random tokens,
+smaller on out-of-memory (8, 6, 4, 2, 1: on an H100 batch 6 fits at 2k context, 74.8 GB). Model FLOPs per step count the matmuls (6 x parameters x tokens; the layers
 see the 128 meta tokens too, the LM head only the text) and the attention scores and values over the keys
 each query really sees (causal in global layers, window + meta elsewhere), times 3 for forward + backward;
 the scan, norms and elementwise work are not counted (they are bandwidth, not FLOPs). MFU is against the
@@ -133,11 +133,12 @@ def main():
                         r = train_steps(config, batch, args.context, mode == "compiled", args.steps)
                         break
                     except torch.OutOfMemoryError:
-                        print(f"  {key} batch {batch}: out of memory, halving", flush=True)
+                        smaller = batch - 2 if batch > 4 else batch // 2
+                        print(f"  {key} batch {batch}: out of memory, trying {smaller}", flush=True)
                         gc.collect()
                         torch.cuda.empty_cache()
                         torch.cuda.reset_peak_memory_stats()
-                        batch //= 2
+                        batch = smaller
             if batch < 1:
                 continue
             flops = model_flops(config, batch, args.context)
