@@ -539,6 +539,12 @@ def _packed_bc(B: torch.Tensor, C: torch.Tensor, N: int):
     return B, C, False
 
 
+def _lanes_for(cfg: dict, N: int) -> dict:
+    """`cfg` as it can run with N states: one lane per channel (the same lanes a program) when S does not
+    divide N."""
+    return cfg if N % cfg["S"] == 0 else dict(cfg, BD=cfg["BD"] * cfg["S"], S=1)
+
+
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.float().contiguous()
 
@@ -579,9 +585,7 @@ def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=
         return y, ht, ckpt
     if CHUNK % cfg["PF"]:
         raise ValueError(f"selective_scan: prefetch depth {cfg['PF']} must divide the chunk ({CHUNK})")
-    if N % cfg["S"]:
-        raise ValueError(f"selective_scan: the forward splits each channel's {N} states over {cfg['S']} lanes; "
-                         f"choose a split that divides N")
+    cfg = _lanes_for(cfg, N)
     zz = z if z is not None else u
     Bk, Ck, pack = _packed_bc(B, C, N // cfg["S"])  # each lane reads its N/S values of a row
     grid = (triton.cdiv(d, cfg["BD"]), batch)
@@ -605,7 +609,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
     Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); None where the input was None."""
     batch, L, d = u.shape
     N = A.shape[1]
-    cfg = dict(BWD_CONFIG, **(config or {}))
+    cfg = _lanes_for(dict(BWD_CONFIG, **(config or {})), N)
     u, delta, B, C, dy = (_channels_last(t) for t in (u, delta, B, C, dy))
     z = _channels_last(z) if z is not None else None
     a2 = (A.float() * LOG2E).contiguous()
@@ -616,9 +620,6 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
     n_chunks = triton.cdiv(L, CHUNK)
     if CHUNK % cfg["PF"]:
         raise ValueError(f"selective_scan: backward prefetch depth {cfg['PF']} must divide the chunk ({CHUNK})")
-    if N % cfg["S"]:
-        raise ValueError(f"selective_scan: the backward splits each channel's {N} states over {cfg['S']} lanes; "
-                         f"choose a split that divides N")
     du = torch.empty(batch, L, d, dtype=u.dtype, device=dev)
     ddt = torch.empty(batch, L, d, dtype=delta.dtype, device=dev)
     dz = torch.empty(batch, L, d, dtype=z.dtype, device=dev) if z is not None else None
