@@ -141,6 +141,26 @@ def _unpack_row(ws, N: tl.constexpr, PACK: tl.constexpr):
 
 
 @triton.jit
+def _lane_layout(d, BD: tl.constexpr, S: tl.constexpr):
+    """A program's lanes: BD channels, each held by S lanes (lane = slice * BD + channel). Returns the lanes,
+    their slice of the states, their channel, the mask of real channels and that of one lane per channel."""
+    lanes = tl.arange(0, BD * S)
+    slc = lanes // BD
+    cols = tl.program_id(0) * BD + lanes % BD
+    cm = cols < d
+    return lanes, slc, cols, cm, cm & (slc == 0)
+
+
+@triton.jit
+def _row_slice(ptr, b, s_b, slc, NS: tl.constexpr, S: tl.constexpr, PACK: tl.constexpr):
+    """B or C of batch row b, offset to the NS values of this lane's slice (a scalar pointer when S == 1)."""
+    if S > 1:
+        return ptr + b * s_b + slc * (NS // 4 if PACK else NS)
+    else:
+        return ptr + b * s_b
+
+
+@triton.jit
 def _across_splits(x, lanes, BD: tl.constexpr, S: tl.constexpr):
     """Sum over the S lanes that hold one channel's state slices (lanes l, l ^ BD, ...): per-channel totals."""
     if S >= 2:
@@ -164,22 +184,13 @@ def _scan_fwd_kernel(
 ):
     # BD channels per program, each held by S lanes (lane = slice * BD + channel), each lane NS of its states.
     NS: tl.constexpr = N // S
-    pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    lanes = tl.arange(0, BD * S)
-    slc = lanes // BD
-    cols = pid_d * BD + lanes % BD
-    cm = cols < d
-    lead = cm & (slc == 0)  # one lane per channel writes y
+    lanes, slc, cols, cm, lead = _lane_layout(d, BD, S)  # lead: one lane per channel writes y
     u_ptr += b * s_ub
     dt_ptr += b * s_db
     z_ptr += b * s_zb
-    if S > 1:  # this lane's slice of B_t, C_t
-        b_ptr = b_ptr + b * s_bb + slc * (NS // 4 if PACK else NS)
-        c_ptr = c_ptr + b * s_cb + slc * (NS // 4 if PACK else NS)
-    else:
-        b_ptr += b * s_bb
-        c_ptr += b * s_cb
+    b_ptr = _row_slice(b_ptr, b, s_bb, slc, NS, S, PACK)
+    c_ptr = _row_slice(c_ptr, b, s_cb, slc, NS, S, PACK)
     y_ptr += b * s_yb
     st = (b * d + cols) * N + slc * NS  # this lane's states in [batch, d, N]
 
@@ -318,21 +329,13 @@ def _scan_bwd_kernel(
     NS: tl.constexpr = N // S
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    lanes = tl.arange(0, BD * S)
-    slc = lanes // BD  # which slice of the N states this lane holds
-    cols = pid_d * BD + lanes % BD
-    cm = cols < d
-    lead = cm & (slc == 0)  # one lane per channel writes the per-channel outputs
+    lanes, slc, cols, cm, lead = _lane_layout(d, BD, S)  # lead: one lane per channel writes its outputs
     colc = tl.minimum(cols, d - 1)  # unmasked loads; lanes past d are zeroed before any sum over channels
     u_ptr += b * s_ub
     dt_ptr += b * s_db
     z_ptr += b * s_zb
-    if S > 1:  # this lane's slice of B_t, C_t
-        b_ptr = b_ptr + b * s_bb + slc * (NS // 4 if PACK else NS)
-        c_ptr = c_ptr + b * s_cb + slc * (NS // 4 if PACK else NS)
-    else:
-        b_ptr += b * s_bb
-        c_ptr += b * s_cb
+    b_ptr = _row_slice(b_ptr, b, s_bb, slc, NS, S, PACK)
+    c_ptr = _row_slice(c_ptr, b, s_cb, slc, NS, S, PACK)
     dy_ptr += b * s_gb
     du_ptr += b * L * d  # gradient outputs are contiguous [batch, L, d]
     ddt_ptr += b * L * d
