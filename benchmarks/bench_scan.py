@@ -87,8 +87,8 @@ def bench_conv(batch, L, d, bw) -> dict:
 
 
 # Launch configurations timed beside the defaults (warm_kernels.py compiles them ahead, in parallel).
-FWD_VARIANTS = [dict(BD=32, S=1)]  # each channel's states on one lane (default: split over two)
-BWD_VARIANTS = [dict(BD=32, S=1)]
+FWD_VARIANTS = [triton_scan.FWD_SPLIT]  # each channel's states over two lanes (what few rows run)
+BWD_VARIANTS = [dict(BD=32, S=1)]  # one lane per channel (the default backward splits over two)
 
 
 SEGMENT_SHAPES = {  # name: (batch, L, d, N, with gradients, segment counts to time)
