@@ -1,7 +1,6 @@
 """torch.compile per decoder layer (what `model.compile: true` in a training config does): the compiled model
 gives the eager model's logits and gradients, and the layers really run compiled graphs."""
 
-import torch
 from helpers import randomized, small_config
 
 from hymba import HymbaForCausalLM
