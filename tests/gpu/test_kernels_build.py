@@ -23,3 +23,17 @@ def test_all_kernels_lower_to_triton_ir():
     for kind in ("scan forward", "scan backward", "ssm step", "conv forward", "conv backward", "conv step",
                  "decode attention"):
         assert any(kind in line for line in lines), kind
+
+
+def test_scan_backward_compiles_for_hopper_without_spills_and_reduces_by_shuffles():
+    """benchmarks/kernel_sass.py takes the scan backward to sm_90 machine code on the CPU: the default launch
+    configuration fits in registers (no stack), and its reverse walk sums dB, dC with warp shuffles."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "kernel_sass.py"), "scan backward"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    head, *loop_lines = out.stdout.strip().splitlines()
+    assert "0 bytes of stack" in head, head
+    assert len(loop_lines) == 3, out.stdout  # chunk loop; its re-run and reverse-walk loops
+    assert any("SHFL" in line for line in loop_lines), out.stdout

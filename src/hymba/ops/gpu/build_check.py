@@ -66,12 +66,10 @@ def kernel_cases():
     return cases
 
 
-def build_ttir(kernel, signature: dict, constexprs: dict, num_warps: int, arch: int = 90):
-    """Python AST -> Triton IR for `arch` (the stage where front-end errors surface); returns the module."""
-    from triton._C.libtriton import ir
-    from triton.backends.compiler import GPUTarget
+def ast_source(kernel, signature: dict, constexprs: dict):
+    """The kernel as Triton's compiler takes it: arguments not in `signature` are fp32 pointers (`*_ptr`) or
+    int32 scalars."""
     from triton.compiler import ASTSource
-    from triton.compiler.compiler import make_backend
 
     names = kernel.arg_names
     missing = set(constexprs) - set(names)
@@ -79,7 +77,16 @@ def build_ttir(kernel, signature: dict, constexprs: dict, num_warps: int, arch: 
         raise ValueError(f"{kernel.__name__} has no arguments {sorted(missing)}")
     full = {n: "constexpr" if n in constexprs else signature.get(n, "*fp32" if n.endswith("_ptr") else "i32")
             for n in names}
-    src = ASTSource(fn=kernel, signature=full, constexprs={(names.index(n),): v for n, v in constexprs.items()})
+    return ASTSource(fn=kernel, signature=full, constexprs={(names.index(n),): v for n, v in constexprs.items()})
+
+
+def build_ttir(kernel, signature: dict, constexprs: dict, num_warps: int, arch: int = 90):
+    """Python AST -> Triton IR for `arch` (the stage where front-end errors surface); returns the module."""
+    from triton._C.libtriton import ir
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import make_backend
+
+    src = ast_source(kernel, signature, constexprs)
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
     options = backend.parse_options(dict(num_warps=num_warps))
