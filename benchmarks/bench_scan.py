@@ -86,6 +86,8 @@ def bench_conv(batch, L, d, bw) -> dict:
     return out
 
 
+SHAPE = (8, 4096, 3200, 16)  # the issue's: batch, L, d_inner, N
+
 # Launch configurations timed beside the defaults (warm_kernels.py compiles them ahead, in parallel).
 FWD_VARIANTS = [triton_scan.FWD_SPLIT]  # each channel's states over two lanes (what few rows run)
 BWD_VARIANTS = [dict(BD=32, S=1)]  # one lane per channel (the default backward splits over two)
@@ -181,7 +183,7 @@ def model_layout(out_dir: str, batch: int = 4, text_len: int = 2048) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-    ap.add_argument("--shape", default="8,4096,3200,16", help="batch,L,d_inner,N")
+    ap.add_argument("--shape", default=",".join(map(str, SHAPE)), help="batch,L,d_inner,N")
     ap.add_argument("--quick", action="store_true", help="only the default launch configurations")
     ap.add_argument("--segments", action="store_true", help="only the segment-count sweep (scan_segments.json)")
     ap.add_argument("--conv", action="store_true", help="only the causal conv, at the scan's and a training shape")

@@ -1,7 +1,8 @@
 """Training step throughput and model FLOPs utilisation of `hymba-1.5b` at 2k context on one GPU.
 
 One step = forward + backward + fused AdamW, bf16 autocast over fp32 master weights, batch 8 on random tokens,
-smaller on out-of-memory (8, 6, 4, 2, 1: on an H100 batch 6 fits at 2k context, 74.8 GB). Model FLOPs per step count the matmuls (6 x parameters x tokens; the layers
+smaller on out-of-memory (8, 6, 4, 2, 1: on an H100 batch 6 fits at 2k context, 74.8 GB).
+Model FLOPs per step count the matmuls (6 x parameters x tokens; the layers
 see the 128 meta tokens too, the LM head only the text) and the attention scores and values over the keys
 each query really sees (causal in global layers, window + meta elsewhere), times 3 for forward + backward;
 the scan, norms and elementwise work are not counted (they are bandwidth, not FLOPs). MFU is against the
@@ -115,7 +116,8 @@ def main():
     ap.add_argument("--modes", default="eager,compiled", help="eager, compiled (torch.compile per layer)")
     ap.add_argument("--segments", default="auto", help="comma list of scan segment counts, or auto")
     ap.add_argument("--scan-backward", default=None, metavar="JSON",
-                    help='launch configuration of the scan backward, e.g. \'{"BD": 32, "S": 1}\' (default: the library\'s)')
+                    help='launch configuration of the scan backward, e.g. \'{"BD": 32, "S": 1}\' '
+                         "(default: the library's)")
     args = ap.parse_args()
     bwd = json.loads(args.scan_backward) if args.scan_backward else None
     config = HymbaConfig.from_preset("hymba-1.5b")
@@ -142,7 +144,8 @@ def main():
             if batch < 1:
                 continue
             flops = model_flops(config, batch, args.context)
-            r.update(scan_backward=dict(triton_scan.BWD_CONFIG, **(bwd or {})), batch=batch, tokens_per_s=batch * args.context / r["step_s"], flops=flops,
+            r.update(scan_backward=dict(triton_scan.BWD_CONFIG, **(bwd or {})), batch=batch,
+                     tokens_per_s=batch * args.context / r["step_s"], flops=flops,
                      mfu=flops["total"] / r["step_s"] / PEAK_BF16, mfu_vs_measured=flops["total"] / r["step_s"] / rate)
             res["runs"][key] = r
             print(f"{key:<9} batch {batch}: {r['step_s'] * 1e3:.0f} ms/step, {r['tokens_per_s']:.0f} tok/s, "

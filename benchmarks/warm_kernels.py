@@ -1,7 +1,7 @@
 """Compile the Triton kernel variants the benchmarks launch, side by side in separate processes.
 
 A fresh GPU machine compiles every Triton kernel on its first launch, one after the other inside a process;
-the scan backward alone takes ~2 minutes per variant. Run first, this script fills Triton's on-disk cache
+the scan backward alone takes ~40 s per variant, a compiled layer graph ~2 minutes. Run first, this script fills Triton's on-disk cache
 (`TRITON_CACHE_DIR`, default ~/.triton/cache) from several processes at once, so the benchmarks that follow
 find their kernels there. Each job launches its kernels at the shapes and layouts the benchmarks use (Triton
 specialises on pointer alignment and stride divisibility, so a 3-layer model stands in for the whole one);
@@ -43,13 +43,13 @@ def variant_job(kind: str, index: int):
     """One launch configuration of bench_scan's FWD_VARIANTS / BWD_VARIANTS at its default shape."""
     import torch
 
-    from bench_scan import BWD_VARIANTS, FWD_VARIANTS, inputs
+    from bench_scan import BWD_VARIANTS, FWD_VARIANTS, SHAPE, inputs
     from hymba.ops.scan import triton_scan
 
     if kind == "forward":
-        triton_scan.scan_fwd(**inputs(8, 4096, 3200, 16), config=dict(triton_scan.FWD_CONFIG, **FWD_VARIANTS[index]))
+        triton_scan.scan_fwd(**inputs(*SHAPE), config=dict(triton_scan.FWD_CONFIG, **FWD_VARIANTS[index]))
         return
-    x = inputs(8, 4096, 3200, 16, requires_grad=True)
+    x = inputs(*SHAPE, requires_grad=True)
     with triton_scan.forced_configs(bwd=BWD_VARIANTS[index]):
         y, _ = triton_scan.selective_scan_triton(**x)
         y.float().sum().backward()

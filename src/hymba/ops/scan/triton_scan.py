@@ -531,9 +531,9 @@ def _fast(out: torch.Tensor) -> bool:
 
 
 def _packed_bc(B: torch.Tensor, C: torch.Tensor, N: int):
-    """bf16 B/C viewed as int64 words (4 values each) when the layout allows it (N: the values a lane reads). (Measured on an H100: fp32
-    B/C read as words of two values save the unpacking arithmetic but cost more loads; the forward took
-    1.55 ms against 1.17.)"""
+    """bf16 B/C viewed as int64 words (4 values each) when the layout allows it (N: the values a lane reads).
+    (Measured on an H100: fp32 B/C read as words of two values save the unpacking arithmetic but cost more
+    loads; the forward took 1.55 ms against 1.17.)"""
     if B.dtype == C.dtype == torch.bfloat16 and N % 4 == 0 and os.environ.get("TRITON_HYMBA_NO_PACK") != "1":
         try:
             return B.view(torch.int64), C.view(torch.int64), True
@@ -729,9 +729,10 @@ _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # Few rows: time segments scanned side by side (scan/segmented.py) when the rows' channels fill fewer
 # programs than the GPU has SMs, aiming at SEGMENT_PROGRAMS_PER_SM programs per SM in all, each segment at
 # least SEGMENT_MIN_STEPS long. Measured on an H100 (benchmarks/bench_scan.py --segments; the forward at
-# L=8320, d=3200): one pass takes ~1.9 ms for batch 1, 2 and 4 alike (each step's latency bounds it);
-# batch 1 in 10 segments takes 1.16 ms, batch 2 in 5 gains only 8%, batch 4 in 2 takes twice as long.
-# Off for training: a batch-4 x 2176 forward + backward took 4.28 ms whole and 7.27 ms in 2 segments.
+# L=8320, d=3200, one lane per channel): one pass takes ~1.9 ms for batch 1, 2 and 4 alike (each step's
+# latency bounds it); batch 1 in 10 segments takes 1.16 ms (0.83 with the current kernels, against 1.17
+# unsegmented on two lanes), batch 2 in 5 gains only 8%, batch 4 in 2 takes twice as long.
+# Off for training: a batch-4 x 2176 forward + backward took 2.47 ms whole and 4.96 ms in 2 segments.
 # SEGMENTS overrides the choice (tests, benchmarks; 1 turns it off).
 SEGMENT_PROGRAMS_PER_SM = {"inference": 8, "training": 0}
 SEGMENT_MIN_STEPS = 512
