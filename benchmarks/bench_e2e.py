@@ -111,13 +111,14 @@ def hymba_prefill(model, context: int) -> dict:
     return dict(tokens_per_s=context / s, seconds=s, first_call_s=warm)
 
 
-def hymba_decode(model, batch: int, context: int, steps: int, graph: bool = True) -> dict:
+def hymba_decode(model, batch: int, context: int, steps: int, graph: bool = True, compile: bool = False) -> dict:
     from hymba.engine.cuda_graph import CUDAGraphDecoder, StaticHybridCache
 
     free_memory()
     max_len = context + steps + 8
+    t = time.time()
     if graph:
-        dec = CUDAGraphDecoder(model, batch, max_len)
+        dec = CUDAGraphDecoder(model, batch, max_len, compile=compile)
         cache = dec.cache
     else:
         cache = StaticHybridCache(model.config, batch, max_len, device="cuda", dtype=model.dtype)
@@ -131,9 +132,10 @@ def hymba_decode(model, batch: int, context: int, steps: int, graph: bool = True
             tok = dec.step(tok).argmax(-1)
         else:
             tok = model(tok[:, None], cache=cache, logits_to_keep=1).logits[:, -1].argmax(-1)
+    setup_s = time.time() - t
     s = cuda_time(step, steps)
     out = dict(step_ms=s * 1e3, tokens_per_s=batch / s, peak_memory_GB=torch.cuda.max_memory_allocated() / 1e9,
-               cache_GB=cache.nbytes() / 1e9)
+               cache_GB=cache.nbytes() / 1e9, setup_s=setup_s)
     return out
 
 
@@ -239,6 +241,12 @@ def run_hymba(args) -> dict:
         r["decode"]["batch"] = b
         print(f"hymba decode (graph) batch {b}: {r['decode']['tokens_per_s']:.0f} tok/s "
               f"({r['decode']['step_ms']:.2f} ms/step, peak {r['decode']['peak_memory_GB']:.1f} GB)", flush=True)
+        if not args.no_compiled_step:
+            r["decode_compiled"] = hymba_decode(model, b, args.context, args.steps, compile=True)
+            r["decode_compiled"]["batch"] = b
+            print(f"hymba decode (graph of the compiled step) batch {b}: "
+                  f"{r['decode_compiled']['tokens_per_s']:.0f} tok/s ({r['decode_compiled']['step_ms']:.2f} ms/step, "
+                  f"set-up {r['decode_compiled']['setup_s']:.0f} s)", flush=True)
         r["decode_eager"] = hymba_decode(model, b, args.context, 8, graph=False)
         r["decode_eager"]["batch"] = b
         print(f"hymba decode (eager) batch {b}: {r['decode_eager']['tokens_per_s']:.0f} tok/s", flush=True)
@@ -264,6 +272,7 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--models", default="hymba,Llama-3.2-3B,Llama-3.2-1B")
+    ap.add_argument("--no-compiled-step", action="store_true", help="skip the decode step through torch.compile")
     ap.add_argument("--kernels", default="triton-conv", help="Hymba's kernel bundle (triton: fla-core's conv)")
     args = ap.parse_args()
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, context=args.context,

@@ -325,6 +325,11 @@ def check_decode(model, cfg, dev):
     graph = [dec.prefill(ids[:, :P]).clone()]
     graph += [dec.step(ids[:, t]).clone() for t in range(P, P + S - 1)]
     record("decode CUDA graph vs full forward fp32", dict(logits=rel(torch.stack(graph, 1), full)), 1e-4)
+    dec = CUDAGraphDecoder(model, B, P + S, compile=True)
+    graph = [dec.prefill(ids[:, :P]).clone()]
+    graph += [dec.step(ids[:, t]).clone() for t in range(P, P + S - 1)]
+    record("decode CUDA graph of the compiled step vs full forward fp32",
+           dict(logits=rel(torch.stack(graph, 1), full)), 1e-4)
     # generate(): the CUDA-graph path (rows finishing at different steps stay in the graph's batch) against
     # the eager path that drops them, left padding and an EOS included
     mask = torch.ones(B, P, dtype=torch.long, device=dev)

@@ -5,7 +5,10 @@ then times the same step as a CUDA graph. Kernel times do not depend on how the 
 table says what a graph replay spends its time on; the difference between the graph step and the sum of
 kernel times is the gaps between kernels.
 
-    python benchmarks/profile_decode.py [--out benchmarks/results] [--batch 128] [--context 8192]
+    python benchmarks/profile_decode.py [--out benchmarks/results] [--batch 128] [--context 8192] [--compile]
+
+--compile profiles the step as torch.compile runs it (what `CUDAGraphDecoder(compile=True)` captures) and
+writes profile_decode_compiled.json.
 """
 
 from __future__ import annotations
@@ -42,20 +45,22 @@ def main():
     ap.add_argument("--context", type=int, default=8192)
     ap.add_argument("--kernels", default="triton-conv")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--compile", action="store_true", help="the step through torch.compile")
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
     from hymba.engine.cuda_graph import CUDAGraphDecoder
 
     model = build_hymba(args.kernels)
-    dec = CUDAGraphDecoder(model, args.batch, args.context + 64)
+    dec = CUDAGraphDecoder(model, args.batch, args.context + 64, compile=args.compile)
     fill_hymba_cache(dec.cache, args.context)
     tok = torch.randint(0, model.config.vocab_size, (args.batch,), device="cuda")
     graph_s = cuda_time(lambda: dec.step(tok), 20)
     dec.cache.length -= 21  # the replays advanced the host-side length; the device index keeps moving (harmless)
 
-    def eager():
-        return model(tok[:, None], cache=dec.cache, logits_to_keep=1).logits
+    def eager():  # the step the graph replays, launched kernel by kernel
+        dec._ids.copy_(tok[:, None])
+        return dec._forward_step()
 
     for _ in range(2):
         eager()
@@ -73,8 +78,9 @@ def main():
     for name, (us, n) in rows[:args.top]:
         print(f"{us:9.1f} {us / total:6.1%} {n:6.0f}  {name[:110]}")
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "profile_decode.json"), "w") as f:
-        json.dump(dict(device=torch.cuda.get_device_name(), batch=args.batch, context=args.context,
+    name = "profile_decode_compiled.json" if args.compile else "profile_decode.json"
+    with open(os.path.join(args.out, name), "w") as f:
+        json.dump(dict(device=torch.cuda.get_device_name(), batch=args.batch, context=args.context, compiled=args.compile,
                        graph_step_ms=graph_s * 1e3, kernel_ms=total / 1e3, kernels_per_step=count,
                        top=[dict(kernel=n, us=us, calls=c) for n, (us, c) in rows[:60]]), f, indent=1)
 

@@ -65,6 +65,10 @@ def e2e_md(r: dict) -> str:
         lines.append(f"| {name} | {m['params'] / 1e9:.2f} B | {m['prefill']['tokens_per_s']:.0f} | "
                      f"{d['tokens_per_s']:.0f} | {d['batch']} | {d['step_ms']:.1f} | {d['peak_memory_GB']:.1f} | "
                      f"{d['cache_GB']:.2f} | {mode} |")
+        if "decode_compiled" in m:
+            e = m["decode_compiled"]
+            lines.append(f"| {name} (compiled step) | | | {e['tokens_per_s']:.0f} | {e['batch']} | {e['step_ms']:.1f} | "
+                         f"{e['peak_memory_GB']:.1f} | | CUDA graph of the torch.compile'd step |")
         if "decode_eager" in m:
             e = m["decode_eager"]
             lines.append(f"| {name} (eager step) | | | {e['tokens_per_s']:.0f} | {e['batch']} | {e['step_ms']:.1f} | | | eager |")

@@ -276,8 +276,8 @@ def static_steps(monkeypatch):
 
     made = []
 
-    def factory(model, batch_size, max_length):
-        made.append(StaticDecoder(model, batch_size, max_length))
+    def factory(model, batch_size, max_length, compile_step=False):
+        made.append(StaticDecoder(model, batch_size, max_length, compile=compile_step))
         return made[-1]
     monkeypatch.setattr(generate_module, "_static_decoder", factory)
     return made
@@ -306,6 +306,9 @@ def test_cuda_graph_is_refused_off_cuda_and_not_used_by_default_on_cpu(tiny_mode
         generate(tiny_model, torch.tensor([[1, 2, 3]]), max_new_tokens=20, cuda_graph=True)
     out = generate(tiny_model, torch.tensor([[1, 2, 3]]), max_new_tokens=20, eos_token_id=[])  # default: eager
     assert out.shape == (1, 23)
+    for graph in (None, False):  # the compiled step is the graph's: without one it is refused, not ignored
+        with pytest.raises(ValueError, match="needs cuda_graph"):
+            generate(tiny_model, torch.tensor([[1, 2, 3]]), max_new_tokens=20, cuda_graph=graph, compile_step=True)
 
 
 def test_failed_capture_falls_back_to_eager_steps(tiny_model, monkeypatch):

@@ -118,3 +118,22 @@ def test_compiled_regions_leave_the_eager_flex_wrapper_fused():
     torch.testing.assert_close(eager_out, compiled_out)
     torch.testing.assert_close(eager_out, sdpa_attention(q, k, v, build_sdpa_mask(*(torch.arange(T)[None],) * 2,
                                                                                    None, 0), 0.25))
+
+
+def test_tuned_kernel_options_are_flex_attention_options():
+    """Each tuned set names only options FlexAttention declares (after its fwd_/bwd_ prefixes), with blocks
+    that tile its 128-token mask blocks; off CUDA, in fp32 or for a short query no options are passed."""
+    from torch.nn.attention.flex_attention import FlexKernelOptions
+
+    from hymba.ops.attention import flex
+
+    declared = set(FlexKernelOptions.__annotations__)
+    for key, options in flex.FLEX_KERNEL_OPTIONS.items():
+        assert {"fwd_", "bwd_"} == {name[:4] for name in options}, key
+        assert {name[4:] for name in options} <= declared, key
+        for name, value in options.items():
+            if "BLOCK" in name:
+                assert 128 % value == 0 and value >= 16, (key, name)
+    q, v = torch.zeros(1, 2, 256, 64, dtype=torch.bfloat16), torch.zeros(1, 1, 256, 128, dtype=torch.bfloat16)
+    assert flex.kernel_options(q, v) is None  # CPU
+    assert flex.kernel_options(q.float(), v.float()) is None

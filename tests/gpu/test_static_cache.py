@@ -67,3 +67,30 @@ def test_graph_decoder_needs_cuda():
         pytest.skip("checks the CPU refusal")
     with pytest.raises(RuntimeError, match="CUDA"):
         CUDAGraphDecoder(_model(), batch_size=1, max_length=8)
+
+
+@torch.no_grad()
+def test_compiled_decode_step_matches_the_forward_and_compiles_once():
+    """`StaticDecoder(compile=True)`: the step through torch.compile (inductor, here on the CPU) gives the
+    full forward's logits step after step, past the window; the cache's bookkeeping stays out of the graphs,
+    so the steps after the first reuse what was compiled (no recompilation as the cache fills)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from hymba.engine.cuda_graph import StaticDecoder
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    config = small_config(num_hidden_layers=3, global_attn_idx=[0], kv_reuse_group=[[1, 2]])
+    model = randomized(HymbaForCausalLM(config)).eval()
+    B, P, S = 2, 3, 8  # 11 tokens with a window of 4: the ring wraps
+    ids = torch.randint(0, config.vocab_size, (B, P + S))
+    dec = StaticDecoder(model, B, P + S, compile=True)
+    got = [dec.prefill(ids[:, :P]).clone(), dec.step(ids[:, P]).clone()]
+    compiled = (counters["frames"]["ok"], counters["stats"]["unique_graphs"])  # by the first step
+    assert min(compiled) >= 1
+    got += [dec.step(ids[:, t]).clone() for t in range(P + 1, P + S - 1)]
+    assert (counters["frames"]["ok"], counters["stats"]["unique_graphs"]) == compiled
+    want = model(ids).logits[:, P - 1:-1]
+    torch.testing.assert_close(torch.stack(got, 1), want, rtol=1e-5, atol=1e-5)

@@ -15,6 +15,12 @@ must live on the device:
 
 Prefill still runs eagerly (any length, padding, chunks) through the same cache. The meta-token prefix is
 shared: the cache starts as a copy of `model.model.meta_prefix()`, computed once per weights version.
+
+`compile=True` also runs the step through torch.compile before it is captured. Replayed, a graph of the eager
+step still runs each of its ~1,700 kernels (hundreds are tiny elementwise ones, norms, casts, copies: a few
+microseconds each however little they do); inductor fuses those. The cache's Python bookkeeping
+(`begin_chunk`, `end_chunk`) stays out of the compiled graphs, so the step compiles once, whatever the
+cache's length.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ class StaticHybridCache(HybridCache):
         self._step: tuple | None = None
 
     # ---- the decode step: device-side indices, whole buffers ----------------------------------------------
+    # (both bookkeeping methods run eagerly inside a compiled step: they read and advance Python ints, which
+    # torch.compile would otherwise bake into the graph and recompile for at every step)
+    @torch.compiler.disable
     def begin_chunk(self, positions: torch.Tensor):
         if positions.shape[1] != 1:
             self._step = None
@@ -83,6 +92,7 @@ class StaticHybridCache(HybridCache):
         V.index_copy_(2, where, v.to(V.dtype))
         return K, V
 
+    @torch.compiler.disable
     def end_chunk(self, T: int, n_valid) -> None:
         super().end_chunk(T, n_valid)
         self.length_t += T
@@ -110,11 +120,14 @@ class StaticDecoder:
             logits = dec.step(next_tokens)                # [B, V]
 
     This class runs each step eagerly (any device); `CUDAGraphDecoder` replays it as a CUDA graph. `step`
-    may return a view of a static buffer: copy it before the next step if you keep it.
+    may return a view of a static buffer: copy it before the next step if you keep it. `compile`: run the
+    step through torch.compile (its first call compiles: about a minute for hymba-1.5b on a GPU).
     """
 
-    def __init__(self, model, batch_size: int, max_length: int):
+    def __init__(self, model, batch_size: int, max_length: int, compile: bool = False):
         self.model = model
+        self.compiled = compile
+        self._run_step = torch.compile(self._eager_step, dynamic=False) if compile else self._eager_step
         self.batch_size = batch_size
         self.cache = StaticHybridCache(model.config, batch_size, max_length, device=model.device, dtype=model.dtype)
         self._prefix = model.model.meta_prefix()
@@ -122,9 +135,12 @@ class StaticDecoder:
         self.cache.length_t.fill_(self.cache.length)
         self._ids = torch.zeros(batch_size, 1, dtype=torch.long, device=model.device)
 
+    def _eager_step(self) -> torch.Tensor:
+        return self.model(self._ids, cache=self.cache, logits_to_keep=1).logits[:, -1]
+
     @torch.no_grad()
     def _forward_step(self) -> torch.Tensor:
-        return self.model(self._ids, cache=self.cache, logits_to_keep=1).logits[:, -1]
+        return self._run_step()
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -161,10 +177,10 @@ class StaticDecoder:
 class CUDAGraphDecoder(StaticDecoder):
     """`StaticDecoder` with the model step captured once as a CUDA graph and replayed for every token."""
 
-    def __init__(self, model, batch_size: int, max_length: int, warmup: int = 2):
+    def __init__(self, model, batch_size: int, max_length: int, warmup: int = 2, compile: bool = False):
         if model.device.type != "cuda":
             raise RuntimeError("CUDA graphs need the model on a CUDA device")
-        super().__init__(model, batch_size, max_length)
+        super().__init__(model, batch_size, max_length, compile=compile)
         self._graph = torch.cuda.CUDAGraph()
         self._capture(warmup)
         self.cache.reset(self._prefix)

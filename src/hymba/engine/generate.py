@@ -146,12 +146,12 @@ class _StaticSteps:
         return self.decoder.step(feed)[self.live]
 
 
-def _static_decoder(model, batch_size: int, max_length: int):
+def _static_decoder(model, batch_size: int, max_length: int, compile_step: bool = False):
     if model.device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs the model on a CUDA device (it is on {model.device})")
     from .cuda_graph import CUDAGraphDecoder
 
-    return CUDAGraphDecoder(model, batch_size, max_length)
+    return CUDAGraphDecoder(model, batch_size, max_length, compile=compile_step)
 
 
 # generate(cuda_graph=None) uses a graph on CUDA from this many new tokens (capturing costs a few steps' time)
@@ -191,6 +191,7 @@ def generate(
     return_dict: bool = False,
     output_logits: bool = False,
     cuda_graph: bool | None = None,
+    compile_step: bool = False,
 ) -> torch.Tensor | GenerateOutput:
     """Generate continuations of a batch of prompts; returns sequences [B, L + steps] (or a GenerateOutput).
 
@@ -205,7 +206,8 @@ def generate(
     tokens_per_row (None for rows already finished). Prompts longer than `prefill_chunk_size` are prefilled
     chunk by chunk, with the same result. `cuda_graph`: decode steps as a CUDA graph replay (default: on CUDA
     when max_new_tokens >= CUDA_GRAPH_MIN_NEW_TOKENS; falls back to eager steps, with a warning, if the
-    capture fails).
+    capture fails). `compile_step`: the graph replays the step as torch.compile made it (fewer, fused
+    kernels; the first call compiles, about a minute for hymba-1.5b); needs the CUDA graph.
     """
     config = model.config
     device = model.device
@@ -216,7 +218,9 @@ def generate(
     if seed is not None and generator is not None:
         raise ValueError("pass seed or generator, not both")
     if cuda_graph is None:
-        cuda_graph = device.type == "cuda" and max_new_tokens >= CUDA_GRAPH_MIN_NEW_TOKENS
+        cuda_graph = device.type == "cuda" and (max_new_tokens >= CUDA_GRAPH_MIN_NEW_TOKENS or compile_step)
+    if compile_step and not cuda_graph:
+        raise ValueError("compile_step=True compiles the CUDA graph's step: it needs cuda_graph (and a CUDA device)")
     params = SamplingParams(do_sample, temperature, top_k, top_p, repetition_penalty)
     if not do_sample and (temperature != 1.0 or top_k != 0 or top_p != 1.0):
         warnings.warn("temperature/top_k/top_p are ignored without do_sample=True (greedy decoding)", stacklevel=2)
@@ -252,7 +256,7 @@ def generate(
     steps_fn = logits = None
     if cuda_graph:
         try:
-            decoder = _static_decoder(model, B, ids.shape[1] + max_new_tokens)
+            decoder = _static_decoder(model, B, ids.shape[1] + max_new_tokens, compile_step)
         except ValueError:
             raise
         except Exception as e:  # capture refused (a kernel bundle that syncs with the host, ...)

@@ -64,7 +64,7 @@ def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, o_ptr, m_ptr, l
         if HAS_WINDOW:
             ok = ok & (((qp[:, None] - kp[None, :]) <= window) | (kp[None, :] < num_meta))
         ok = (ok | (qp[:, None] < 0)) & n_ok[None, :]
-        s = tl.where(ok, s * scale, float("-inf"))
+        s = tl.where(ok, (s * scale).to(tl.float32), float("-inf"))  # (scale is an fp64 scalar when compiled)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m_i - m_safe)

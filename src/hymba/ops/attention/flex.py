@@ -28,6 +28,26 @@ from .sdpa import build_sdpa_mask, sdpa_attention
 FLEX_MIN_QUERIES = 64
 FLEX_RECOMPILE_LIMIT = 64
 
+# FlexAttention's Triton options per (GPU capability, key head dim, value head dim), for 16-bit inputs: what
+# inductor's max-autotune picks at a hymba-1.5b training step's shape (benchmarks/bench_flex.py; H100, batch 4
+# x 2176 tokens, 25/5 heads). Inductor's defaults for sm_90 size the backward for the value head (128):
+# forward + backward 1.35 ms (global) and 1.28 ms (window) a layer; with these 1.13 and 1.02 ms.
+FLEX_KERNEL_OPTIONS = {
+    ((9, 0), 64, 128): dict(fwd_BLOCK_M=128, fwd_BLOCK_N=64, fwd_num_warps=4, fwd_num_stages=3,
+                            bwd_BLOCK_M1=64, bwd_BLOCK_N1=64, bwd_BLOCK_M2=64, bwd_BLOCK_N2=64,
+                            bwd_num_warps=4, bwd_num_stages=3),
+}
+
+
+def kernel_options(q: torch.Tensor, v: torch.Tensor) -> dict | None:
+    """The tuned options for these inputs, or None (inductor's defaults). Below 128 queries inductor runs its
+    flex-decoding kernel instead, whose blocks these options are not for."""
+    if q.device.type != "cuda" or q.dtype not in (torch.bfloat16, torch.float16) or q.shape[-2] < 128:
+        return None
+    from ..gpu.device import capability
+
+    return FLEX_KERNEL_OPTIONS.get((capability(q.device), q.shape[-1], v.shape[-1]))
+
 
 @dataclass
 class AttentionMask:
@@ -133,7 +153,8 @@ def flex_attention(q, k, v, mask: AttentionMask, scale: float):
         k, v = k.to(q.dtype), v.to(q.dtype)
     if mask.block_mask is not None:
         flex = _flex_in_graph() if torch.compiler.is_compiling() else _flex()
-        return flex(q, k, v, block_mask=mask.block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+        return flex(q, k, v, block_mask=mask.block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
+                    kernel_options=kernel_options(q, v))
     if mask.positions is not None:
         if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
             from .decode_triton import decode_attention

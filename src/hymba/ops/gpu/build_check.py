@@ -58,11 +58,14 @@ def kernel_cases():
         cases.append((f"conv backward, input HAS_INIT={init}", conv._conv_bwd_input_kernel, {},
                       dict(K=4, BL=conv.BL, BD=conv.BD, HAS_INIT=init), 4))
     cases.append(("conv step", conv._conv_step_kernel, {}, dict(K=4, BD=conv.BD, HAS_BIAS=True, SILU=True), 4))
-    for v in _variants(HAS_WINDOW=(True, False), IEEE=(True, False)):
+    # a Python float argument is an fp32 scalar when launched directly, an fp64 one from a torch.compile'd
+    # graph (the compiled decode step)
+    for v in _variants(HAS_WINDOW=(True, False), IEEE=(True, False), scale=("fp32", "fp64")):
         dt = "*fp32" if v["IEEE"] else "*bf16"
-        sig = {"q_ptr": dt, "k_ptr": dt, "v_ptr": dt, "qpos_ptr": "*i32", "kpos_ptr": "*i32", "scale": "fp32"}
+        sig = {"q_ptr": dt, "k_ptr": dt, "v_ptr": dt, "qpos_ptr": "*i32", "kpos_ptr": "*i32", "scale": v.pop("scale")}
         const = dict(DK=64, DV=128, BDK=64, BDV=128, BLOCK_M=16, BLOCK_N=dec.BLOCK_N, **v)
-        cases.append((f"decode attention {v}", dec._decode_attn_kernel, sig, const, dec.NUM_WARPS))
+        cases.append((f"decode attention {v} scale {sig['scale']}", dec._decode_attn_kernel, sig, const,
+                      dec.NUM_WARPS))
     return cases
 
 
