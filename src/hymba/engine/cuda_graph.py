@@ -126,7 +126,6 @@ class StaticDecoder:
 
     def __init__(self, model, batch_size: int, max_length: int, compile: bool = False):
         self.model = model
-        self.compiled = compile
         self._run_step = torch.compile(self._eager_step, dynamic=False) if compile else self._eager_step
         self.batch_size = batch_size
         self.cache = StaticHybridCache(model.config, batch_size, max_length, device=model.device, dtype=model.dtype)
