@@ -265,11 +265,17 @@ def run_llama(name: str, args) -> dict:
     return r
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def decode_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every decode benchmark shares: --out, --batch (128) and --context (8192), the paper's."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-    ap.add_argument("--context", type=int, default=8192)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--context", type=int, default=8192)
+    return ap
+
+
+def main():
+    ap = decode_parser(__doc__)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--models", default="hymba,Llama-3.2-3B,Llama-3.2-1B")
     ap.add_argument("--no-compiled-step", action="store_true", help="skip the decode step through torch.compile")

@@ -12,7 +12,6 @@ that run did differently.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from bench_e2e import build_hymba, cuda_time, fill_hymba_cache, free_memory, hymba_prefill  # noqa: E402
+from bench_e2e import (build_hymba, cuda_time, decode_parser, fill_hymba_cache, free_memory,  # noqa: E402
+                       hymba_prefill)
 
 
 def graph_step(model, batch, context, compile: bool, tok) -> dict:
@@ -51,10 +51,7 @@ def eager_step(model, batch, context, tok) -> dict:
 
 @torch.no_grad()
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--context", type=int, default=8192)
+    ap = decode_parser(__doc__)
     ap.add_argument("--order", default="eager,graph,compiled,eager,compiled,graph")
     ap.add_argument("--prefill", action="store_true", help="an 8k batch-1 prefill first, as bench_e2e.py runs")
     args = ap.parse_args()

@@ -13,7 +13,6 @@ writes profile_decode_compiled.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from bench_e2e import build_hymba, cuda_time, fill_hymba_cache  # noqa: E402
+from bench_e2e import build_hymba, cuda_time, decode_parser, fill_hymba_cache  # noqa: E402
 
 
 def kernel_times(prof, steps: int) -> tuple[dict[str, list], float, float]:
@@ -39,10 +38,7 @@ def kernel_times(prof, steps: int) -> tuple[dict[str, list], float, float]:
 
 @torch.no_grad()
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--context", type=int, default=8192)
+    ap = decode_parser(__doc__)
     ap.add_argument("--kernels", default="triton-conv")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--compile", action="store_true", help="the step through torch.compile")
