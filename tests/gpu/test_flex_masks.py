@@ -122,7 +122,7 @@ def test_compiled_regions_leave_the_eager_flex_wrapper_fused():
 
 def test_tuned_kernel_options_are_flex_attention_options():
     """Each tuned set names only options FlexAttention declares (after its fwd_/bwd_ prefixes), with blocks
-    that tile its 128-token mask blocks; off CUDA, in fp32 or for a short query no options are passed."""
+    that tile its 128-token mask blocks; off CUDA and in fp32 no options are passed."""
     from torch.nn.attention.flex_attention import FlexKernelOptions
 
     from hymba.ops.attention import flex
