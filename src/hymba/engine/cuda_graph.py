@@ -19,8 +19,8 @@ shared: the cache starts as a copy of `model.model.meta_prefix()`, computed once
 `compile=True` also runs the step through torch.compile before it is captured. Replayed, a graph of the eager
 step still runs each of its ~1,700 kernels (hundreds are tiny elementwise ones, norms, casts, copies: a few
 microseconds each however little they do); inductor fuses those. The cache's Python bookkeeping
-(`begin_chunk`, `end_chunk`) stays out of the compiled graphs, so the step compiles once, whatever the
-cache's length.
+(`begin_chunk`, `end_chunk`) stays out of the compiled graphs, so the step compiles once, however far the
+cache fills; shapes are static, so another batch size or capacity compiles again.
 """
 
 from __future__ import annotations
