@@ -71,10 +71,16 @@ def test_compile_layers_asks_the_model_for_traceable_kernels(monkeypatch):
                         or REFERENCE)
     model = HymbaForCausalLM(small_config(num_hidden_layers=1, global_attn_idx=[0], kv_reuse_group=[]))
     model.model.kernels_for(torch.device("cpu"))
-    monkeypatch.setattr(model_module.HymbaDecoderLayer, "compile", lambda self: None)
+    compiled = []
+    monkeypatch.setattr(model_module.HymbaDecoderLayer, "compile", lambda self, **kw: compiled.append(kw))
     assert model_module.compile_layers(model) == 1
     model.model.kernels_for(torch.device("cpu"))
     assert asked == [False, True]
+    # with the inductor options, each one a setting inductor has (torch.compile rejects unknown ones)
+    assert compiled == [{"options": model_module.LAYER_COMPILE_OPTIONS}]
+    import torch._inductor.config as inductor_config
+
+    assert all(hasattr(inductor_config, k) for k in model_module.LAYER_COMPILE_OPTIONS)
 
 
 def test_bundle_contract_on_cpu():
