@@ -111,7 +111,8 @@ def hymba_prefill(model, context: int) -> dict:
     return dict(tokens_per_s=context / s, seconds=s, first_call_s=warm)
 
 
-def hymba_decode(model, batch: int, context: int, steps: int, graph: bool = True, compile: bool = False) -> dict:
+def hymba_decode(model, batch: int, context: int, steps: int, graph: bool = True,
+                 compile: bool | str = False) -> dict:
     from hymba.engine.cuda_graph import CUDAGraphDecoder, StaticHybridCache
 
     free_memory()

@@ -1,14 +1,16 @@
-"""The batch-128, 8k-context decode step of hymba-1.5b launched three ways, in one process and in an order
-that can be chosen: eager (kernel by kernel from Python), a CUDA graph of the eager step, and a CUDA graph
-of the step compiled by torch.compile (`CUDAGraphDecoder(compile=True)`), each timed by bench_e2e.py's
-`hymba_decode`.
+"""The batch-128, 8k-context decode step of hymba-1.5b launched several ways, in one process and in an order
+that can be chosen: eager (kernel by kernel from Python), a CUDA graph of the eager step, a CUDA graph of
+the step compiled by torch.compile (`CUDAGraphDecoder(compile=True)`), and the same compiled with autotuned
+matmuls (below), each timed by bench_e2e.py's `hymba_decode`.
 
 Written because bench_e2e.py once measured the compiled step's graph at the plain graph's 12.4 ms while two
 other runs, this script's first among them, measured 9.9 ms (results/decode_compile_probe.log). `--prefill`
 first runs an 8k prefill as bench_e2e.py does (FlexAttention compiled, the scan segmented), the one thing
-that run did differently.
+that run did differently. (Its next run, in the sixth session, measured 9.94 ms again: results/e2e.*.)
+`autotuned`: the step compiled in mode "max-autotune-no-cudagraphs" (Triton matmul templates timed against
+cuBLAS for the 128-row matmuls, which cuBLAS runs at ~1.4 TB/s of weights).
 
-    python benchmarks/compare_decode_steps.py [--order eager,graph,compiled,eager,compiled,graph] [--prefill]
+    python benchmarks/compare_decode_steps.py [--order eager,graph,compiled,autotuned,...] [--prefill]
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ def main():
     ap.add_argument("--prefill", action="store_true", help="an 8k batch-1 prefill first, as bench_e2e.py runs")
     args = ap.parse_args()
     modes = args.order.split(",")
-    if not set(modes) <= {"eager", "graph", "compiled"}:
-        raise SystemExit(f"--order {args.order!r}: modes are eager, graph, compiled")
+    compile_modes = {"eager": False, "graph": False, "compiled": True, "autotuned": "max-autotune-no-cudagraphs"}
+    if not set(modes) <= set(compile_modes):
+        raise SystemExit(f"--order {args.order!r}: modes are {', '.join(compile_modes)}")
     from torch._dynamo.utils import counters
 
     model = build_hymba("triton-conv")
@@ -43,7 +46,7 @@ def main():
     for mode in modes:
         # timed exactly as bench_e2e.py times them (each step fed the previous step's argmax)
         r = hymba_decode(model, args.batch, args.context, 8 if mode == "eager" else args.steps,
-                         graph=mode != "eager", compile=mode == "compiled")
+                         graph=mode != "eager", compile=compile_modes[mode])
         r.update(mode=mode, compiled_frames=counters["frames"].get("ok", 0),
                  graphs=counters["stats"].get("unique_graphs", 0))
         runs.append(r)

@@ -94,3 +94,16 @@ def test_compiled_decode_step_matches_the_forward_and_compiles_once():
     assert (counters["frames"]["ok"], counters["stats"]["unique_graphs"]) == compiled
     want = model(ids).logits[:, P - 1:-1]
     torch.testing.assert_close(torch.stack(got, 1), want, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_step_refuses_modes_that_capture_their_own_graphs():
+    """compile= takes True or a torch.compile mode that leaves CUDA graphs to the decoder; "reduce-overhead"
+    would capture graphs inside the decoder's own capture, so it is refused by name."""
+    from hymba.engine.cuda_graph import STEP_COMPILE_MODES, StaticDecoder
+
+    model = HymbaForCausalLM(small_config(num_hidden_layers=1, global_attn_idx=[0], kv_reuse_group=[])).eval()
+    for mode in ("reduce-overhead", "max-autotune", "fast"):
+        with pytest.raises(ValueError, match=f"compile='{mode}'.*max-autotune-no-cudagraphs"):
+            StaticDecoder(model, 1, 8, compile=mode)
+    assert "max-autotune-no-cudagraphs" in STEP_COMPILE_MODES
+    StaticDecoder(model, 1, 8, compile="max-autotune-no-cudagraphs")  # accepted (compiles at the first step)

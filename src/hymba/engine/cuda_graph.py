@@ -111,6 +111,19 @@ class StaticHybridCache(HybridCache):
         self.length_t.fill_(self.length)
 
 
+# torch.compile modes for the decode step: those that leave CUDA graphs to us (the others capture their own)
+STEP_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+
+
+def _compiled(fn, compile: bool | str):
+    if compile is True:
+        return torch.compile(fn, dynamic=False)
+    if compile not in STEP_COMPILE_MODES:
+        raise ValueError(f"compile={compile!r}: expected True, False or one of {STEP_COMPILE_MODES} (modes that "
+                         "capture CUDA graphs themselves would capture inside the decoder's graph)")
+    return torch.compile(fn, dynamic=False, mode=compile)
+
+
 class StaticDecoder:
     """Decoding over a `StaticHybridCache` for a fixed batch: eager prefill, then one model step per call.
 
@@ -121,12 +134,14 @@ class StaticDecoder:
 
     This class runs each step eagerly (any device); `CUDAGraphDecoder` replays it as a CUDA graph. `step`
     may return a view of a static buffer: copy it before the next step if you keep it. `compile`: run the
-    step through torch.compile (its first call compiles: about a minute for hymba-1.5b on a GPU).
+    step through torch.compile (its first call compiles: about a minute for hymba-1.5b on a GPU); True, or
+    one of STEP_COMPILE_MODES ("max-autotune-no-cudagraphs" also times Triton matmul templates against
+    cuBLAS for the step's few-row matmuls: minutes more).
     """
 
-    def __init__(self, model, batch_size: int, max_length: int, compile: bool = False):
+    def __init__(self, model, batch_size: int, max_length: int, compile: bool | str = False):
         self.model = model
-        self._run_step = torch.compile(self._eager_step, dynamic=False) if compile else self._eager_step
+        self._run_step = _compiled(self._eager_step, compile) if compile else self._eager_step
         self.batch_size = batch_size
         self.cache = StaticHybridCache(model.config, batch_size, max_length, device=model.device, dtype=model.dtype)
         self._prefix = model.model.meta_prefix()
@@ -176,7 +191,7 @@ class StaticDecoder:
 class CUDAGraphDecoder(StaticDecoder):
     """`StaticDecoder` with the model step captured once as a CUDA graph and replayed for every token."""
 
-    def __init__(self, model, batch_size: int, max_length: int, warmup: int = 2, compile: bool = False):
+    def __init__(self, model, batch_size: int, max_length: int, warmup: int = 2, compile: bool | str = False):
         if model.device.type != "cuda":
             raise RuntimeError("CUDA graphs need the model on a CUDA device")
         super().__init__(model, batch_size, max_length, compile=compile)

@@ -146,7 +146,7 @@ class _StaticSteps:
         return self.decoder.step(feed)[self.live]
 
 
-def _static_decoder(model, batch_size: int, max_length: int, compile_step: bool = False):
+def _static_decoder(model, batch_size: int, max_length: int, compile_step: bool | str = False):
     if model.device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs the model on a CUDA device (it is on {model.device})")
     from .cuda_graph import CUDAGraphDecoder
@@ -191,7 +191,7 @@ def generate(
     return_dict: bool = False,
     output_logits: bool = False,
     cuda_graph: bool | None = None,
-    compile_step: bool = False,
+    compile_step: bool | str = False,
 ) -> torch.Tensor | GenerateOutput:
     """Generate continuations of a batch of prompts; returns sequences [B, L + steps] (or a GenerateOutput).
 
@@ -207,7 +207,7 @@ def generate(
     chunk by chunk, with the same result. `cuda_graph`: decode steps as a CUDA graph replay (default: on CUDA
     when max_new_tokens >= CUDA_GRAPH_MIN_NEW_TOKENS; falls back to eager steps, with a warning, if the
     capture fails). `compile_step`: the graph replays the step as torch.compile made it (fewer, fused
-    kernels); needs the CUDA graph. It compiles for each new batch size and total length (about a minute for
+    kernels); needs the CUDA graph; True or a mode of `cuda_graph.STEP_COMPILE_MODES`. It compiles for each new batch size and total length (about a minute for
     hymba-1.5b), so it pays off for long generations at a size that repeats.
     """
     config = model.config
@@ -221,7 +221,8 @@ def generate(
     if cuda_graph is None:
         cuda_graph = device.type == "cuda" and (max_new_tokens >= CUDA_GRAPH_MIN_NEW_TOKENS or compile_step)
     if compile_step and not cuda_graph:
-        raise ValueError("compile_step=True compiles the CUDA graph's step: it needs cuda_graph (and a CUDA device)")
+        raise ValueError(f"compile_step={compile_step!r} compiles the CUDA graph's step: it needs cuda_graph "
+                         "(and a CUDA device)")
     params = SamplingParams(do_sample, temperature, top_k, top_p, repetition_penalty)
     if not do_sample and (temperature != 1.0 or top_k != 0 or top_p != 1.0):
         warnings.warn("temperature/top_k/top_p are ignored without do_sample=True (greedy decoding)", stacklevel=2)
