@@ -71,18 +71,10 @@ def test_compile_layers_asks_the_model_for_traceable_kernels(monkeypatch):
                         or REFERENCE)
     model = HymbaForCausalLM(small_config(num_hidden_layers=1, global_attn_idx=[0], kv_reuse_group=[]))
     model.model.kernels_for(torch.device("cpu"))
-    compiled = []
-    monkeypatch.setattr(model_module.HymbaDecoderLayer, "compile", lambda self, **kw: compiled.append(kw))
+    monkeypatch.setattr(model_module.HymbaDecoderLayer, "compile", lambda self: None)
     assert model_module.compile_layers(model) == 1
     model.model.kernels_for(torch.device("cpu"))
     assert asked == [False, True]
-    # with the inductor options where this torch has them all (torch.compile rejects unknown ones)
-    import torch._inductor.config as inductor_config
-
-    known = all(hasattr(inductor_config, k) for k in model_module.LAYER_COMPILE_OPTIONS)
-    assert compiled == [{"options": model_module.LAYER_COMPILE_OPTIONS if known else {}}]
-    monkeypatch.delattr(inductor_config, "max_complex_pointwise_cat_inputs", raising=False)
-    assert model_module.layer_compile_options() == {}  # a torch without the setting (2.11): none passed
 
 
 def test_bundle_contract_on_cpu():

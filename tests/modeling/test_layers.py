@@ -1,6 +1,7 @@
 """RMSNorm, rotary embeddings (default and NTK) and the MLP against closed forms."""
 
 import math
+import re
 
 import torch
 
@@ -70,3 +71,53 @@ def test_mlp_variants():
     r = MLP(c.replace(mlp_hidden_act="relu2")).double()
     assert not hasattr(r, "gate_proj")
     torch.testing.assert_close(r(x), torch.relu(x @ r.up_proj.weight.T) ** 2 @ r.down_proj.weight.T)
+
+
+def test_split_last_dim_gradients_match_a_plain_split_even_with_unused_parts():
+    from hymba.modeling.layers import split_last_dim
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 10, dtype=torch.float64, requires_grad=True)
+    weights = [torch.randn(2, 3, n, dtype=torch.float64) for n in (4, 1, 5)]
+    for used in ([0, 1, 2], [0, 2], [1]):  # an unused part has no gradient: zeros in its slice
+        grads = []
+        for split in (lambda t: t.split([4, 1, 5], dim=-1), lambda t: split_last_dim(t, [4, 1, 5])):
+            parts = split(x)
+            sum((parts[i] * weights[i]).sum() for i in used).backward()
+            grads.append(x.grad)
+            x.grad = None
+        torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+        assert (grads[1][..., 4:5] == 0).all() == (1 not in used)
+    with torch.no_grad():  # inference: the plain split (views, no autograd node)
+        assert split_last_dim(x, [4, 6])[0]._base is x
+
+
+def test_split_last_dim_backward_stays_one_opaque_concatenation_under_torch_compile():
+    """What the helper is for: the traced backward concatenates the parts' gradients with our op, not an
+    aten.cat that inductor would fuse their producers into; and the split traces without a graph break."""
+    import torch._dynamo
+    from torch._dynamo.backends.common import aot_autograd
+
+    from hymba.modeling.layers import apply_rotary, split_last_dim
+
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(str(gm.code))
+        return gm.forward
+
+    def f(x, cos, sin):
+        q, k, z = split_last_dim(x, [8, 8, 6])
+        return (apply_rotary(q[:, None], cos, sin) * k[:, None]).sum() + z.sigmoid().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend=aot_autograd(fw_compiler=record, bw_compiler=record), fullgraph=True)
+    x = torch.randn(2, 5, 22, requires_grad=True)
+    cos, sin = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    compiled(x, cos, sin).backward()
+    forward, backward = graphs
+    assert "hymba.concat_last_dim" in backward
+    cats = re.findall(r"aten\.cat\.default\(\[([^\]]*)\]", backward)  # only the rotary's own (-x2, x1)
+    assert cats and all(len(c.split(",")) == 2 for c in cats), cats
+    want = torch.autograd.grad(f(x, cos, sin), x)[0]
+    torch.testing.assert_close(x.grad, want)

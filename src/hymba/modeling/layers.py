@@ -59,6 +59,40 @@ class RotaryEmbedding(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+def split_last_dim(x: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    """x.split(sizes, dim=-1), whose backward concatenates the parts' gradients in one `torch.cat` that
+    torch.compile leaves opaque. Traced as usual, inductor fuses the gradients' producers (the rotary's
+    backward, the shared-KV sums) into the concatenation: one kernel evaluating every part's index arithmetic
+    and masked loads for every element, 0.63 ms a layer for in_proj's 8960-wide gradient in a hymba-1.5b
+    training step on an H100, against ~0.1 ms of bytes (torch 2.11; torch 2.13 has a setting for it)."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return x.split(sizes, dim=-1)
+    return _SplitLastDim.apply(x, list(sizes))
+
+
+@torch.library.custom_op("hymba::concat_last_dim", mutates_args=())
+def _concat_last_dim(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(parts, dim=-1)
+
+
+@_concat_last_dim.register_fake
+def _(parts):
+    return parts[0].new_empty(*parts[0].shape[:-1], sum(p.shape[-1] for p in parts))
+
+
+class _SplitLastDim(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, sizes):
+        ctx.sizes = sizes
+        return x.split(sizes, dim=-1)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        like = next(g for g in grads if g is not None)
+        parts = [g if g is not None else like.new_zeros(*like.shape[:-1], n) for g, n in zip(grads, ctx.sizes)]
+        return _concat_last_dim(parts), None
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([-x2, x1], dim=-1)

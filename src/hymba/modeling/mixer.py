@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import HymbaConfig
 from ..ops import Kernels
-from .layers import RMSNorm, apply_rotary
+from .layers import RMSNorm, apply_rotary, split_last_dim
 
 
 @dataclass
@@ -94,7 +94,7 @@ class HymbaMixer(nn.Module):
 
     def forward(self, u: torch.Tensor, ctx: ForwardContext, shared_kv=None):
         """u [B, T, hidden] -> (out [B, T, hidden], the (k, v) this layer attended with, or None)."""
-        parts = self.in_proj(u).split(self.split_sizes, dim=-1)
+        parts = split_last_dim(self.in_proj(u), self.split_sizes)
         attn = ssm = kv = None
         if self.use_attention:
             attn, kv = self._attention(parts, ctx, shared_kv)

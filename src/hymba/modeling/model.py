@@ -190,23 +190,6 @@ def _pad_vocab(hidden: torch.Tensor) -> bool:
     return hidden.is_cuda and hidden.shape[:-1].numel() >= 256
 
 
-# Inductor options for the compiled layers. A concatenation of at most this many inputs is fused into one
-# kernel that evaluates every input's index arithmetic for every element; the gradient of in_proj's 5-way split
-# (q after the rotary's backward, k, v, x, z) was such a kernel: 0.63 ms a layer on an H100 (torch 2.11) for
-# ~0.1 ms of bytes, integer-bound. Above it, each input is written into its slice of the output by its own
-# kernel. (The rotary's own 2-way concatenation stays fused.) Inductor has the second setting from torch 2.13;
-# before, 8 was fixed and these options are not passed.
-LAYER_COMPILE_OPTIONS = {"max_pointwise_cat_inputs": 4, "max_complex_pointwise_cat_inputs": 4}
-
-
-def layer_compile_options() -> dict:
-    """LAYER_COMPILE_OPTIONS where this torch's inductor has every one of them (torch.compile refuses unknown
-    options), else none."""
-    import torch._inductor.config as inductor_config
-
-    return dict(LAYER_COMPILE_OPTIONS) if all(hasattr(inductor_config, k) for k in LAYER_COMPILE_OPTIONS) else {}
-
-
 def compile_layers(module: nn.Module) -> int:
     """torch.compile every decoder layer inside `module` (a model, or a wrapper around one, e.g. peft's), in
     place; returns how many. Per layer rather than the whole model: the layers of one kind share a compiled
@@ -216,7 +199,7 @@ def compile_layers(module: nn.Module) -> int:
             model.set_kernels(model._kernels_choice, traceable=True)
     layers = [m for m in module.modules() if isinstance(m, HymbaDecoderLayer)]
     for layer in layers:
-        layer.compile(options=layer_compile_options())
+        layer.compile()
     return len(layers)
 
 
