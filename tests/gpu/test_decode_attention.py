@@ -62,6 +62,19 @@ def test_rows_beyond_one_block_of_queries():
     torch.testing.assert_close(got.double(), _reference(q, k, v, q_pos, k_pos, None), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("launch", [{"BLOCK_N": 32}, {"BLOCK_N": 128, "num_warps": 8, "num_stages": 2}])
+def test_other_launch_configurations_give_the_same_result(launch):
+    """What bench_decode_attention.py sweeps: key blocks narrower and wider than the cache's tail."""
+    q, k, v, q_pos, k_pos = _case(B=1, Hkv=1, G=5, Tq=1, S=150, dk=64, dv=128, seed=7)
+    for window in (None, W):
+        got = decode_triton.decode_attention(q, k, v, q_pos, k_pos, window, M, 0.125, launch=launch)
+        want = sdpa_attention(q.double(), k.double(), v.double(),
+                              build_sdpa_mask(q_pos, k_pos, window, M, torch.float64), 0.125)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"launch keys \['BLOCK_M'\] unknown"):
+        decode_triton.decode_attention(q, k, v, q_pos, k_pos, None, M, 0.125, launch={"BLOCK_M": 16})
+
+
 def test_merge_splits_is_the_softmax_of_the_whole():
     g = torch.Generator().manual_seed(0)
     s, v = torch.randn(3, 12, generator=g, dtype=torch.float64), torch.randn(12, 4, generator=g, dtype=torch.float64)

@@ -83,9 +83,9 @@ def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, o_ptr, m_ptr, l
     tl.store(l_ptr + ml, l_i, mask=row_ok)
 
 
-BLOCK_N = 64
-NUM_WARPS = 4
-NUM_STAGES = 3
+# The launch configuration (keys per loop iteration, warps, pipeline stages); `launch=` overrides it per call
+# (benchmarks/bench_decode_attention.py sweeps it).
+LAUNCH = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 
 
 def _programs_wanted(device: torch.device) -> int:
@@ -94,10 +94,11 @@ def _programs_wanted(device: torch.device) -> int:
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-                     window: int | None, num_meta: int, scale: float, num_splits: int | None = None) -> torch.Tensor:
+                     window: int | None, num_meta: int, scale: float, num_splits: int | None = None,
+                     launch: dict | None = None) -> torch.Tensor:
     """q [B, H, Tq, dk]; k [B, Hkv, S, dk]; v [B, Hkv, S, dv]; q_pos [B, Tq], k_pos [B, S] (-1: empty slot or
     padding). Returns [B, H, Tq, dv] in q's dtype. K/V may be in another dtype than q (a cache kept wider):
-    they are cast to q's dtype first, like the reference."""
+    they are cast to q's dtype first, like the reference. `launch`: entries of LAUNCH to override."""
     B, H, Tq, DK = q.shape
     Hkv, S, DV = k.shape[1], k.shape[2], v.shape[3]
     if k.shape != (B, Hkv, S, DK) or v.shape[:3] != (B, Hkv, S) or H % Hkv:
@@ -108,6 +109,11 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: t
                          f"{(B, Tq)} / {(B, S)}")
     if k.dtype != q.dtype:
         k, v = k.to(q.dtype), v.to(q.dtype)
+    if launch is not None and not set(launch) <= set(LAUNCH):
+        raise ValueError(f"decode_attention: launch keys {sorted(set(launch) - set(LAUNCH))} unknown; "
+                         f"expected some of {sorted(LAUNCH)}")
+    cfg = {**LAUNCH, **(launch or {})}
+    BLOCK_N = cfg["BLOCK_N"]
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     q_pos = q_pos.to(torch.int32).contiguous()
     k_pos = k_pos.to(torch.int32).contiguous()
@@ -130,7 +136,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: t
         Hkv, G, Tq, S, keys_per_split, scale, window if window is not None else 0, num_meta,
         DK=DK, DV=DV, BDK=max(16, triton.next_power_of_2(DK)), BDV=max(16, triton.next_power_of_2(DV)),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HAS_WINDOW=window is not None, IEEE=q.dtype == torch.float32,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if num_splits == 1:
         return (out[..., 0, :] / l_[..., 0, None]).to(q.dtype)
     return merge_splits(out, m, l_).to(q.dtype)
