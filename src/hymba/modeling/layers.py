@@ -1,4 +1,5 @@
-"""The small building blocks: RMSNorm, rotary position embedding (default and NTK), the MLP."""
+"""The small building blocks: RMSNorm, rotary position embedding (default and NTK), the MLP, and the split of
+the mixer's input projection."""
 
 from __future__ import annotations
 

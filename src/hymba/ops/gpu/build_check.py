@@ -63,9 +63,14 @@ def kernel_cases():
     for v in _variants(HAS_WINDOW=(True, False), IEEE=(True, False), scale=("fp32", "fp64")):
         dt = "*fp32" if v["IEEE"] else "*bf16"
         sig = {"q_ptr": dt, "k_ptr": dt, "v_ptr": dt, "qpos_ptr": "*i32", "kpos_ptr": "*i32", "scale": v.pop("scale")}
-        const = dict(DK=64, DV=128, BDK=64, BDV=128, BLOCK_M=16, BLOCK_N=dec.BLOCK_N, **v)
+        const = dict(DK=64, DV=128, BDK=64, BDV=128, BLOCK_M=16, BLOCK_N=dec.LAUNCH["BLOCK_N"], **v)
         cases.append((f"decode attention {v} scale {sig['scale']}", dec._decode_attn_kernel, sig, const,
-                      dec.NUM_WARPS))
+                      dec.LAUNCH["num_warps"]))
+    # the other key-block widths benchmarks/bench_decode_attention.py sweeps (bf16, the window rule)
+    for block_n in (32, 128):
+        sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "qpos_ptr": "*i32", "kpos_ptr": "*i32"}
+        const = dict(DK=64, DV=128, BDK=64, BDV=128, BLOCK_M=16, BLOCK_N=block_n, HAS_WINDOW=True, IEEE=False)
+        cases.append((f"decode attention BLOCK_N={block_n}", dec._decode_attn_kernel, sig, const, 8))
     return cases
 
 
