@@ -6,7 +6,7 @@ loads, integer work) says where the issue slots go before any GPU time is spent.
 were tuned (benchmarks/README.md): e.g. it showed softplus' log2 compiling to ~25 instructions a step.
 
     python benchmarks/kernel_sass.py                       # list the kernel variants (build_check's)
-    python benchmarks/kernel_sass.py "scan backward" [--set BD=32 --set S=1] [--dump FILE]
+    python benchmarks/kernel_sass.py "scan backward" [--set BD=32 --set S=1] [--aligned] [--dump FILE]
 
 Takes the first variant whose label contains the text; `--set` overrides its compile-time constants. Prints
 registers, spills and, for every loop (a backward branch), its length and most frequent opcodes.
@@ -27,14 +27,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 _INSTR = re.compile(r"^\s+/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)(.*)")
 
 
-def compile_sm90(kernel, signature: dict, constexprs: dict, num_warps: int):
+def compile_sm90(kernel, signature: dict, constexprs: dict, num_warps: int, divisible: tuple[str, ...] = ()):
     """The CompiledKernel (cubin inside) for sm_90, built without a GPU."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     from hymba.ops.gpu.build_check import ast_source
 
-    return triton.compile(ast_source(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
+    return triton.compile(ast_source(kernel, signature, constexprs, divisible), target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=num_warps))
 
 
@@ -80,6 +80,10 @@ def main() -> int:
     ap.add_argument("variant", nargs="?", help="text of a build_check label, e.g. 'scan backward'")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a constexpr")
     ap.add_argument("--dump", help="write the whole SASS here")
+    ap.add_argument("--aligned", action="store_true",
+                    help="take every pointer and stride (s_*) as a multiple of 16, as Triton's launcher specialises "
+                         "them when they are: without it, loads along a contiguous axis cannot be vectorised")
+    ap.add_argument("--divisible", default="", metavar="A,B", help="other arguments to take as multiples of 16")
     args = ap.parse_args()
     cases = kernel_cases()
     if not args.variant:
@@ -93,14 +97,19 @@ def main() -> int:
     for item in args.set:
         name, _, value = item.partition("=")
         const[name] = {"True": True, "False": False}.get(value, int(value) if value.lstrip("-").isdigit() else value)
-    ck = compile_sm90(kernel, sig, const, warps)
+    divisible = [n for n in args.divisible.split(",") if n]
+    if args.aligned:
+        divisible += [n for n in kernel.arg_names if n not in const and (n.endswith("_ptr") or n.startswith("s_"))]
+    ck = compile_sm90(kernel, sig, const, warps, tuple(divisible))
     cubin = ck.asm["cubin"]
     sass = _tool("nvdisasm", cubin, "-c")
     if args.dump:
         with open(args.dump, "w") as f:
             f.write(sass)
     res = resources(cubin)
-    print(f"{label} {args.set or ''}: {res.get('reg')} registers, {res.get('stack', 0)} bytes of stack (spills)")
+    aligned = " (pointers and strides aligned)" if args.aligned else ""
+    print(f"{label} {args.set or ''}{aligned}: {res.get('reg')} registers, {res.get('stack', 0)} bytes of stack "
+          "(spills)")
     for n, ops in loops(sass):
         print(f"  loop of {n} instructions: " + ", ".join(f"{op} {c}" for op, c in ops.most_common(12)))
     return 0

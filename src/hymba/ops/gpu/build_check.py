@@ -74,9 +74,10 @@ def kernel_cases():
     return cases
 
 
-def ast_source(kernel, signature: dict, constexprs: dict):
+def ast_source(kernel, signature: dict, constexprs: dict, divisible: tuple[str, ...] = ()):
     """The kernel as Triton's compiler takes it: arguments not in `signature` are fp32 pointers (`*_ptr`) or
-    int32 scalars."""
+    int32 scalars. `divisible`: arguments to take as multiples of 16 (bytes for pointers), as Triton's launcher
+    specialises them at run time when they are (aligned allocations, strides of 16 or more elements)."""
     from triton.compiler import ASTSource
 
     names = kernel.arg_names
@@ -85,7 +86,11 @@ def ast_source(kernel, signature: dict, constexprs: dict):
         raise ValueError(f"{kernel.__name__} has no arguments {sorted(missing)}")
     full = {n: "constexpr" if n in constexprs else signature.get(n, "*fp32" if n.endswith("_ptr") else "i32")
             for n in names}
-    return ASTSource(fn=kernel, signature=full, constexprs={(names.index(n),): v for n, v in constexprs.items()})
+    unknown = set(divisible) - set(names)
+    if unknown:
+        raise ValueError(f"{kernel.__name__} has no arguments {sorted(unknown)}")
+    return ASTSource(fn=kernel, signature=full, constexprs={(names.index(n),): v for n, v in constexprs.items()},
+                     attrs={(names.index(n),): [["tt.divisibility", 16]] for n in divisible})
 
 
 def build_ttir(kernel, signature: dict, constexprs: dict, num_warps: int, arch: int = 90):
