@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # One GPU call: every scan, model and decoding check (side by side, while the benchmark kernels compile), then
 # the scan benchmark, the segment sweep, a training step and the end-to-end Hymba numbers. Results in $OUT/r.
-export PYTHONUNBUFFERED=1
-source benchmarks/gpu_cache.sh
-R=$OUT/r; mkdir -p $R/cs0 $R/cs1 $R/cs2 $R/cs3 $R/cm $R/cd $R/scan $R/seg $R/train $R/e2e
-S=$(date +%s); stamp() { echo "$1 rc=$2 $(( $(date +%s) - S )) s"; }
+source benchmarks/session_setup.sh
+mkdir -p $R/cs0 $R/cs1 $R/cs2 $R/cs3 $R/cm $R/cd $R/scan $R/seg $R/train $R/e2e
 for k in 0 1 2 3; do
     timeout 220 python benchmarks/check_gpu.py --only scan --shard $k/4 --out $R/cs$k > $R/check_scan$k.log 2>&1 &
 done

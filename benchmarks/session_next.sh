@@ -5,10 +5,7 @@
 #   bash benchmarks/session_next.sh 2   # the decode step with autotuned matmuls (its compile alone took over
 #                                       # 6.5 minutes in the sixth session), then the plain compiled step
 # Results in $OUT/r (and $OUT/results.tgz).
-export PYTHONUNBUFFERED=1
-source benchmarks/gpu_cache.sh
-R=$OUT/r; mkdir -p $R
-S=$(date +%s); stamp() { echo "$1 rc=$2 $(( $(date +%s) - S )) s"; }
+source benchmarks/session_setup.sh
 case "$1" in
 1)
     timeout 200 python benchmarks/bench_decode_attention.py --out $R > $R/decode_attention.log 2>&1; stamp attn $?
@@ -21,5 +18,5 @@ case "$1" in
     ;;
 *) echo "usage: bash benchmarks/session_next.sh 1|2"; exit 2 ;;
 esac
-grep -v "^W1123\|^E1123\|^Traceback\|^  \|^\w*Error\|^Exception ignored\|^    " $R/*.log | tail -60
+summary 60
 tar czf $OUT/results.tgz -C $OUT r

@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # One GPU call for the headline numbers with the code as it is: scan benchmark, segment sweep, training step,
 # end-to-end Hymba prefill and decode. Results in $OUT/results.tgz.
-export PYTHONUNBUFFERED=1
-source benchmarks/gpu_cache.sh
-R=$OUT/r; mkdir -p $R/scan $R/seg $R/train $R/e2e
-S=$(date +%s); stamp() { echo "$1 rc=$2 $(( $(date +%s) - S )) s"; }
+source benchmarks/session_setup.sh
+mkdir -p $R/scan $R/seg $R/train $R/e2e
 timeout 90 python benchmarks/bench_scan.py --quick --out $R/scan > $R/bench_scan.log 2>&1; stamp scan $?
 timeout 80 python benchmarks/bench_scan.py --segments --out $R/seg > $R/scan_segments.log 2>&1; stamp segments $?
 timeout 80 python benchmarks/bench_train.py --batch 4 --modes compiled --out $R/train > $R/train.log 2>&1; stamp train $?

@@ -2,10 +2,8 @@
 # One GPU call: correctness of the scan kernels (4 processes) while the benchmark kernels compile, then the
 # scan benchmarks at the and the training shape, and training steps with the backward's state split
 # S=2 (default) and S=1. Results in $OUT/r (tarred), compile caches saved beside them.
-export PYTHONUNBUFFERED=1
-source benchmarks/gpu_cache.sh
-R=$OUT/r; mkdir -p $R/cs0 $R/cs1 $R/cs2 $R/cs3 $R/b4096 $R/b2176 $R/t2 $R/t1 $R/prof
-S=$(date +%s); stamp() { echo "$1 rc=$2 $(( $(date +%s) - S )) s"; }
+source benchmarks/session_setup.sh
+mkdir -p $R/cs0 $R/cs1 $R/cs2 $R/cs3 $R/b4096 $R/b2176 $R/t2 $R/t1 $R/prof
 for k in 0 1 2 3; do
     timeout 200 python benchmarks/check_gpu.py --only scan --shard $k/4 --out $R/cs$k > $R/check_scan$k.log 2>&1 &
 done
