@@ -96,6 +96,7 @@ def test_split_last_dim_backward_stays_one_opaque_concatenation_under_torch_comp
     """What the helper is for: the traced backward concatenates the parts' gradients with our op, not an
     aten.cat that inductor would fuse their producers into; and the split traces without a graph break."""
     import torch._dynamo
+    from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
 
     from hymba.modeling.layers import apply_rotary, split_last_dim
@@ -104,7 +105,7 @@ def test_split_last_dim_backward_stays_one_opaque_concatenation_under_torch_comp
 
     def record(gm, example_inputs):
         graphs.append(str(gm.code))
-        return gm.forward
+        return make_boxed_func(gm.forward)
 
     def f(x, cos, sin):
         q, k, z = split_last_dim(x, [8, 8, 6])
