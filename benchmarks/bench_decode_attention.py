@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 from bench_scan import bench, copy_bandwidth  # noqa: E402
 from hymba import HymbaConfig  # noqa: E402
 from hymba.ops.attention import decode_triton  # noqa: E402
+from hymba.utils import atomic_write_text  # noqa: E402
 
 SWEEP = {"BLOCK_N": (32, 64, 128), "num_warps": (2, 4, 8), "num_stages": (2, 3, 4)}
 
@@ -106,8 +107,7 @@ def main():
     print(f"a step's attention ({n_global} global + {n_window} window layers): default {step_default:.2f} ms, "
           f"fastest per kind {step_best:.2f} ms", flush=True)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "decode_attention.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    atomic_write_text(os.path.join(args.out, "decode_attention.json"), json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

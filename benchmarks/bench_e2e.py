@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from hymba import HymbaConfig, HymbaForCausalLM  # noqa: E402
 from hymba.engine.cache import paper_cache_bytes  # noqa: E402
+from hymba.utils import atomic_write_text  # noqa: E402
 
 # The public configs of meta-llama/Llama-3.2-{3B,1B} (config.json on the Hub), as dicts.
 _LLAMA_COMMON = dict(vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
@@ -302,8 +303,7 @@ def main():
                 if "decode_compiled" in h:
                     res[f"decode_compiled_speedup_vs_{other}"] = (h["decode_compiled"]["tokens_per_s"]
                                                                   / m["decode"]["tokens_per_s"])
-        with open(os.path.join(args.out, "e2e.json"), "w") as f:
-            json.dump(res, f, indent=1)
+        atomic_write_text(os.path.join(args.out, "e2e.json"), json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if "speedup" in k}, indent=1))
 
 

@@ -28,6 +28,7 @@ from bench_scan import bench  # noqa: E402
 from hymba import HymbaConfig  # noqa: E402
 from hymba.ops.attention import flex  # noqa: E402
 from hymba.ops.attention.masks import allowed_keys  # noqa: E402
+from hymba.utils import atomic_write_text  # noqa: E402
 
 def attention_flops(T: int, window: int | None, M: int, batch: int, heads: int, dk: int, dv: int) -> tuple[float, float]:
     """(forward, backward) FLOPs over the visible pairs: forward QK^T and PV; backward recomputes QK^T and
@@ -110,8 +111,7 @@ def main():
                   f"fwd+bwd {r['forward_backward_ms']:6.3f} ms (bwd {r['backward_TFLOPs']:5.0f} TFLOP/s)  "
                   f"first call {r['first_call_s']:.0f} s", flush=True)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "flex.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    atomic_write_text(os.path.join(args.out, "flex.json"), json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from hymba.ops.scan import selective_scan_chunked  # noqa: E402
 from hymba.ops.scan import triton_scan  # noqa: E402
+from hymba.utils import atomic_write_text  # noqa: E402
 
 
 def bench(fn, rep_ms=200) -> float:
@@ -133,8 +134,7 @@ def segment_sweep(out_dir: str) -> dict:
         res["shapes"][name] = row
         torch.cuda.empty_cache()
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "scan_segments.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    atomic_write_text(os.path.join(out_dir, "scan_segments.json"), json.dumps(res, indent=1))
     return res
 
 
@@ -175,8 +175,7 @@ def model_layout(out_dir: str, batch: int = 4, text_len: int = 2048) -> dict:
         res["forward_ms"][label] = ms
         print(f"fwd (saving states) {label:<26} {ms:8.3f} ms", flush=True)
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "scan_model_layout.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    atomic_write_text(os.path.join(out_dir, "scan_model_layout.json"), json.dumps(res, indent=1))
     return res
 
 
@@ -200,8 +199,8 @@ def main():
         bw = copy_bandwidth()
         res = {shape: bench_conv(*map(int, shape.split(",")), bw) for shape in ("8,4096,3200", "4,2176,3200")}
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "conv.json"), "w") as f:
-            json.dump(dict(device=torch.cuda.get_device_name(), copy_bandwidth_TBps=bw / 1e12, shapes=res), f, indent=1)
+        out = dict(device=torch.cuda.get_device_name(), copy_bandwidth_TBps=bw / 1e12, shapes=res)
+        atomic_write_text(os.path.join(args.out, "conv.json"), json.dumps(out, indent=1))
         return
     batch, L, d, N = map(int, args.shape.split(","))
     import triton
@@ -296,8 +295,7 @@ def main():
     res["conv"] = bench_conv(batch, L, d, bw)
     print(json.dumps(res["summary"], indent=1))
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "scan.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    atomic_write_text(os.path.join(args.out, "scan.json"), json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from bench_scan import bench  # noqa: E402
 from hymba import HymbaConfig  # noqa: E402
+from hymba.utils import atomic_write_text  # noqa: E402
 
 
 def x_proj_case(rows: int, d_inner: int, out: int, padded: int):
@@ -84,8 +85,7 @@ def main():
         print(f"dt_proj {rank}->{d_inner} padded to {padded:4d}: forward {r['forward_ms']:.3f} ms, "
               f"forward+backward {r['forward_backward_ms']:.3f} ms", flush=True)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "ssm_proj.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    atomic_write_text(os.path.join(args.out, "ssm_proj.json"), json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

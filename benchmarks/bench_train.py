@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 from hymba import HymbaConfig, HymbaForCausalLM  # noqa: E402
 from hymba.modeling import compile_layers  # noqa: E402
 from hymba.ops.scan import triton_scan  # noqa: E402
+from hymba.utils import atomic_write_text  # noqa: E402
 from bench_e2e import cuda_time  # noqa: E402  (scripts in this folder share their timing helper)
 
 PEAK_BF16 = 989.4e12  # H100 SXM, dense
@@ -156,8 +157,7 @@ def main():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "train.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    atomic_write_text(os.path.join(args.out, "train.json"), json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from hymba import HymbaConfig, HymbaForCausalLM  # noqa: E402
 from hymba.ops.attention import build_sdpa_mask, sdpa_attention  # noqa: E402
 from hymba.ops.conv import causal_conv1d_ref, causal_conv1d_step_ref  # noqa: E402
 from hymba.ops.scan import selective_scan_chunked, selective_state_step  # noqa: E402
+from hymba.utils import atomic_write_text  # noqa: E402
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 rows: list[dict] = []
@@ -391,9 +392,8 @@ def main():
     print(f"\n{len(rows) - n_bad}/{len(rows)} checks passed in {time.time() - t0:.0f} s")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "check_gpu.json"), "w") as f:
-            json.dump(dict(device=device_name, torch=torch.__version__,
-                           triton=triton.__version__, checks=rows), f, indent=1, default=str)
+        out = dict(device=device_name, torch=torch.__version__, triton=triton.__version__, checks=rows)
+        atomic_write_text(os.path.join(args.out, "check_gpu.json"), json.dumps(out, indent=1, default=str))
     sys.exit(1 if n_bad else 0)
 
 

@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from bench_e2e import build_hymba, decode_parser, hymba_decode, hymba_prefill  # noqa: E402
+from hymba.utils import atomic_write_text  # noqa: E402
 
 
 @torch.no_grad()
@@ -52,9 +53,9 @@ def main():
         runs.append(r)
         print(json.dumps(r), flush=True)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "compare_decode_steps.json"), "w") as f:
-        json.dump(dict(device=torch.cuda.get_device_name(), batch=args.batch, context=args.context,
-                       prefill_first=args.prefill, runs=runs), f, indent=1)
+    out = dict(device=torch.cuda.get_device_name(), batch=args.batch, context=args.context,
+               prefill_first=args.prefill, runs=runs)
+    atomic_write_text(os.path.join(args.out, "compare_decode_steps.json"), json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from bench_e2e import build_hymba, cuda_time, decode_parser, fill_hymba_cache  # noqa: E402
+from hymba.utils import atomic_write_text  # noqa: E402
 
 
 def kernel_times(prof, steps: int) -> tuple[dict[str, list], float, float]:
@@ -75,10 +76,10 @@ def main():
         print(f"{us:9.1f} {us / total:6.1%} {n:6.0f}  {name[:110]}")
     os.makedirs(args.out, exist_ok=True)
     name = "profile_decode_compiled.json" if args.compile else "profile_decode.json"
-    with open(os.path.join(args.out, name), "w") as f:
-        json.dump(dict(device=torch.cuda.get_device_name(), batch=args.batch, context=args.context, compiled=args.compile,
-                       graph_step_ms=graph_s * 1e3, kernel_ms=total / 1e3, kernels_per_step=count,
-                       top=[dict(kernel=n, us=us, calls=c) for n, (us, c) in rows[:60]]), f, indent=1)
+    out = dict(device=torch.cuda.get_device_name(), batch=args.batch, context=args.context, compiled=args.compile,
+               graph_step_ms=graph_s * 1e3, kernel_ms=total / 1e3, kernels_per_step=count,
+               top=[dict(kernel=n, us=us, calls=c) for n, (us, c) in rows[:60]])
+    atomic_write_text(os.path.join(args.out, name), json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from bench_train import training_step  # noqa: E402
 from hymba import HymbaConfig  # noqa: E402
+from hymba.utils import atomic_write_text  # noqa: E402
 from profile_decode import kernel_times  # noqa: E402
 
 # kind of work -> kernel-name pattern (first match wins)
@@ -79,11 +80,11 @@ def main():
     for name, (us, n) in rows[:args.top]:
         print(f"{us / 1e3:9.2f} {us / total:6.1%} {n:7.0f}  {name[:110]}")
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"profile_train_{args.mode}.json"), "w") as f:
-        json.dump(dict(device=torch.cuda.get_device_name(), mode=args.mode, batch=args.batch, context=args.context,
-                       step_ms=step_ms, kernel_ms=total / 1e3, kernels_per_step=count,
-                       kinds={k: dict(ms=us / 1e3, calls=n) for k, (us, n) in kinds.items()},
-                       top=[dict(kernel=n, us=us, calls=c) for n, (us, c) in rows[:60]]), f, indent=1)
+    out = dict(device=torch.cuda.get_device_name(), mode=args.mode, batch=args.batch, context=args.context,
+               step_ms=step_ms, kernel_ms=total / 1e3, kernels_per_step=count,
+               kinds={k: dict(ms=us / 1e3, calls=n) for k, (us, n) in kinds.items()},
+               top=[dict(kernel=n, us=us, calls=c) for n, (us, c) in rows[:60]])
+    atomic_write_text(os.path.join(args.out, f"profile_train_{args.mode}.json"), json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

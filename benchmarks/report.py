@@ -8,6 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from hymba.utils import atomic_write_text  # noqa: E402
 
 
 def _load(folder: str, name: str):
@@ -123,6 +128,41 @@ def profile_train_md(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def flex_md(r: dict) -> str:
+    lines = [f"## FlexAttention at a training step ({r['batch']} x {r['tokens']} tokens, {r['heads']}/{r['kv_heads']} "
+             f"heads, dk {r['dk']}, dv {r['dv']}), {r['device']}", "",
+             "| mask | options | forward ms | forward + backward ms | forward TFLOP/s | backward TFLOP/s |",
+             "|---|---|---|---|---|---|"]
+    for mask, m in r["masks"].items():
+        for name, v in m["variants"].items():
+            lines.append(f"| {mask} | {name} | {v['forward_ms']:.3f} | {v['forward_backward_ms']:.3f} | "
+                         f"{v['forward_TFLOPs']:.0f} | {v['backward_TFLOPs']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def ssm_proj_md(r: dict) -> str:
+    lines = [f"## The SSM's small projections, {r['rows']} rows, {r['device']}", "",
+             "| projection | padded width | forward ms | forward + backward ms |", "|---|---|---|---|"]
+    for proj in ("x_proj", "dt_proj"):
+        for width, v in r[proj].items():
+            lines.append(f"| {proj} | {width} | {v['forward_ms']:.3f} | {v['forward_backward_ms']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def decode_attention_md(r: dict) -> str:
+    lines = [f"## Decode attention, batch {r['batch']}, {r['context']} context, {r['device']}", "",
+             f"Copy bandwidth {r['copy_bandwidth_TBps']:.2f} TB/s; default launch {r['default']}. A step's attention "
+             f"(global + window layers): default {r['step_attention_default_ms']:.2f} ms, fastest per kind "
+             f"{r['step_attention_best_ms']:.2f} ms.", "",
+             "| layer | BLOCK_N | warps | stages | ms | GB/s | of copy bandwidth |", "|---|---|---|---|---|---|---|"]
+    for kind, layer in r["layers"].items():
+        for run in sorted((x for x in layer["runs"] if "ms" in x), key=lambda x: x["ms"]):
+            c = run["launch"]
+            lines.append(f"| {kind} ({layer['slots']} slots) | {c['BLOCK_N']} | {c['num_warps']} | {c['num_stages']} | "
+                         f"{run['ms']:.4f} | {run['GBps']:.0f} | {run['of_copy_bw']:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
 def check_md(r: dict) -> str:
     lines = [f"## Correctness on {r['device']} (torch {r['torch']}, triton {r['triton']})", "",
              "Relative error ||fast - ref|| / ||ref|| against float64 on the same (upcast) inputs; worst of the "
@@ -151,17 +191,17 @@ def main():
                 kept = [line.rstrip() for line in f if line.startswith(("ok ", "FAIL"))]
             if kept:
                 md += f"\n### {name}\n\n```\n" + "\n".join(kept) + "\n```\n"
-        with open(os.path.join(args.results, "check_gpu.md"), "w") as f:
-            f.write(md)
+        atomic_write_text(os.path.join(args.results, "check_gpu.md"), md)
         parts.append(md)
-    for name, fn in (("scan.json", scan_md), ("scan_segments.json", segments_md), ("conv.json", conv_md), ("e2e.json", e2e_md),
-                     ("e2e_hymba.json", e2e_md), ("train.json", train_md),
-                     ("profile_train_compiled.json", profile_train_md)):
+    for name, fn in (("scan.json", scan_md), ("scan_segments.json", segments_md), ("conv.json", conv_md),
+                     ("e2e.json", e2e_md), ("e2e_hymba.json", e2e_md), ("train.json", train_md),
+                     ("train_batch6.json", train_md), ("profile_train_compiled.json", profile_train_md),
+                     ("flex_options.json", flex_md), ("ssm_proj.json", ssm_proj_md),
+                     ("decode_attention.json", decode_attention_md)):
         r = _load(args.results, name)
         if r is not None:
             md = fn(r)
-            with open(os.path.join(args.results, name.replace(".json", ".md")), "w") as f:
-                f.write(md)
+            atomic_write_text(os.path.join(args.results, name.replace(".json", ".md")), md)
             parts.append(md)
     print("\n".join(parts))
 
