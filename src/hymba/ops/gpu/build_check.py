@@ -60,17 +60,18 @@ def kernel_cases():
     cases.append(("conv step", conv._conv_step_kernel, {}, dict(K=4, BD=conv.BD, HAS_BIAS=True, SILU=True), 4))
     # a Python float argument is an fp32 scalar when launched directly, an fp64 one from a torch.compile'd
     # graph (the compiled decode step)
+    def decode_sig(dt: str, **scalars) -> dict:
+        return {"q_ptr": dt, "k_ptr": dt, "v_ptr": dt, "qpos_ptr": "*i32", "kpos_ptr": "*i32", **scalars}
+    heads = dict(DK=64, DV=128, BDK=64, BDV=128, BLOCK_M=16)  # hymba-1.5b's, 5 query heads per K/V head
     for v in _variants(HAS_WINDOW=(True, False), IEEE=(True, False), scale=("fp32", "fp64")):
-        dt = "*fp32" if v["IEEE"] else "*bf16"
-        sig = {"q_ptr": dt, "k_ptr": dt, "v_ptr": dt, "qpos_ptr": "*i32", "kpos_ptr": "*i32", "scale": v.pop("scale")}
-        const = dict(DK=64, DV=128, BDK=64, BDV=128, BLOCK_M=16, BLOCK_N=dec.LAUNCH["BLOCK_N"], **v)
+        sig = decode_sig("*fp32" if v["IEEE"] else "*bf16", scale=v.pop("scale"))
+        const = dict(heads, BLOCK_N=dec.LAUNCH["BLOCK_N"], **v)
         cases.append((f"decode attention {v} scale {sig['scale']}", dec._decode_attn_kernel, sig, const,
                       dec.LAUNCH["num_warps"]))
     # the other key-block widths benchmarks/bench_decode_attention.py sweeps (bf16, the window rule)
     for block_n in (32, 128):
-        sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "qpos_ptr": "*i32", "kpos_ptr": "*i32"}
-        const = dict(DK=64, DV=128, BDK=64, BDV=128, BLOCK_M=16, BLOCK_N=block_n, HAS_WINDOW=True, IEEE=False)
-        cases.append((f"decode attention BLOCK_N={block_n}", dec._decode_attn_kernel, sig, const, 8))
+        const = dict(heads, BLOCK_N=block_n, HAS_WINDOW=True, IEEE=False)
+        cases.append((f"decode attention BLOCK_N={block_n}", dec._decode_attn_kernel, decode_sig("*bf16"), const, 8))
     return cases
 
 
