@@ -106,7 +106,6 @@ def main():
     res.update(step_attention_default_ms=step_default, step_attention_best_ms=step_best)
     print(f"a step's attention ({n_global} global + {n_window} window layers): default {step_default:.2f} ms, "
           f"fastest per kind {step_best:.2f} ms", flush=True)
-    os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, "decode_attention.json"), json.dumps(res, indent=1))
 
 

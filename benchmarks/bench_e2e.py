@@ -285,7 +285,6 @@ def main():
     args = ap.parse_args()
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, context=args.context,
                batch_requested=args.batch, steps=args.steps, models={})
-    os.makedirs(args.out, exist_ok=True)
     for name in args.models.split(","):
         try:
             res["models"]["Hymba-1.5B" if name == "hymba" else name] = (

@@ -110,7 +110,6 @@ def main():
             print(f"{kind:7s} {name:40s} fwd {r['forward_ms']:6.3f} ms ({r['forward_TFLOPs']:5.0f} TFLOP/s)  "
                   f"fwd+bwd {r['forward_backward_ms']:6.3f} ms (bwd {r['backward_TFLOPs']:5.0f} TFLOP/s)  "
                   f"first call {r['first_call_s']:.0f} s", flush=True)
-    os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, "flex.json"), json.dumps(results, indent=1))
 
 

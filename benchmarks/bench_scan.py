@@ -133,7 +133,6 @@ def segment_sweep(out_dir: str) -> dict:
               f"{picked}", flush=True)
         res["shapes"][name] = row
         torch.cuda.empty_cache()
-    os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(os.path.join(out_dir, "scan_segments.json"), json.dumps(res, indent=1))
     return res
 
@@ -174,7 +173,6 @@ def model_layout(out_dir: str, batch: int = 4, text_len: int = 2048) -> dict:
         ms = bench(lambda: triton_scan.scan_fwd(**args, save_states=True))
         res["forward_ms"][label] = ms
         print(f"fwd (saving states) {label:<26} {ms:8.3f} ms", flush=True)
-    os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(os.path.join(out_dir, "scan_model_layout.json"), json.dumps(res, indent=1))
     return res
 
@@ -198,7 +196,6 @@ def main():
     if args.conv:
         bw = copy_bandwidth()
         res = {shape: bench_conv(*map(int, shape.split(",")), bw) for shape in ("8,4096,3200", "4,2176,3200")}
-        os.makedirs(args.out, exist_ok=True)
         out = dict(device=torch.cuda.get_device_name(), copy_bandwidth_TBps=bw / 1e12, shapes=res)
         atomic_write_text(os.path.join(args.out, "conv.json"), json.dumps(out, indent=1))
         return
@@ -294,7 +291,6 @@ def main():
         speedup_vs_torch_forward_backward=res["reference"].get("forward_backward", {}).get("ms", float("nan")) / best_fb)
     res["conv"] = bench_conv(batch, L, d, bw)
     print(json.dumps(res["summary"], indent=1))
-    os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, "scan.json"), json.dumps(res, indent=1))
 
 

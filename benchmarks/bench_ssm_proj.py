@@ -84,7 +84,6 @@ def main():
         r = res["dt_proj"][str(padded)] = time_case(*dt_proj_case(rows, d_inner, rank, padded))
         print(f"dt_proj {rank}->{d_inner} padded to {padded:4d}: forward {r['forward_ms']:.3f} ms, "
               f"forward+backward {r['forward_backward_ms']:.3f} ms", flush=True)
-    os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, "ssm_proj.json"), json.dumps(res, indent=1))
 
 

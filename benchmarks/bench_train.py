@@ -156,7 +156,6 @@ def main():
             gc.collect()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-    os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, "train.json"), json.dumps(res, indent=1))
 
 

@@ -391,7 +391,6 @@ def main():
     n_bad = sum(not r["ok"] for r in rows)
     print(f"\n{len(rows) - n_bad}/{len(rows)} checks passed in {time.time() - t0:.0f} s")
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
         out = dict(device=device_name, torch=torch.__version__, triton=triton.__version__, checks=rows)
         atomic_write_text(os.path.join(args.out, "check_gpu.json"), json.dumps(out, indent=1, default=str))
     sys.exit(1 if n_bad else 0)

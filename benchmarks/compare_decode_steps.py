@@ -52,7 +52,6 @@ def main():
                  graphs=counters["stats"].get("unique_graphs", 0))
         runs.append(r)
         print(json.dumps(r), flush=True)
-    os.makedirs(args.out, exist_ok=True)
     out = dict(device=torch.cuda.get_device_name(), batch=args.batch, context=args.context,
                prefill_first=args.prefill, runs=runs)
     atomic_write_text(os.path.join(args.out, "compare_decode_steps.json"), json.dumps(out, indent=1))

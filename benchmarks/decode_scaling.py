@@ -198,7 +198,6 @@ def main() -> None:
     print("growth  " + "".join(f"{'x%.2f' % models[n]['growth']:>24}" for n in models))
     print("ms/1k   " + "".join(f"{models[n]['ms_per_1k_context']:24.2f}" for n in models))
 
-    os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, "decode_scaling.json"), json.dumps(result, indent=2) + "\n")
     atomic_write_text(os.path.join(args.out, "decode_scaling.md"), markdown(result))
     print(f"\nwritten: {os.path.join(args.out, 'decode_scaling.json')} and .md ({result['seconds']:.0f} s)")

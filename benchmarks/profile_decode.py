@@ -74,7 +74,6 @@ def main():
     print(f"{'us/step':>9} {'share':>6} {'calls':>6}  kernel")
     for name, (us, n) in rows[:args.top]:
         print(f"{us:9.1f} {us / total:6.1%} {n:6.0f}  {name[:110]}")
-    os.makedirs(args.out, exist_ok=True)
     name = "profile_decode_compiled.json" if args.compile else "profile_decode.json"
     out = dict(device=torch.cuda.get_device_name(), batch=args.batch, context=args.context, compiled=args.compile,
                graph_step_ms=graph_s * 1e3, kernel_ms=total / 1e3, kernels_per_step=count,

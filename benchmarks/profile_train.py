@@ -79,7 +79,6 @@ def main():
     print(f"\n{'ms/step':>9} {'share':>6} {'calls':>7}  kernel")
     for name, (us, n) in rows[:args.top]:
         print(f"{us / 1e3:9.2f} {us / total:6.1%} {n:7.0f}  {name[:110]}")
-    os.makedirs(args.out, exist_ok=True)
     out = dict(device=torch.cuda.get_device_name(), mode=args.mode, batch=args.batch, context=args.context,
                step_ms=step_ms, kernel_ms=total / 1e3, kernels_per_step=count,
                kinds={k: dict(ms=us / 1e3, calls=n) for k, (us, n) in kinds.items()},
