@@ -67,9 +67,10 @@ def main():
     n_window = config.num_hidden_layers - n_global
     bw = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e12:.2f} TB/s; default launch "
-          f"{decode_triton.LAUNCH}", flush=True)
+          f"{decode_triton.LAUNCH}, global layers {decode_triton.LAUNCH_GLOBAL} over it", flush=True)
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, batch=args.batch,
-               context=args.context, copy_bandwidth_TBps=bw / 1e12, default=dict(decode_triton.LAUNCH), layers={})
+               context=args.context, copy_bandwidth_TBps=bw / 1e12, default=dict(decode_triton.LAUNCH),
+               default_global=dict(decode_triton.LAUNCH_GLOBAL), layers={})
     scale = config.head_dim ** -0.5
     for kind, window in (("global", None), ("window", config.sliding_window)):
         q, k, v, q_pos, k_pos = layer_inputs(config, args.batch, args.context, 32, window)
@@ -95,7 +96,8 @@ def main():
                   f"stages={launch['num_stages']}: {ms:.4f} ms, {rows[-1]['GBps']:.0f} GB/s "
                   f"({rows[-1]['of_copy_bw']:.0%} of copy), rel. diff {err:.1e}", flush=True)
         timed = [r for r in rows if "ms" in r]
-        default = next(r for r in timed if r["launch"] == decode_triton.LAUNCH)
+        library = {**decode_triton.LAUNCH, **(decode_triton.LAUNCH_GLOBAL if window is None else {})}
+        default = next(r for r in timed if r["launch"] == library)
         best = min(timed, key=lambda r: r["ms"])
         res["layers"][kind] = dict(slots=k.shape[2], bytes=nbytes, runs=rows, default_ms=default["ms"],
                                    best=best)

@@ -137,6 +137,41 @@ def segment_sweep(out_dir: str) -> dict:
     return res
 
 
+# (batch, L): training steps at batch 4 and 6, fine-tuning with few long rows, and the issue's shape
+BWD_SEGMENT_SHAPES = ((4, 2176), (6, 2176), (2, 4224), (1, 2176), (1, 8320), (8, 4096))
+
+
+def bwd_segment_sweep(out_dir: str, d: int = 3200, N: int = 16, counts=(1, 2, 3, 4, 6, 8, 12)) -> dict:
+    """The backward alone (scan_bwd on the forward's checkpoints) walked back in 1, 2, ... time segments side
+    by side, against `_bwd_segments`' pick; the gradients of each count against one pass's."""
+    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, d=d, N=N, shapes={})
+    for batch, L in BWD_SEGMENT_SHAPES:
+        x = inputs(batch, L, d, N)
+        _, _, ckpt = triton_scan.scan_fwd(**x, save_states=True)
+        dy = torch.randn(batch, L, d, device="cuda", dtype=torch.bfloat16)
+        args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+        n_chunks = -(-L // triton_scan.CHUNK)
+        picked = triton_scan._bwd_segments(batch, d, n_chunks, torch.device("cuda"), triton_scan.BWD_CONFIG)
+        one = triton_scan.scan_bwd(*args, True, ckpt, dy, segments=1)
+        row = dict(batch=batch, L=L, heuristic=picked, ms={}, max_rel_diff={})
+        for k in sorted(set(counts) | {picked}):
+            got = triton_scan.scan_bwd(*args, True, ckpt, dy, segments=k)
+            diff = max(((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+                       for a, b in zip(got, one) if b is not None)
+            row["ms"][k] = bench(lambda: triton_scan.scan_bwd(*args, True, ckpt, dy, segments=k))
+            row["max_rel_diff"][k] = diff
+            print(f"bwd {batch}x{L:<5} segments {k:>2}: {row['ms'][k]:7.3f} ms  (gradients vs one pass: {diff:.1e})",
+                  flush=True)
+        best = min(row["ms"], key=row["ms"].get)
+        print(f"bwd {batch}x{L:<5} best {best} segments, {row['ms'][1] / row['ms'][best]:.2f}x over one pass; "
+              f"the heuristic picks {picked} ({row['ms'][1] / row['ms'][picked]:.2f}x)", flush=True)
+        res["shapes"][f"{batch}x{L}"] = row
+        x = ckpt = dy = args = one = got = None  # free the shape's tensors before the next one
+        torch.cuda.empty_cache()
+    atomic_write_text(os.path.join(out_dir, "scan_bwd_segments.json"), json.dumps(res, indent=1))
+    return res
+
+
 def model_layout(out_dir: str, batch: int = 4, text_len: int = 2048) -> dict:
     """The forward kernel on the very tensors a hymba-1.5b training step hands it (bf16 autocast: strided
     views of the projections) against contiguous copies of them, one input at a time."""
@@ -183,12 +218,17 @@ def main():
     ap.add_argument("--shape", default=",".join(map(str, SHAPE)), help="batch,L,d_inner,N")
     ap.add_argument("--quick", action="store_true", help="only the default launch configurations")
     ap.add_argument("--segments", action="store_true", help="only the segment-count sweep (scan_segments.json)")
+    ap.add_argument("--bwd-segments", action="store_true",
+                    help="only the backward's time-segment sweep (scan_bwd_segments.json)")
     ap.add_argument("--conv", action="store_true", help="only the causal conv, at the scan's and a training shape")
     ap.add_argument("--model-layout", action="store_true",
                     help="only the forward on a training step's own input layout (scan_model_layout.json)")
     args = ap.parse_args()
     if args.segments:
         segment_sweep(args.out)
+        return
+    if args.bwd_segments:
+        bwd_segment_sweep(args.out)
         return
     if args.model_layout:
         model_layout(args.out)

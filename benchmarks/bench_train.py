@@ -116,6 +116,8 @@ def main():
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--modes", default="eager,compiled", help="eager, compiled (torch.compile per layer)")
     ap.add_argument("--segments", default="auto", help="comma list of scan segment counts, or auto")
+    ap.add_argument("--bwd-segments", default="auto",
+                    help="comma list of the scan backward's time-segment counts, or auto (the library's choice)")
     ap.add_argument("--scan-backward", default=None, metavar="JSON",
                     help='launch configuration of the scan backward, e.g. \'{"BD": 32, "S": 1}\' '
                          "(default: the library's)")
@@ -126,36 +128,42 @@ def main():
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, context=args.context,
                measured_matmul_TFLOPs=rate / 1e12, peak_TFLOPs=PEAK_BF16 / 1e12, runs={})
     print(f"{res['device']}: bf16 matmul {rate / 1e12:.0f} TFLOP/s measured", flush=True)
-    for mode in args.modes.split(","):
-        for seg in args.segments.split(","):
-            key = mode if seg == "auto" else f"{mode} segments={seg}"
-            batch = args.batch
-            with triton_scan.forced_segments(None if seg == "auto" else int(seg)), triton_scan.forced_configs(bwd=bwd):
-                while batch >= 1:
-                    try:
-                        r = train_steps(config, batch, args.context, mode == "compiled", args.steps)
-                        break
-                    except torch.OutOfMemoryError:
-                        smaller = batch - 2 if batch > 4 else batch // 2
-                        print(f"  {key} batch {batch}: out of memory, trying {smaller}", flush=True)
-                        gc.collect()
-                        torch.cuda.empty_cache()
-                        torch.cuda.reset_peak_memory_stats()
-                        batch = smaller
-            if batch < 1:
-                continue
-            flops = model_flops(config, batch, args.context)
-            r.update(scan_backward=dict(triton_scan.BWD_CONFIG, **(bwd or {})), batch=batch,
-                     tokens_per_s=batch * args.context / r["step_s"], flops=flops,
-                     mfu=flops["total"] / r["step_s"] / PEAK_BF16, mfu_vs_measured=flops["total"] / r["step_s"] / rate)
-            res["runs"][key] = r
-            print(f"{key:<9} batch {batch}: {r['step_s'] * 1e3:.0f} ms/step, {r['tokens_per_s']:.0f} tok/s, "
-                  f"MFU {r['mfu']:.1%} ({r['mfu_vs_measured']:.1%} of measured matmul), "
-                  f"peak {r['peak_memory_GB']:.1f} GB, scan segments {r['scan_segments']}, "
-                  f"warm-up {r['warmup_s']:.0f} s", flush=True)
-            gc.collect()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+    runs = [(mode, seg, bseg) for mode in args.modes.split(",") for seg in args.segments.split(",")
+            for bseg in args.bwd_segments.split(",")]
+    for mode, seg, bseg in runs:
+        key = mode + ("" if seg == "auto" else f" segments={seg}") + ("" if bseg == "auto" else f" bwd={bseg}")
+        batch = args.batch
+        with triton_scan.forced_segments(None if seg == "auto" else int(seg)), triton_scan.forced_configs(
+                bwd=bwd, bwd_segments=None if bseg == "auto" else int(bseg)):
+            while batch >= 1:
+                try:
+                    r = train_steps(config, batch, args.context, mode == "compiled", args.steps)
+                    break
+                except torch.OutOfMemoryError:
+                    smaller = batch - 2 if batch > 4 else batch // 2
+                    print(f"  {key} batch {batch}: out of memory, trying {smaller}", flush=True)
+                    gc.collect()
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                    batch = smaller
+        if batch < 1:
+            continue
+        flops = model_flops(config, batch, args.context)
+        n_chunks = -(-(args.context + config.num_memory_tokens) // triton_scan.CHUNK)
+        r["scan_bwd_segments"] = (int(bseg) if bseg != "auto" else triton_scan._bwd_segments(
+            batch, config.d_inner, n_chunks, torch.device("cuda"), dict(triton_scan.BWD_CONFIG, **(bwd or {}))))
+        r.update(scan_backward=dict(triton_scan.BWD_CONFIG, **(bwd or {})), batch=batch,
+                 tokens_per_s=batch * args.context / r["step_s"], flops=flops,
+                 mfu=flops["total"] / r["step_s"] / PEAK_BF16, mfu_vs_measured=flops["total"] / r["step_s"] / rate)
+        res["runs"][key] = r
+        print(f"{key:<9} batch {batch}: {r['step_s'] * 1e3:.0f} ms/step, {r['tokens_per_s']:.0f} tok/s, "
+              f"MFU {r['mfu']:.1%} ({r['mfu_vs_measured']:.1%} of measured matmul), "
+              f"peak {r['peak_memory_GB']:.1f} GB, scan segments {r['scan_segments']} "
+              f"(backward {r['scan_bwd_segments']}), "
+              f"warm-up {r['warmup_s']:.0f} s", flush=True)
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     atomic_write_text(os.path.join(args.out, "train.json"), json.dumps(res, indent=1))
 
 

@@ -48,6 +48,11 @@ def kernel_cases():
                      HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, FAST=True, **v)
         cases.append((f"scan backward {v}", scan._scan_bwd_kernel, dict(act, **packed[v["PACK"]]), const,
                       cfg["num_warps"]))
+    for v in _variants(PACK=(True, False), HAS_Z=(True, False)):
+        cfg = scan.BWD_CONFIG
+        const = dict(N=16, BD=cfg["BD"], S=cfg["S"], PF=cfg["PF"], HAS_BIAS=True, SOFTPLUS=True, FAST=True, **v)
+        cases.append((f"scan adjoint {v}", scan._scan_adjoint_kernel, dict(act, **packed[v["PACK"]]), const,
+                      cfg["num_warps"]))
     cases.append(("ssm step", scan._ssm_step_kernel, act, dict(N=16, NP=16, BD=64, HAS_Z=True, HAS_D=True,
                                                               HAS_BIAS=True, SOFTPLUS=True, FAST=True), 4))
     for v in _variants(HAS_BIAS=(True, False), HAS_INIT=(True, False)):
@@ -65,9 +70,10 @@ def kernel_cases():
     heads = dict(DK=64, DV=128, BDK=64, BDV=128, BLOCK_M=16)  # hymba-1.5b's, 5 query heads per K/V head
     for v in _variants(HAS_WINDOW=(True, False), IEEE=(True, False), scale=("fp32", "fp64")):
         sig = decode_sig("*fp32" if v["IEEE"] else "*bf16", scale=v.pop("scale"))
-        const = dict(heads, BLOCK_N=dec.LAUNCH["BLOCK_N"], **v)
+        launch = {**dec.LAUNCH, **({} if v["HAS_WINDOW"] else dec.LAUNCH_GLOBAL)}
+        const = dict(heads, BLOCK_N=launch["BLOCK_N"], **v)
         cases.append((f"decode attention {v} scale {sig['scale']}", dec._decode_attn_kernel, sig, const,
-                      dec.LAUNCH["num_warps"]))
+                      launch["num_warps"]))
     # the other key-block widths benchmarks/bench_decode_attention.py sweeps (bf16, the window rule)
     for block_n in (32, 128):
         const = dict(heads, BLOCK_N=block_n, HAS_WINDOW=True, IEEE=False)

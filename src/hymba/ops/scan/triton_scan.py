@@ -318,7 +318,7 @@ def _channel_sums(vals, lanes, BD: tl.constexpr):
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, a2_ptr, dskip_ptr, bias_ptr, ckpt_ptr, dy_ptr, dht_ptr, scratch_ptr,
     du_ptr, ddt_ptr, dz_ptr, da_ptr, dbc_ptr, dd_ptr, dbias_ptr, dh0_ptr,
-    L, d, n_chunks, nbatch,
+    L, d, n_chunks, nbatch, seg_chunks,
     s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_bb, s_bl, s_cb, s_cl, s_gb, s_gl,
     N: tl.constexpr, BD: tl.constexpr, S: tl.constexpr, T: tl.constexpr, PF: tl.constexpr, PB: tl.constexpr,
     SCATTER: tl.constexpr,
@@ -329,6 +329,8 @@ def _scan_bwd_kernel(
     NS: tl.constexpr = N // S
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
+    seg = tl.program_id(2)  # time segment: chunks seg * seg_chunks onwards (scan_bwd's `segments`); int32, so
+    seg64 = seg.to(tl.int64)  # that the time indices stay 32-bit (64-bit ones cost ~40 registers and 15% more work)
     lanes, slc, cols, cm, lead = _lane_layout(d, BD, S)  # lead: one lane per channel writes its outputs
     colc = tl.minimum(cols, d - 1)  # unmasked loads; lanes past d are zeroed before any sum over channels
     u_ptr += b * s_ub
@@ -340,19 +342,20 @@ def _scan_bwd_kernel(
     du_ptr += b * L * d  # gradient outputs are contiguous [batch, L, d]
     ddt_ptr += b * L * d
     dz_ptr += b * L * d
-    scratch_ptr += (b * tl.num_programs(0) + pid_d) * (T * NS * BD * S)  # [T, NS, lanes]: one chunk's states
+    scratch_ptr += ((seg64 * nbatch + b) * tl.num_programs(0) + pid_d) * (T * NS * BD * S)  # [T, NS, lanes]
     dbc_ptr += (pid_d * nbatch + b) * L * (2 * N)  # this program's rows of the dB | dC partial sums [L, 2N]
     st = (b * d + cols) * N + slc * NS  # this lane's states in [batch, d, N]
+    seg_st = seg64 * nbatch * d * N  # per-segment [batch, d, N] blocks: the adjoint in, dA out
     # SCATTER: after `_channel_sums` channel lane j of slice k holds term j of that slice: dB or dC of one state
     dbc_col = tl.where(lanes % BD < NS, slc * NS + lanes % BD, N + slc * NS + lanes % BD - NS)
 
     a2 = ()
-    g = ()  # a_{t+1} dL/dh_{t+1}: the adjoint carried into step t (dL/dh_final before the last step)
+    g = ()  # a_{t+1} dL/dh_{t+1}: the adjoint carried into step t (at the segment's end: dht[seg])
     da = ()
     for n in tl.static_range(NS):
         a2 = a2 + (tl.load(a2_ptr + cols * N + slc * NS + n, mask=cm, other=0.0),)
         if HAS_DHT:
-            g = g + (tl.load(dht_ptr + st + n, mask=cm, other=0.0),)
+            g = g + (tl.load(dht_ptr + seg_st + st + n, mask=cm, other=0.0),)
         else:
             g = g + (tl.zeros([BD * S], tl.float32),)
         da = da + (tl.zeros([BD * S], tl.float32),)
@@ -367,8 +370,10 @@ def _scan_bwd_kernel(
     dd_acc = tl.zeros([BD * S], tl.float32)
     dbias_acc = tl.zeros([BD * S], tl.float32)
 
-    for k in range(0, n_chunks):
-        ci = n_chunks - 1 - k
+    c_lo = seg * seg_chunks
+    c_hi = tl.minimum(c_lo + seg_chunks, n_chunks)
+    for k in range(0, c_hi - c_lo):
+        ci = c_hi - 1 - k
         t0 = ci * T
         # 1. rebuild the chunk's states from its checkpoint; scratch row i = the state before step t0 + i
         h = ()
@@ -474,11 +479,65 @@ def _scan_bwd_kernel(
                     dz = dy * y * sz * (1.0 + z * (1.0 - sz))
                     tl.store(dz_ptr + t * d + cols, dz.to(dz_ptr.dtype.element_ty), mask=live & lead)
 
+    for n in tl.static_range(NS):  # per-segment partial sums (torch adds them), dL/dh_0 from the first
+        tl.store(da_ptr + seg_st + st + n, da[n], mask=cm)
+        tl.store(dh0_ptr + st + n, g[n], mask=cm & (seg == 0))
+    tl.store(dd_ptr + (seg64 * nbatch + b) * d + cols, dd_acc, mask=lead)
+    tl.store(dbias_ptr + (seg64 * nbatch + b) * d + cols, dbias_acc, mask=lead)
+
+
+@triton.jit
+def _scan_adjoint_kernel(
+    dt_ptr, z_ptr, c_ptr, a2_ptr, bias_ptr, dy_ptr, gloc_ptr, dtsum_ptr,
+    L, d, nbatch, seg_steps,
+    s_db, s_dl, s_zb, s_zl, s_cb, s_cl, s_gb, s_gl,
+    N: tl.constexpr, BD: tl.constexpr, S: tl.constexpr, PF: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr, PACK: tl.constexpr,
+):
+    """What time segment seg = 1 + program_id(2) hands the adjoint on to the segment before it, from a zero
+    adjoint at its end: g <- a_t (C_t dy_t + g) walked back over its steps (no states needed), and the
+    segment's sum of delta (its decay per state is exp2(a2 * sum)). scan_bwd stitches these into each
+    segment's entering adjoint, so that the backward's segments run side by side."""
+    NS: tl.constexpr = N // S
+    b = tl.program_id(1).to(tl.int64)
+    seg = tl.program_id(2) + 1
+    lanes, slc, cols, cm, lead = _lane_layout(d, BD, S)
+    colc = tl.minimum(cols, d - 1)
+    dt_ptr += b * s_db
+    z_ptr += b * s_zb
+    c_ptr = _row_slice(c_ptr, b, s_cb, slc, NS, S, PACK)
+    dy_ptr += b * s_gb
+    a2 = ()
+    g = ()
     for n in tl.static_range(NS):
-        tl.store(da_ptr + st + n, da[n], mask=cm)
-        tl.store(dh0_ptr + st + n, g[n], mask=cm)
-    tl.store(dd_ptr + b * d + cols, dd_acc, mask=lead)
-    tl.store(dbias_ptr + b * d + cols, dbias_acc, mask=lead)
+        a2 = a2 + (tl.load(a2_ptr + cols * N + slc * NS + n, mask=cm, other=0.0),)
+        g = g + (tl.zeros([BD * S], tl.float32),)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols, mask=cm, other=0.0)
+    else:
+        bias = tl.zeros([BD * S], tl.float32)
+    dt_sum = tl.zeros([BD * S], tl.float32)
+    t_end = seg * seg_steps + seg_steps - 1  # steps past L have delta 0 and no dy: no-ops
+    for j0 in range(0, seg_steps, PF):
+        for jj in tl.static_range(PF):
+            t = t_end - j0 - jj
+            tc = tl.minimum(t, L - 1)
+            dt, _ = _delta(tl.load(dt_ptr + tc * s_dl + colc), bias, t, L, HAS_BIAS, SOFTPLUS, FAST)
+            dyg = tl.load(dy_ptr + tc * s_gl + colc).to(tl.float32)
+            if HAS_Z:
+                z = tl.load(z_ptr + tc * s_zl + colc).to(tl.float32)
+                dyg = dyg * z * _sigmoid(z, FAST)
+            dyg = tl.where(cm & (t < L), dyg, 0.0)
+            cf = _unpack_row(_load_row(c_ptr, t, L, s_cl, NS, PACK), NS, PACK)
+            new_g = ()
+            for n in tl.static_range(NS):
+                new_g = new_g + (tl.exp2(dt * a2[n]) * (cf[n] * dyg + g[n]),)
+            g = new_g
+            dt_sum += dt
+    row = tl.program_id(2).to(tl.int64) * nbatch + b  # [segment - 1, batch] of the outputs
+    for n in tl.static_range(NS):
+        tl.store(gloc_ptr + (row * d + cols) * N + slc * NS + n, g[n], mask=cm)
+    tl.store(dtsum_ptr + row * d + cols, dt_sum, mask=lead)
 
 
 # ---- decode step ------------------------------------------------------------------------------------------
@@ -606,8 +665,12 @@ def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=
 
 
 def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfinal=None,
-             config: dict | None = None):
+             config: dict | None = None, segments: int | None = None):
     """Gradients of `scan_fwd` (which must have run with save_states=True and given `ckpt`).
+
+    `segments`: time segments walked back side by side (None: `_bwd_segments` decides). The forward's
+    checkpoints already give each segment its states; the adjoint entering each one comes from a cheap pass
+    over the later segments first (`_scan_adjoint_kernel`, stitched by `_entering_adjoints`).
 
     Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); None where the input was None."""
     batch, L, d = u.shape
@@ -623,24 +686,30 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
     n_chunks = triton.cdiv(L, CHUNK)
     if CHUNK % cfg["PF"]:
         raise ValueError(f"selective_scan: backward prefetch depth {cfg['PF']} must divide the chunk ({CHUNK})")
+    seg_chunks = max(1, triton.cdiv(n_chunks, _bwd_segments(batch, d, n_chunks, dev, cfg) if segments is None
+                                    else max(1, min(segments, n_chunks))))
+    nseg = max(1, triton.cdiv(n_chunks, seg_chunks))  # no empty segments
     du = torch.empty(batch, L, d, dtype=u.dtype, device=dev)
     ddt = torch.empty(batch, L, d, dtype=delta.dtype, device=dev)
     dz = torch.empty(batch, L, d, dtype=z.dtype, device=dev) if z is not None else None
-    da = torch.empty(batch, d, N, dtype=torch.float32, device=dev)
+    da = torch.empty(nseg, batch, d, N, dtype=torch.float32, device=dev)  # per-segment partial sums
     dbc = torch.empty(nb, batch, L, 2 * N, dtype=torch.float32, device=dev)  # per-program partial sums
-    dd = torch.empty(batch, d, dtype=torch.float32, device=dev)
-    dbias = torch.empty(batch, d, dtype=torch.float32, device=dev)
+    dd = torch.empty(nseg, batch, d, dtype=torch.float32, device=dev)
+    dbias = torch.empty(nseg, batch, d, dtype=torch.float32, device=dev)
     dh0 = torch.empty(batch, d, N, dtype=torch.float32, device=dev)
     if L > 0:
         zz = z if z is not None else u
-        scratch = torch.empty(batch, nb, CHUNK, N, cfg["BD"], dtype=torch.float32, device=dev)  # N/S x S lanes
         BD, S = cfg["BD"], cfg["S"]
+        scratch = torch.empty(nseg, batch, nb, CHUNK, N, BD, dtype=torch.float32, device=dev)  # N/S x S lanes
         Bk, Ck, pack = _packed_bc(B, C, N // S)  # each lane reads its N/S values of a row
-        _scan_bwd_kernel[(nb, batch)](
+        if nseg > 1:
+            dht = _entering_adjoints(delta, zz if z is not None else None, Ck, a2, biasf, dy, dht, nseg,
+                                     seg_chunks * CHUNK, cfg, pack, bool(delta_softplus), _fast(du))
+        _scan_bwd_kernel[(nb, batch, nseg)](
             u, delta, zz, Bk, Ck, a2, Df if Df is not None else a2, biasf if biasf is not None else a2, ckpt, dy,
             dht if dht is not None else a2, scratch,
             du, ddt, dz if dz is not None else du, da, dbc, dd, dbias, dh0,
-            L, d, n_chunks, batch,
+            L, d, n_chunks, batch, seg_chunks,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
             Bk.stride(0), Bk.stride(1), Ck.stride(0), Ck.stride(1), dy.stride(0), dy.stride(1),
             N=N, BD=BD, S=S, T=CHUNK, PF=cfg["PF"], PB=cfg["PB"],
@@ -652,6 +721,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
         for t in (da, dbc, dd, dbias):
             t.zero_()
         dh0.copy_(dht if dht is not None else torch.zeros_like(dh0))
+    da, dd, dbias = da.sum(0), dd.sum(0), dbias.sum(0)
     dA = da.sum(0).to(A.dtype)
     dbc = dbc.sum(0)
     dB = dbc[..., :N].to(B.dtype, copy=True)  # copies: the op's outputs may not alias each other
@@ -659,6 +729,31 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
     dD = dd.sum(0).to(D.dtype) if D is not None else None
     dbias_out = dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
     return du, ddt, dA, dB, dC, dD, dz, dbias_out, dh0
+
+
+def _entering_adjoints(delta, z, Ck, a2, biasf, dy, dht, nseg: int, seg_steps: int, cfg: dict, pack: bool,
+                       softplus: bool, fast: bool) -> torch.Tensor:
+    """[nseg, batch, d, N] fp32: the adjoint a_{t+1} dL/dh_{t+1} at the end of each time segment (the last:
+    dL/dh_final, or zeros). Linear in the adjoint, so segment k's is what segment k+1 adds from a zero end
+    (the adjoint kernel) plus segment k+1's own entering adjoint decayed through it: nseg - 1 small steps."""
+    batch, L, d = delta.shape
+    N = a2.shape[1]
+    BD, S = cfg["BD"], cfg["S"]
+    g_loc = torch.empty(nseg - 1, batch, d, N, dtype=torch.float32, device=delta.device)
+    dt_sum = torch.empty(nseg - 1, batch, d, dtype=torch.float32, device=delta.device)
+    zz = z if z is not None else delta
+    _scan_adjoint_kernel[(triton.cdiv(d, BD), batch, nseg - 1)](
+        delta, zz, Ck, a2, biasf if biasf is not None else a2, dy, g_loc, dt_sum,
+        L, d, batch, seg_steps,
+        delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1), Ck.stride(0), Ck.stride(1),
+        dy.stride(0), dy.stride(1),
+        N=N, BD=BD, S=S, PF=cfg["PF"], HAS_Z=z is not None, HAS_BIAS=biasf is not None, SOFTPLUS=softplus,
+        FAST=fast, PACK=pack, num_warps=cfg["num_warps"],
+    )
+    ends = [dht if dht is not None else torch.zeros(batch, d, N, dtype=torch.float32, device=delta.device)]
+    for k in range(nseg - 2, -1, -1):  # segment k ends where k + 1 begins
+        ends.append(g_loc[k] + torch.exp2(dt_sum[k, ..., None] * a2) * ends[-1])
+    return torch.stack(ends[::-1])
 
 
 # ---- autograd, as custom ops so that torch.compile treats them as opaque ------------------------------------
@@ -751,21 +846,23 @@ def forced_segments(count: int | None):
 
 
 @contextlib.contextmanager
-def forced_configs(fwd: dict | None = None, bwd: dict | None = None, split_below: int | None = None):
-    """FWD_CONFIG / BWD_CONFIG updated with `fwd` / `bwd` and FWD_SPLIT_BELOW set to `split_below` inside the
-    block (benchmarks, checks), restored after."""
-    global FWD_SPLIT_BELOW
-    saved = dict(FWD_CONFIG), dict(BWD_CONFIG), FWD_SPLIT_BELOW
+def forced_configs(fwd: dict | None = None, bwd: dict | None = None, split_below: int | None = None,
+                   bwd_segments: int | None = None):
+    """FWD_CONFIG / BWD_CONFIG updated with `fwd` / `bwd`, FWD_SPLIT_BELOW set to `split_below` and
+    BWD_SEGMENTS to `bwd_segments` inside the block (benchmarks, checks; None keeps a setting), restored after."""
+    global FWD_SPLIT_BELOW, BWD_SEGMENTS
+    saved = dict(FWD_CONFIG), dict(BWD_CONFIG), FWD_SPLIT_BELOW, BWD_SEGMENTS
     FWD_CONFIG.update(fwd or {})
     BWD_CONFIG.update(bwd or {})
     FWD_SPLIT_BELOW = saved[2] if split_below is None else split_below
+    BWD_SEGMENTS = saved[3] if bwd_segments is None else bwd_segments
     try:
         yield
     finally:
         for cfg, old in zip((FWD_CONFIG, BWD_CONFIG), saved):
             cfg.clear()
             cfg.update(old)
-        FWD_SPLIT_BELOW = saved[2]
+        FWD_SPLIT_BELOW, BWD_SEGMENTS = saved[2], saved[3]
 
 
 # Few rows: the forward splits each channel's states over two lanes (twice the warps for ~30% more
@@ -781,6 +878,24 @@ def _forward_split(batch: int, d: int, device: torch.device) -> dict:
         return {}
     one_lane_warps = batch * triton.cdiv(d, FWD_CONFIG["BD"] * FWD_CONFIG["num_warps"]) * FWD_CONFIG["num_warps"]
     return FWD_SPLIT if one_lane_warps < FWD_SPLIT_BELOW * sm_count(device) else {}
+
+
+# The backward in time segments (scan_bwd): one-warp programs of 128 registers a thread, 16 of which an H100 SM
+# holds; a training step's 4 x 3200 channels fill 6 of them, so the segments fill up to BWD_RESIDENT_PER_SM
+# (each at least BWD_MIN_SEGMENT_CHUNKS chunks long). BWD_SEGMENTS overrides the choice (benchmarks, tests).
+BWD_RESIDENT_PER_SM = 16
+BWD_MIN_SEGMENT_CHUNKS = 8
+BWD_SEGMENTS: int | None = None
+
+
+def _bwd_segments(batch: int, d: int, n_chunks: int, device: torch.device, cfg: dict) -> int:
+    most = max(1, n_chunks // BWD_MIN_SEGMENT_CHUNKS)
+    if BWD_SEGMENTS is not None:
+        return max(1, min(BWD_SEGMENTS, n_chunks))
+    if device.type != "cuda":
+        return 1
+    programs = batch * triton.cdiv(d, cfg["BD"]) * cfg["num_warps"]
+    return max(1, min(BWD_RESIDENT_PER_SM * sm_count(device) // programs, most))
 
 
 def _segments(batch: int, L: int, d: int, device: torch.device, training: bool = False) -> int:
