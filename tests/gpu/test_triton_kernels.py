@@ -115,7 +115,8 @@ def test_backward_segments_fill_the_sms(monkeypatch):
     assert triton_scan._bwd_segments(4, 3200, 136, dev, cfg) == 2  # 800 programs; 16 fit on an SM
     assert triton_scan._bwd_segments(6, 3200, 136, dev, cfg) == 1  # 1,200: two segments would not fit
     assert triton_scan._bwd_segments(1, 3200, 520, dev, cfg) == 10
-    assert triton_scan._bwd_segments(1, 3200, 20, dev, cfg) == 2  # segments of at least 8 chunks
+    assert triton_scan._bwd_segments(1, 3200, 136, dev, cfg) == 4  # segments of at least 32 chunks
+    assert triton_scan._bwd_segments(1, 3200, 40, dev, cfg) == 1
     assert triton_scan._bwd_segments(1, 3200, 520, torch.device("cpu"), cfg) == 1
     with triton_scan.forced_configs(bwd_segments=4):
         assert triton_scan._bwd_segments(6, 3200, 136, torch.device("cpu"), cfg) == 4

@@ -880,11 +880,15 @@ def _forward_split(batch: int, d: int, device: torch.device) -> dict:
     return FWD_SPLIT if one_lane_warps < FWD_SPLIT_BELOW * sm_count(device) else {}
 
 
-# The backward in time segments (scan_bwd): one-warp programs of 128 registers a thread, 16 of which an H100 SM
-# holds; a training step's 4 x 3200 channels fill 6 of them, so the segments fill up to BWD_RESIDENT_PER_SM
-# (each at least BWD_MIN_SEGMENT_CHUNKS chunks long). BWD_SEGMENTS overrides the choice (benchmarks, tests).
+# The backward in time segments (scan_bwd), for few rows: one-warp programs of 128 registers a thread, 16 of
+# which an H100 SM holds, so segments are added while they all stay resident, each at least
+# BWD_MIN_SEGMENT_CHUNKS chunks long (the adjoint pass and the stitching cost more than shorter ones gain).
+# Measured on an H100 (benchmarks/bench_scan.py --bwd-segments, results/scan_bwd_segments.log), the backward
+# alone at d_inner=3200: 1 x 8320 6.68 -> 1.89 ms in 10 segments (3.5x), 2 x 4224 3.15 -> 1.87 in 5 (1.7x),
+# 1 x 2176 1.78 -> 0.99 in 4 (0.93 in 3); a training step's 4 x 2176 1.99 -> 1.94 in 2 (six warps an SM already
+# keep it busy: the step took 323 against 324 ms); more programs than fit (6 x 2176 in 2, 8 x 4096) is slower.
 BWD_RESIDENT_PER_SM = 16
-BWD_MIN_SEGMENT_CHUNKS = 8
+BWD_MIN_SEGMENT_CHUNKS = 32
 BWD_SEGMENTS: int | None = None
 
 
