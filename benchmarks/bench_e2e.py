@@ -235,10 +235,13 @@ def run_hymba(args) -> dict:
         print(f"hymba prefill {args.context}: {r['prefill']['tokens_per_s']:.0f} tok/s", flush=True)
         from hymba.ops.scan import triton_scan
 
-        with triton_scan.forced_segments(1):  # the same prefill with the scan walking the sequence in one pass
-            r["prefill_unsegmented_scan"] = hymba_prefill(model, args.context)
-        print(f"hymba prefill {args.context}, unsegmented scan: "
-              f"{r['prefill_unsegmented_scan']['tokens_per_s']:.0f} tok/s", flush=True)
+        # the same prefill with the scan in time segments only one way or the other, and in one pass
+        for key, rows, kernel in (("prefill_rows_segmented_scan", None, 1), ("prefill_kernel_segmented_scan", 1, None),
+                                  ("prefill_unsegmented_scan", 1, 1)):
+            with triton_scan.forced_segments(rows), triton_scan.forced_configs(fwd_segments=kernel):
+                r[key] = hymba_prefill(model, args.context)
+            print(f"hymba prefill {args.context}, {key[8:].replace('_', ' ')}: {r[key]['tokens_per_s']:.0f} tok/s",
+                  flush=True)
         b, r["decode"] = halving(args.batch, lambda b: hymba_decode(model, b, args.context, args.steps))
         r["decode"]["batch"] = b
         print(f"hymba decode (graph) batch {b}: {r['decode']['tokens_per_s']:.0f} tok/s "

@@ -172,6 +172,46 @@ def bwd_segment_sweep(out_dir: str, d: int = 3200, N: int = 16, counts=(1, 2, 3,
     return res
 
 
+# (batch, L, with the training checkpoints): a batch-1 8k prefill, fine-tuning with few long rows, training
+FWD_SEGMENT_SHAPES = ((1, 8320, False), (2, 8320, False), (1, 8320, True), (1, 2176, True), (2, 4224, True),
+                      (4, 2176, True))
+
+
+def fwd_segment_sweep(out_dir: str, d: int = 3200, N: int = 16, counts=(1, 2, 4, 6, 8, 10, 12, 16)) -> dict:
+    """The forward in 1, 2, ... time segments side by side (scan_fwd's `segments`), against `_fwd_segments`'
+    pick and, for inference, against the older way: the rows cut into segments scanned twice
+    (segmented.py, what `_segments` picks); outputs and checkpoints of each count against one pass's."""
+    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, d=d, N=N, shapes={})
+    for batch, L, save in FWD_SEGMENT_SHAPES:
+        x = inputs(batch, L, d, N)
+        cfg = dict(triton_scan.FWD_CONFIG, **triton_scan._forward_split(batch, d, torch.device("cuda")))
+        picked = triton_scan._fwd_segments(batch, d, -(-L // triton_scan.CHUNK), torch.device("cuda"), cfg)
+        one = triton_scan.scan_fwd(**x, save_states=save, segments=1)
+        name = f"{batch}x{L} {'training' if save else 'inference'}"
+        row = dict(batch=batch, L=L, save_states=save, heuristic=picked, ms={}, max_rel_diff={})
+        for k in sorted(set(counts) | {picked}):
+            got = triton_scan.scan_fwd(**x, save_states=save, segments=k)
+            row["max_rel_diff"][k] = max(((a.double() - b.double()).norm() / b.double().norm()).item()
+                                         for a, b in zip(got, one) if b is not None)
+            row["ms"][k] = bench(lambda: triton_scan.scan_fwd(**x, save_states=save, segments=k))
+            print(f"fwd {name:<20} segments {k:>2}: {row['ms'][k]:7.3f} ms  (vs one pass: "
+                  f"{row['max_rel_diff'][k]:.1e})", flush=True)
+        if not save:
+            rows = triton_scan._segments(batch, L, d, torch.device("cuda"))
+            with torch.no_grad(), triton_scan.forced_segments(rows), triton_scan.forced_configs(fwd_segments=1):
+                row["rows_segmented"] = dict(segments=rows, ms=bench(lambda: triton_scan.selective_scan_triton(**x)))
+            print(f"fwd {name:<20} as {rows} rows scanned twice (segmented.py): {row['rows_segmented']['ms']:7.3f} ms",
+                  flush=True)
+        best = min(row["ms"], key=row["ms"].get)
+        print(f"fwd {name:<20} best {best} segments, {row['ms'][1] / row['ms'][best]:.2f}x over one pass; the "
+              f"heuristic picks {picked} ({row['ms'][1] / row['ms'][picked]:.2f}x)", flush=True)
+        res["shapes"][name] = row
+        x = one = got = None
+        torch.cuda.empty_cache()
+    atomic_write_text(os.path.join(out_dir, "scan_fwd_segments.json"), json.dumps(res, indent=1))
+    return res
+
+
 def model_layout(out_dir: str, batch: int = 4, text_len: int = 2048) -> dict:
     """The forward kernel on the very tensors a hymba-1.5b training step hands it (bf16 autocast: strided
     views of the projections) against contiguous copies of them, one input at a time."""
@@ -218,6 +258,8 @@ def main():
     ap.add_argument("--shape", default=",".join(map(str, SHAPE)), help="batch,L,d_inner,N")
     ap.add_argument("--quick", action="store_true", help="only the default launch configurations")
     ap.add_argument("--segments", action="store_true", help="only the segment-count sweep (scan_segments.json)")
+    ap.add_argument("--fwd-segments", action="store_true",
+                    help="only the forward's time-segment sweep (scan_fwd_segments.json)")
     ap.add_argument("--bwd-segments", action="store_true",
                     help="only the backward's time-segment sweep (scan_bwd_segments.json)")
     ap.add_argument("--conv", action="store_true", help="only the causal conv, at the scan's and a training shape")
@@ -226,6 +268,9 @@ def main():
     args = ap.parse_args()
     if args.segments:
         segment_sweep(args.out)
+        return
+    if args.fwd_segments:
+        fwd_segment_sweep(args.out)
         return
     if args.bwd_segments:
         bwd_segment_sweep(args.out)

@@ -80,25 +80,29 @@ def test_scan_gradients_match_naive(N, BD, S, monkeypatch):
 
 @pytest.mark.parametrize("segments", [2, 3, 5])
 @pytest.mark.parametrize("opts", [dict(), dict(z=None, D=None, delta_bias=None, initial_state=None)])
-def test_scan_backward_in_time_segments(segments, opts):
-    """The backward's time segments side by side (forced: the CPU has no SMs to fill), each entered with the
-    adjoint that the adjoint pass and the stitching hand it: the gradients of one pass, and of float64. 37
-    steps in chunks of 8 are 5 chunks: segments of 3, 2 (+ a ragged last one) and 1 chunk; padding inside."""
+def test_scan_in_time_segments(segments, opts):
+    """The forward's and the backward's time segments side by side (forced: the CPU has no SMs to fill), each
+    entered with the state / adjoint that the state / adjoint pass and the stitching hand it: the outputs,
+    checkpoints and gradients of one pass, and float64's. 37 steps in chunks of 8 are 5 chunks: segments of
+    3, 2 (+ a ragged last one) and 1 chunk; padding inside."""
     x = {**_scan_inputs(L=37, N=8), **opts}
     x["delta"][1, 3:6] = float("-inf")
     given = [k for k, v in x.items() if v is not None]
     leaves = {k: x[k].clone().requires_grad_(True) for k in given}
-    with triton_scan.forced_configs(bwd_segments=segments):
+    with triton_scan.forced_configs(fwd_segments=segments, bwd_segments=segments):
         y, final = triton_scan.selective_scan_triton(**{**x, **leaves})
         gy, gf = torch.randn_like(y), torch.randn_like(final)
         ((y * gy).sum() + (final * gf).sum()).backward()
-    assert triton_scan.BWD_SEGMENTS is None  # restored
+    assert triton_scan.FWD_SEGMENTS is None and triton_scan.BWD_SEGMENTS is None  # restored
     ref = {k: x[k].double().requires_grad_(True) for k in given}
     y_ref, final_ref = selective_scan_naive(**{**x, **ref})
     ((y_ref * gy.double()).sum() + (final_ref * gf.double()).sum()).backward()
+    assert _rel(y, y_ref) < 1e-5 and _rel(final, final_ref) < 1e-5
     for k in given:
         assert _rel(leaves[k].grad, ref[k].grad) < 1e-5, k
     _, _, ckpt = triton_scan.scan_fwd(**x, save_states=True)
+    for a, b in zip(triton_scan.scan_fwd(**x, save_states=True, segments=segments), (y, final, ckpt)):
+        assert _rel(a, b) < 1e-6
     args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     one = triton_scan.scan_bwd(*args, True, ckpt, gy, gf, segments=1)
     split = triton_scan.scan_bwd(*args, True, ckpt, gy, None if opts else gf, segments=segments)
@@ -107,6 +111,18 @@ def test_scan_backward_in_time_segments(segments, opts):
     for a, b in zip(split, one):
         if b is not None:
             assert _rel(a, b) < 1e-6
+
+
+def test_forward_segments_fill_the_sms(monkeypatch):
+    dev, cfg = torch.device("cuda", 0), dict(BD=16, S=2, num_warps=1)
+    monkeypatch.setattr(triton_scan, "sm_count", lambda device: 132)
+    assert triton_scan._fwd_segments(1, 3200, 520, dev, cfg) == 7  # 200 programs, 12 an SM
+    assert triton_scan._fwd_segments(1, 3200, 136, dev, cfg) == 4  # segments of at least 32 chunks
+    assert triton_scan._fwd_segments(6, 3200, 136, dev, cfg) == 1
+    assert triton_scan._fwd_segments(1, 3200, 520, torch.device("cpu"), cfg) == 1
+    with triton_scan.forced_configs(fwd_segments=7):
+        assert triton_scan._fwd_segments(6, 3200, 3, dev, cfg) == 3  # never more segments than chunks
+    assert triton_scan.FWD_SEGMENTS is None
 
 
 def test_backward_segments_fill_the_sms(monkeypatch):

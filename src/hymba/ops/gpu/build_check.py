@@ -48,6 +48,11 @@ def kernel_cases():
                      HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, FAST=True, **v)
         cases.append((f"scan backward {v}", scan._scan_bwd_kernel, dict(act, **packed[v["PACK"]]), const,
                       cfg["num_warps"]))
+    for v in _variants(PACK=(True, False), SPLIT=(False, True)):
+        cfg = dict(scan.FWD_CONFIG, **(scan.FWD_SPLIT if v.pop("SPLIT") else {}))
+        const = dict(N=16, BD=cfg["BD"], S=cfg["S"], PF=cfg["PF"], HAS_BIAS=True, SOFTPLUS=True, FAST=True, **v)
+        cases.append((f"scan state S={cfg['S']} {v}", scan._scan_state_kernel, dict(act, **packed[v["PACK"]]),
+                      const, cfg["num_warps"]))
     for v in _variants(PACK=(True, False), HAS_Z=(True, False)):
         cfg = scan.BWD_CONFIG
         const = dict(N=16, BD=cfg["BD"], S=cfg["S"], PF=cfg["PF"], HAS_BIAS=True, SOFTPLUS=True, FAST=True, **v)

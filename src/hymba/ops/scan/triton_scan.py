@@ -175,7 +175,7 @@ def _across_splits(x, lanes, BD: tl.constexpr, S: tl.constexpr):
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, z_ptr, b_ptr, c_ptr, a2_ptr, dskip_ptr, bias_ptr, h0_ptr,
     y_ptr, ht_ptr, ckpt_ptr,
-    L, d, n_chunks,
+    L, d, n_chunks, seg_steps,
     s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_bb, s_bl, s_cb, s_cl, s_yb, s_yl,
     N: tl.constexpr, BD: tl.constexpr, S: tl.constexpr, PF: tl.constexpr, PB: tl.constexpr,
     CHUNK: tl.constexpr,
@@ -185,6 +185,7 @@ def _scan_fwd_kernel(
     # BD channels per program, each held by S lanes (lane = slice * BD + channel), each lane NS of its states.
     NS: tl.constexpr = N // S
     b = tl.program_id(1).to(tl.int64)
+    seg = tl.program_id(2)  # time segment: steps seg * seg_steps onwards, entered with h0[seg] (scan_fwd)
     lanes, slc, cols, cm, lead = _lane_layout(d, BD, S)  # lead: one lane per channel writes y
     u_ptr += b * s_ub
     dt_ptr += b * s_db
@@ -199,24 +200,27 @@ def _scan_fwd_kernel(
     for n in tl.static_range(NS):
         a2 = a2 + (tl.load(a2_ptr + cols * N + slc * NS + n, mask=cm, other=0.0),)
         if HAS_H0:
-            h = h + (tl.load(h0_ptr + st + n, mask=cm, other=0.0),)
+            h = h + (tl.load(h0_ptr + seg.to(tl.int64) * tl.num_programs(1) * d * N + st + n, mask=cm, other=0.0),)
         else:
             h = h + (tl.zeros([BD * S], tl.float32),)
     if HAS_D:
         dskip = tl.load(dskip_ptr + cols, mask=cm, other=0.0)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols, mask=cm, other=0.0)
+    t_lo = seg * seg_steps
+    t_hi = tl.minimum(t_lo + seg_steps, L)
 
     # Software pipeline: the inputs of the next PF steps (and B, C of the next PB) are already in flight.
     colc = tl.minimum(cols, d - 1)  # unmasked loads (a ragged last block re-reads the last channel)
     ring_x = ()
     for i in tl.static_range(PF):
-        ring_x = ring_x + (_load_x(u_ptr, dt_ptr, z_ptr, i, L, colc, s_ul, s_dl, s_zl, HAS_Z),)
+        ring_x = ring_x + (_load_x(u_ptr, dt_ptr, z_ptr, t_lo + i, L, colc, s_ul, s_dl, s_zl, HAS_Z),)
     ring_bc = ()
     for i in tl.static_range(PB):
-        ring_bc = ring_bc + ((_load_row(b_ptr, i, L, s_bl, NS, PACK), _load_row(c_ptr, i, L, s_cl, NS, PACK)),)
+        ring_bc = ring_bc + ((_load_row(b_ptr, t_lo + i, L, s_bl, NS, PACK),
+                              _load_row(c_ptr, t_lo + i, L, s_cl, NS, PACK)),)
 
-    for t0 in range(0, L, PF):
+    for t0 in range(t_lo, t_hi, PF):
         if SAVE:
             if t0 % CHUNK == 0:
                 base = (b * n_chunks + t0 // CHUNK) * N + slc * NS
@@ -253,8 +257,57 @@ def _scan_fwd_kernel(
                 y = y * zf * _sigmoid(zf, FAST)
             tl.store(y_ptr + t * s_yl + cols, y.to(y_ptr.dtype.element_ty), mask=lead & (t < L))
 
+    for n in tl.static_range(NS):  # the final state: the last segment's
+        tl.store(ht_ptr + st + n, h[n], mask=cm & (seg == tl.num_programs(2) - 1))
+
+
+@triton.jit
+def _scan_state_kernel(
+    u_ptr, dt_ptr, b_ptr, a2_ptr, bias_ptr, hloc_ptr, dtsum_ptr,
+    L, d, nbatch, seg_steps,
+    s_ub, s_ul, s_db, s_dl, s_bb, s_bl,
+    N: tl.constexpr, BD: tl.constexpr, S: tl.constexpr, PF: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr, PACK: tl.constexpr,
+):
+    """What time segment seg = program_id(2) adds to the state, from a zero state at its start:
+    h <- a_t h + delta_t u_t B_t over its steps (no C, z, D, no outputs), and its sum of delta (its decay per
+    state is exp2(a2 * sum)). scan_fwd stitches these into each segment's entering state, so that the
+    forward's segments run side by side. The forward's mirror of `_scan_adjoint_kernel`."""
+    NS: tl.constexpr = N // S
+    b = tl.program_id(1).to(tl.int64)
+    seg = tl.program_id(2)
+    lanes, slc, cols, cm, lead = _lane_layout(d, BD, S)
+    colc = tl.minimum(cols, d - 1)
+    u_ptr += b * s_ub
+    dt_ptr += b * s_db
+    b_ptr = _row_slice(b_ptr, b, s_bb, slc, NS, S, PACK)
+    a2 = ()
+    h = ()
     for n in tl.static_range(NS):
-        tl.store(ht_ptr + st + n, h[n], mask=cm)
+        a2 = a2 + (tl.load(a2_ptr + cols * N + slc * NS + n, mask=cm, other=0.0),)
+        h = h + (tl.zeros([BD * S], tl.float32),)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols, mask=cm, other=0.0)
+    else:
+        bias = tl.zeros([BD * S], tl.float32)
+    dt_sum = tl.zeros([BD * S], tl.float32)
+    t_lo = seg * seg_steps
+    for i0 in range(0, seg_steps, PF):
+        for ii in tl.static_range(PF):
+            t = t_lo + i0 + ii
+            u, dtr, _ = _load_x(u_ptr, dt_ptr, u_ptr, t, L, colc, s_ul, s_dl, s_ul, False)
+            dt, _ = _delta(dtr, bias, t, L, HAS_BIAS, SOFTPLUS, FAST)
+            dtu = dt * u.to(tl.float32)
+            bs = _unpack_row(_load_row(b_ptr, t, L, s_bl, NS, PACK), NS, PACK)
+            new_h = ()
+            for n in tl.static_range(NS):
+                new_h = new_h + (tl.exp2(dt * a2[n]) * h[n] + dtu * bs[n],)
+            h = new_h
+            dt_sum += dt
+    row = seg.to(tl.int64) * nbatch + b  # [segment, batch] of the outputs
+    for n in tl.static_range(NS):
+        tl.store(hloc_ptr + (row * d + cols) * N + slc * NS + n, h[n], mask=cm)
+    tl.store(dtsum_ptr + row * d + cols, dt_sum, mask=lead)
 
 
 # ---- backward ---------------------------------------------------------------------------------------------
@@ -630,8 +683,12 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state) -> tuple[i
 
 
 def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None,
-             save_states=False, config: dict | None = None):
-    """Runs the forward kernel. Returns (y, final_state, checkpoints or None)."""
+             save_states=False, config: dict | None = None, segments: int | None = None):
+    """Runs the forward kernel. Returns (y, final_state, checkpoints or None).
+
+    `segments`: time segments scanned side by side (None: `_fwd_segments` decides), each entered with the
+    state that a cheap pass over the earlier ones gives it (`_scan_state_kernel`, stitched by
+    `_entering_states`); exact up to rounding, and the checkpoints are the same."""
     batch, L, d, N = _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
     cfg = dict(FWD_CONFIG, **(_forward_split(batch, d, u.device) if config is None else config))
     u, delta, B, C = (_channels_last(t) for t in (u, delta, B, C))
@@ -650,11 +707,17 @@ def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=
     cfg = _lanes_for(cfg, N)
     zz = z if z is not None else u
     Bk, Ck, pack = _packed_bc(B, C, N // cfg["S"])  # each lane reads its N/S values of a row
-    grid = (triton.cdiv(d, cfg["BD"]), batch)
+    seg_chunks = max(1, triton.cdiv(n_chunks, _fwd_segments(batch, d, n_chunks, u.device, cfg) if segments is None
+                                    else max(1, min(segments, n_chunks))))
+    nseg = triton.cdiv(n_chunks, seg_chunks)
+    if nseg > 1:
+        h0 = _entering_states(u, delta, Bk, a2, delta_bias, h0, nseg, seg_chunks * CHUNK, cfg, pack,
+                              bool(delta_softplus), _fast(y))
+    grid = (triton.cdiv(d, cfg["BD"]), batch, nseg)
     _scan_fwd_kernel[grid](
         u, delta, zz, Bk, Ck, a2, D if D is not None else a2, delta_bias if delta_bias is not None else a2,
         h0 if h0 is not None else ht, y, ht, ckpt if ckpt is not None else ht,
-        L, d, n_chunks,
+        L, d, n_chunks, seg_chunks * CHUNK,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
         Bk.stride(0), Bk.stride(1), Ck.stride(0), Ck.stride(1), y.stride(0), y.stride(1),
         N=N, BD=cfg["BD"], S=cfg["S"], PF=cfg["PF"], PB=cfg["PB"], CHUNK=CHUNK,
@@ -729,6 +792,28 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
     dD = dd.sum(0).to(D.dtype) if D is not None else None
     dbias_out = dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
     return du, ddt, dA, dB, dC, dD, dz, dbias_out, dh0
+
+
+def _entering_states(u, delta, Bk, a2, biasf, h0, nseg: int, seg_steps: int, cfg: dict, pack: bool,
+                     softplus: bool, fast: bool) -> torch.Tensor:
+    """[nseg, batch, d, N] fp32: the state entering each time segment (the first: the initial state, or
+    zeros). Linear in the state, so segment k + 1's is what segment k adds from a zero start (the state
+    kernel) plus segment k's own entering state decayed through it: nseg - 1 small steps."""
+    batch, L, d = delta.shape
+    N = a2.shape[1]
+    h_loc = torch.empty(nseg - 1, batch, d, N, dtype=torch.float32, device=delta.device)
+    dt_sum = torch.empty(nseg - 1, batch, d, dtype=torch.float32, device=delta.device)
+    _scan_state_kernel[(triton.cdiv(d, cfg["BD"]), batch, nseg - 1)](
+        u, delta, Bk, a2, biasf if biasf is not None else a2, h_loc, dt_sum,
+        L, d, batch, seg_steps,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), Bk.stride(0), Bk.stride(1),
+        N=N, BD=cfg["BD"], S=cfg["S"], PF=cfg["PF"], HAS_BIAS=biasf is not None, SOFTPLUS=softplus, FAST=fast,
+        PACK=pack, num_warps=cfg["num_warps"],
+    )
+    starts = [h0 if h0 is not None else torch.zeros(batch, d, N, dtype=torch.float32, device=delta.device)]
+    for k in range(nseg - 1):
+        starts.append(torch.exp2(dt_sum[k, ..., None] * a2) * starts[-1] + h_loc[k])
+    return torch.stack(starts)
 
 
 def _entering_adjoints(delta, z, Ck, a2, biasf, dy, dht, nseg: int, seg_steps: int, cfg: dict, pack: bool,
@@ -847,22 +932,24 @@ def forced_segments(count: int | None):
 
 @contextlib.contextmanager
 def forced_configs(fwd: dict | None = None, bwd: dict | None = None, split_below: int | None = None,
-                   bwd_segments: int | None = None):
-    """FWD_CONFIG / BWD_CONFIG updated with `fwd` / `bwd`, FWD_SPLIT_BELOW set to `split_below` and
-    BWD_SEGMENTS to `bwd_segments` inside the block (benchmarks, checks; None keeps a setting), restored after."""
-    global FWD_SPLIT_BELOW, BWD_SEGMENTS
-    saved = dict(FWD_CONFIG), dict(BWD_CONFIG), FWD_SPLIT_BELOW, BWD_SEGMENTS
+                   fwd_segments: int | None = None, bwd_segments: int | None = None):
+    """FWD_CONFIG / BWD_CONFIG updated with `fwd` / `bwd`, FWD_SPLIT_BELOW set to `split_below`, FWD_SEGMENTS
+    and BWD_SEGMENTS to `fwd_segments` and `bwd_segments` inside the block (benchmarks, checks; None keeps a
+    setting), restored after."""
+    global FWD_SPLIT_BELOW, FWD_SEGMENTS, BWD_SEGMENTS
+    saved = dict(FWD_CONFIG), dict(BWD_CONFIG), FWD_SPLIT_BELOW, FWD_SEGMENTS, BWD_SEGMENTS
     FWD_CONFIG.update(fwd or {})
     BWD_CONFIG.update(bwd or {})
     FWD_SPLIT_BELOW = saved[2] if split_below is None else split_below
-    BWD_SEGMENTS = saved[3] if bwd_segments is None else bwd_segments
+    FWD_SEGMENTS = saved[3] if fwd_segments is None else fwd_segments
+    BWD_SEGMENTS = saved[4] if bwd_segments is None else bwd_segments
     try:
         yield
     finally:
         for cfg, old in zip((FWD_CONFIG, BWD_CONFIG), saved):
             cfg.clear()
             cfg.update(old)
-        FWD_SPLIT_BELOW, BWD_SEGMENTS = saved[2], saved[3]
+        FWD_SPLIT_BELOW, FWD_SEGMENTS, BWD_SEGMENTS = saved[2:]
 
 
 # Few rows: the forward splits each channel's states over two lanes (twice the warps for ~30% more
@@ -890,6 +977,23 @@ def _forward_split(batch: int, d: int, device: torch.device) -> dict:
 BWD_RESIDENT_PER_SM = 16
 BWD_MIN_SEGMENT_CHUNKS = 32
 BWD_SEGMENTS: int | None = None
+
+
+# The forward in time segments (scan_fwd), the same way: up to FWD_RESIDENT_PER_SM one-warp programs an SM
+# (the two-lane forward that few rows run takes 168 registers a thread: 12 fit), segments of at least
+# FWD_MIN_SEGMENT_CHUNKS chunks; FWD_SEGMENTS overrides the choice.
+FWD_RESIDENT_PER_SM = 12
+FWD_MIN_SEGMENT_CHUNKS = 32
+FWD_SEGMENTS: int | None = None
+
+
+def _fwd_segments(batch: int, d: int, n_chunks: int, device: torch.device, cfg: dict) -> int:
+    if FWD_SEGMENTS is not None:
+        return max(1, min(FWD_SEGMENTS, n_chunks))
+    if device.type != "cuda":
+        return 1
+    programs = batch * triton.cdiv(d, cfg["BD"]) * cfg["num_warps"]
+    return max(1, min(FWD_RESIDENT_PER_SM * sm_count(device) // programs, n_chunks // FWD_MIN_SEGMENT_CHUNKS))
 
 
 def _bwd_segments(batch: int, d: int, n_chunks: int, device: torch.device, cfg: dict) -> int:
