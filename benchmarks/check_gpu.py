@@ -122,13 +122,13 @@ def check_scan(dev):
                        TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
         if not SHARD.mine(0):
             continue
-        # the backward in time segments side by side (what few rows train with), forced here: 1000 steps are
-        # 63 chunks, so 4 segments of 16 chunks and a ragged last one
+        # the forward and the backward in time segments side by side (what few rows run), forced here: 1000
+        # steps are 63 chunks, so 4 segments of 16 chunks and a ragged last one
         x = scan_inputs(*SIZES["scan"][0], dtype, dev)
-        with triton_scan.forced_configs(bwd_segments=4):
+        with triton_scan.forced_configs(fwd_segments=4, bwd_segments=4):
             errors = grads_vs(lambda **a: selective_scan_triton(**a), lambda **a: selective_scan_chunked(**a), x,
                               out_names=("y", "final"))
-        record(f"scan bwd in 4 time segments {str(dtype)[6:]} B={x['u'].shape[0]} L={x['u'].shape[1]}", errors,
+        record(f"scan fwd + bwd in 4 time segments {str(dtype)[6:]} B={x['u'].shape[0]} L={x['u'].shape[1]}", errors,
                TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
         # inference over one row in time segments side by side (what a batch-1 prefill runs), forced here
         x = scan_inputs(*SIZES["scan"][-1], dtype, dev)

@@ -116,8 +116,11 @@ def test_scan_in_time_segments(segments, opts):
 def test_forward_segments_fill_the_sms(monkeypatch):
     dev, cfg = torch.device("cuda", 0), dict(BD=16, S=2, num_warps=1)
     monkeypatch.setattr(triton_scan, "sm_count", lambda device: 132)
-    assert triton_scan._fwd_segments(1, 3200, 520, dev, cfg) == 7  # 200 programs, 12 an SM
+    assert triton_scan._fwd_segments(1, 3200, 520, dev, cfg) == 10  # 200 programs, 16 an SM in all
+    assert triton_scan._fwd_segments(2, 3200, 520, dev, cfg) == 5
     assert triton_scan._fwd_segments(1, 3200, 136, dev, cfg) == 4  # segments of at least 32 chunks
+    assert triton_scan._fwd_segments(1, 3200, 100, dev, cfg) == 1  # 3 segments: slower than one pass
+    assert triton_scan._fwd_segments(4, 3200, 136, dev, cfg) == 1
     assert triton_scan._fwd_segments(6, 3200, 136, dev, cfg) == 1
     assert triton_scan._fwd_segments(1, 3200, 520, torch.device("cpu"), cfg) == 1
     with triton_scan.forced_configs(fwd_segments=7):
@@ -252,7 +255,9 @@ def test_segments_are_chosen_only_for_underfilled_gpus(monkeypatch):
     dev = torch.device("cuda", 0)
     monkeypatch.setattr(triton_scan, "sm_count", lambda device: 132)
     monkeypatch.setitem(triton_scan.FWD_CONFIG, "BD", 32)
-    assert triton_scan._segments(1, 8320, 3200, dev) == 10  # the defaults: the best count measured (H100)
+    assert triton_scan._segments(1, 8320, 3200, dev) == 1  # off by default: the kernels segment time themselves
+    monkeypatch.setitem(triton_scan.SEGMENT_PROGRAMS_PER_SM, "inference", 8)
+    assert triton_scan._segments(1, 8320, 3200, dev) == 10  # the best count measured (H100) when it was on
     monkeypatch.setitem(triton_scan.SEGMENT_PROGRAMS_PER_SM, "inference", 6)
     # 100 programs of 32 channels, 6 per SM wanted: up to 7 segments, and 5 is the most that divides 8320
     assert triton_scan._segments(1, 8320, 3200, dev) == 5

@@ -11,8 +11,9 @@ into P segments, scanned as P extra batch rows, and stitched:
 
 Twice the scan work for P times the parallelism; exact up to floating-point rounding. Differentiable when
 `scan` is (gradients flow through both passes, the final states of the first and the entering states of the
-second). The Triton launch heuristic uses it for inference only: for training on an H100 the doubled
-backward cost more than the parallelism gained.
+second). The Triton kernels now segment time themselves (a cheap state pass instead of a second scan:
+faster on an H100), so their launch heuristic leaves this off unless asked (`triton_scan.SEGMENTS`); it
+stays as the way to segment any scan with this contract.
 """
 
 from __future__ import annotations

@@ -24,6 +24,12 @@ elements whose results are never stored or are zeroed before any sum): no predic
 loops. Counting the SASS instructions of the loops (sm_90, compiled on a CPU) guided the rest, e.g. softplus
 uses the MUFU's lg2 for 16-bit outputs (libdevice's log2 was ~25 instructions a step).
 
+Time segments (few rows): the forward and the backward can cut time into segments walked side by side, one
+more grid axis. The recurrence is linear in the state (forward) and in the adjoint (backward), so a cheap
+pass that carries only that (`_scan_state_kernel`: no outputs; `_scan_adjoint_kernel`: no states) gives what
+each segment adds from zero and its total decay, and a few small torch steps stitch them into each segment's
+entering state or adjoint; the backward's states come from the forward's checkpoints as before.
+
 Step (`_ssm_step_kernel`): one token, the [BD, N] state tile read and written in place.
 
 Semantics are those of `selective_scan_chunked` (the oracle): channels-last u/delta/z [batch, L, d],
@@ -906,15 +912,14 @@ def _backward(ctx, dy, dfinal, _dckpt):
 _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-# Few rows: time segments scanned side by side (scan/segmented.py) when the rows' channels fill fewer
-# programs than the GPU has SMs, aiming at SEGMENT_PROGRAMS_PER_SM programs per SM in all, each segment at
-# least SEGMENT_MIN_STEPS long. Measured on an H100 (benchmarks/bench_scan.py --segments; the forward at
-# L=8320, d=3200, one lane per channel): one pass takes ~1.9 ms for batch 1, 2 and 4 alike (each step's
-# latency bounds it); batch 1 in 10 segments takes 1.16 ms (0.83 with the current kernels, against 1.17
-# unsegmented on two lanes), batch 2 in 5 gains only 8%, batch 4 in 2 takes twice as long.
-# Off for training: a batch-4 x 2176 forward + backward took 2.47 ms whole and 4.96 ms in 2 segments.
-# SEGMENTS overrides the choice (tests, benchmarks; 1 turns it off).
-SEGMENT_PROGRAMS_PER_SM = {"inference": 8, "training": 0}
+# Few rows, the older way: the rows cut into time segments that are scanned twice (scan/segmented.py), when
+# the rows' channels fill fewer programs than the GPU has SMs, aiming at SEGMENT_PROGRAMS_PER_SM programs per
+# SM in all, each segment at least SEGMENT_MIN_STEPS long. Off by default since the kernels segment time
+# themselves (`_fwd_segments`, `_bwd_segments`): measured on an H100 at a batch-1 8k prefill, 0.82 ms for the
+# scan in 10 such segments against 0.66 in 10 kernel segments; the prefill 50.3k against 54.6k tok/s
+# (results/e2e_session7.log). For training it was never on (a batch-4 x 2176 forward + backward took 2.47 ms
+# whole and 4.96 ms in 2 segments). SEGMENTS (or a per-SM count here) turns it on (tests, benchmarks).
+SEGMENT_PROGRAMS_PER_SM = {"inference": 0, "training": 0}
 SEGMENT_MIN_STEPS = 512
 SEGMENTS: int | None = None
 
@@ -979,11 +984,17 @@ BWD_MIN_SEGMENT_CHUNKS = 32
 BWD_SEGMENTS: int | None = None
 
 
-# The forward in time segments (scan_fwd), the same way: up to FWD_RESIDENT_PER_SM one-warp programs an SM
-# (the two-lane forward that few rows run takes 168 registers a thread: 12 fit), segments of at least
-# FWD_MIN_SEGMENT_CHUNKS chunks; FWD_SEGMENTS overrides the choice.
-FWD_RESIDENT_PER_SM = 12
+# The forward in time segments (scan_fwd), for few rows: FWD_PROGRAMS_PER_SM programs an SM in all (the
+# segments are short and independent: a second wave costs little), each at least FWD_MIN_SEGMENT_CHUNKS
+# chunks long, and at least FWD_MIN_SEGMENTS of them: the state pass walks K - 1 segments with only K - 1
+# times the rows' parallelism, so 2 or 3 segments were slower than one pass at every shape measured.
+# Measured on an H100 (benchmarks/bench_scan.py --fwd-segments, results/scan_fwd_segments.log; d_inner=3200):
+# 1 x 8320 1.21 -> 0.66 ms in 10 segments (the rows scanned twice, segmented.py: 0.82), with checkpoints
+# 1.41 -> 0.66; 1 x 2176 0.38 -> 0.28 in 4; 2 x 4224 0.76 -> 0.58 in 6; 4 x 2176 one pass is fastest.
+# FWD_SEGMENTS overrides the choice.
+FWD_PROGRAMS_PER_SM = 16
 FWD_MIN_SEGMENT_CHUNKS = 32
+FWD_MIN_SEGMENTS = 4
 FWD_SEGMENTS: int | None = None
 
 
@@ -993,7 +1004,8 @@ def _fwd_segments(batch: int, d: int, n_chunks: int, device: torch.device, cfg: 
     if device.type != "cuda":
         return 1
     programs = batch * triton.cdiv(d, cfg["BD"]) * cfg["num_warps"]
-    return max(1, min(FWD_RESIDENT_PER_SM * sm_count(device) // programs, n_chunks // FWD_MIN_SEGMENT_CHUNKS))
+    k = min(FWD_PROGRAMS_PER_SM * sm_count(device) // programs, n_chunks // FWD_MIN_SEGMENT_CHUNKS)
+    return k if k >= FWD_MIN_SEGMENTS else 1
 
 
 def _bwd_segments(batch: int, d: int, n_chunks: int, device: torch.device, cfg: dict) -> int:
