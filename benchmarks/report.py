@@ -109,6 +109,26 @@ def segments_md(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kernel_segments_md(r: dict) -> str:
+    """bench_scan.py --fwd-segments / --bwd-segments: time segments inside the scan kernels."""
+    fwd = any("save_states" in v for v in r["shapes"].values())
+    lines = [f"## Scan {'forward' if fwd else 'backward'} with time segments inside the kernel "
+             f"(d_inner={r['d']}, N={r['N']}, bf16), {r['device']}", "",
+             "(the heuristic's pick is that of the code the run measured; benchmarks/README.md has the rule now)", "",
+             "| shape | segments: ms | fastest | the heuristic's pick | largest difference from one pass |",
+             "|---|---|---|---|---|"]
+    for name, v in r["shapes"].items():
+        ms = v["ms"]
+        best = min(ms, key=ms.get)
+        times = ", ".join(f"{k}: {t:.3f}" for k, t in ms.items())
+        if "rows_segmented" in v:
+            times += f"; rows scanned twice in {v['rows_segmented']['segments']}: {v['rows_segmented']['ms']:.3f}"
+        pick = str(v["heuristic"])
+        lines.append(f"| {name} | {times} | {best} ({ms['1'] / ms[best]:.2f}x) | {pick} ({ms['1'] / ms[pick]:.2f}x) | "
+                     f"{max(v['max_rel_diff'].values()):.1e} |")
+    return "\n".join(lines) + "\n"
+
+
 def conv_md(r: dict) -> str:
     lines = [f"## Causal conv (K=4, silu, bf16), {r['device']}", "",
              "| shape | kernels | forward ms | forward + backward ms |", "|---|---|---|---|"]
@@ -197,7 +217,9 @@ def main():
                      ("e2e.json", e2e_md), ("e2e_hymba.json", e2e_md), ("train.json", train_md),
                      ("train_batch6.json", train_md), ("profile_train_compiled.json", profile_train_md),
                      ("flex_options.json", flex_md), ("ssm_proj.json", ssm_proj_md),
-                     ("decode_attention.json", decode_attention_md)):
+                     ("decode_attention.json", decode_attention_md), ("e2e_session7.json", e2e_md),
+                     ("train_bwd_segments.json", train_md), ("scan_fwd_segments.json", kernel_segments_md),
+                     ("scan_bwd_segments.json", kernel_segments_md)):
         r = _load(args.results, name)
         if r is not None:
             md = fn(r)
