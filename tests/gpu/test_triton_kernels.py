@@ -78,13 +78,12 @@ def test_scan_gradients_match_naive(N, BD, S, monkeypatch):
         assert _rel(leaves[k].grad, ref[k].grad) < 1e-5, k
 
 
-@pytest.mark.parametrize("segments", [2, 3, 5])
-@pytest.mark.parametrize("opts", [dict(), dict(z=None, D=None, delta_bias=None, initial_state=None)])
+@pytest.mark.parametrize("segments, opts", [(3, dict()), (5, dict(z=None, D=None, delta_bias=None, initial_state=None))])
 def test_scan_in_time_segments(segments, opts):
     """The forward's and the backward's time segments side by side (forced: the CPU has no SMs to fill), each
     entered with the state / adjoint that the state / adjoint pass and the stitching hand it: the outputs,
     checkpoints and gradients of one pass, and float64's. 37 steps in chunks of 8 are 5 chunks: segments of
-    3, 2 (+ a ragged last one) and 1 chunk; padding inside."""
+    2 (+ a ragged last one) or 1 chunk; padding inside. (Slow under the interpreter: two cases.)"""
     x = {**_scan_inputs(L=37, N=8), **opts}
     x["delta"][1, 3:6] = float("-inf")
     given = [k for k, v in x.items() if v is not None]
