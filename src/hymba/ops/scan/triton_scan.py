@@ -772,7 +772,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
         scratch = torch.empty(nseg, batch, nb, CHUNK, N, BD, dtype=torch.float32, device=dev)  # N/S x S lanes
         Bk, Ck, pack = _packed_bc(B, C, N // S)  # each lane reads its N/S values of a row
         if nseg > 1:
-            dht = _entering_adjoints(delta, zz if z is not None else None, Ck, a2, biasf, dy, dht, nseg,
+            dht = _entering_adjoints(delta, z, Ck, a2, biasf, dy, dht, nseg,
                                      seg_chunks * CHUNK, cfg, pack, bool(delta_softplus), _fast(du))
         _scan_bwd_kernel[(nb, batch, nseg)](
             u, delta, zz, Bk, Ck, a2, Df if Df is not None else a2, biasf if biasf is not None else a2, ckpt, dy,
