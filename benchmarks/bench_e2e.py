@@ -240,8 +240,8 @@ def run_hymba(args) -> dict:
                                   ("prefill_unsegmented_scan", 1, 1)):
             with triton_scan.forced_segments(rows), triton_scan.forced_configs(fwd_segments=kernel):
                 r[key] = hymba_prefill(model, args.context)
-            print(f"hymba prefill {args.context}, {key[8:].replace('_', ' ')}: {r[key]['tokens_per_s']:.0f} tok/s",
-                  flush=True)
+            print(f"hymba prefill {args.context}, {key.removeprefix('prefill_').replace('_', ' ')}: "
+                  f"{r[key]['tokens_per_s']:.0f} tok/s", flush=True)
         b, r["decode"] = halving(args.batch, lambda b: hymba_decode(model, b, args.context, args.steps))
         r["decode"]["batch"] = b
         print(f"hymba decode (graph) batch {b}: {r['decode']['tokens_per_s']:.0f} tok/s "

@@ -137,6 +137,25 @@ def segment_sweep(out_dir: str) -> dict:
     return res
 
 
+def count_sweep(label: str, counts, run) -> tuple[dict, dict]:
+    """`run(k)` (the outputs with k time segments) timed for each count, and its largest relative difference
+    from one pass's outputs; printed as it goes, then the fastest count. Returns (ms, max_rel_diff)."""
+    one = run(1)
+    ms, diff = {}, {}
+    for k in counts:
+        diff[k] = max(((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+                      for a, b in zip(run(k), one) if b is not None)
+        ms[k] = bench(lambda: run(k))
+        print(f"{label} segments {k:>2}: {ms[k]:7.3f} ms  (vs one pass: {diff[k]:.1e})", flush=True)
+    return ms, diff
+
+
+def report_best(label: str, ms: dict, picked: int) -> None:
+    best = min(ms, key=ms.get)
+    print(f"{label} best {best} segments, {ms[1] / ms[best]:.2f}x over one pass; the heuristic picks {picked} "
+          f"({ms[1] / ms[picked]:.2f}x)", flush=True)
+
+
 # (batch, L): training steps at batch 4 and 6, fine-tuning with few long rows, and the issue's shape
 BWD_SEGMENT_SHAPES = ((4, 2176), (6, 2176), (2, 4224), (1, 2176), (1, 8320), (8, 4096))
 
@@ -152,21 +171,12 @@ def bwd_segment_sweep(out_dir: str, d: int = 3200, N: int = 16, counts=(1, 2, 3,
         args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
         n_chunks = -(-L // triton_scan.CHUNK)
         picked = triton_scan._bwd_segments(batch, d, n_chunks, torch.device("cuda"), triton_scan.BWD_CONFIG)
-        one = triton_scan.scan_bwd(*args, True, ckpt, dy, segments=1)
-        row = dict(batch=batch, L=L, heuristic=picked, ms={}, max_rel_diff={})
-        for k in sorted(set(counts) | {picked}):
-            got = triton_scan.scan_bwd(*args, True, ckpt, dy, segments=k)
-            diff = max(((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-                       for a, b in zip(got, one) if b is not None)
-            row["ms"][k] = bench(lambda: triton_scan.scan_bwd(*args, True, ckpt, dy, segments=k))
-            row["max_rel_diff"][k] = diff
-            print(f"bwd {batch}x{L:<5} segments {k:>2}: {row['ms'][k]:7.3f} ms  (gradients vs one pass: {diff:.1e})",
-                  flush=True)
-        best = min(row["ms"], key=row["ms"].get)
-        print(f"bwd {batch}x{L:<5} best {best} segments, {row['ms'][1] / row['ms'][best]:.2f}x over one pass; "
-              f"the heuristic picks {picked} ({row['ms'][1] / row['ms'][picked]:.2f}x)", flush=True)
-        res["shapes"][f"{batch}x{L}"] = row
-        x = ckpt = dy = args = one = got = None  # free the shape's tensors before the next one
+        label = f"bwd {batch}x{L:<5}"
+        ms, diff = count_sweep(label, sorted(set(counts) | {picked}),
+                               lambda k: triton_scan.scan_bwd(*args, True, ckpt, dy, segments=k))
+        report_best(label, ms, picked)
+        res["shapes"][f"{batch}x{L}"] = dict(batch=batch, L=L, heuristic=picked, ms=ms, max_rel_diff=diff)
+        x = ckpt = dy = args = None  # free the shape's tensors before the next one
         torch.cuda.empty_cache()
     atomic_write_text(os.path.join(out_dir, "scan_bwd_segments.json"), json.dumps(res, indent=1))
     return res
@@ -186,27 +196,20 @@ def fwd_segment_sweep(out_dir: str, d: int = 3200, N: int = 16, counts=(1, 2, 4,
         x = inputs(batch, L, d, N)
         cfg = dict(triton_scan.FWD_CONFIG, **triton_scan._forward_split(batch, d, torch.device("cuda")))
         picked = triton_scan._fwd_segments(batch, d, -(-L // triton_scan.CHUNK), torch.device("cuda"), cfg)
-        one = triton_scan.scan_fwd(**x, save_states=save, segments=1)
         name = f"{batch}x{L} {'training' if save else 'inference'}"
-        row = dict(batch=batch, L=L, save_states=save, heuristic=picked, ms={}, max_rel_diff={})
-        for k in sorted(set(counts) | {picked}):
-            got = triton_scan.scan_fwd(**x, save_states=save, segments=k)
-            row["max_rel_diff"][k] = max(((a.double() - b.double()).norm() / b.double().norm()).item()
-                                         for a, b in zip(got, one) if b is not None)
-            row["ms"][k] = bench(lambda: triton_scan.scan_fwd(**x, save_states=save, segments=k))
-            print(f"fwd {name:<20} segments {k:>2}: {row['ms'][k]:7.3f} ms  (vs one pass: "
-                  f"{row['max_rel_diff'][k]:.1e})", flush=True)
+        label = f"fwd {name:<20}"
+        ms, diff = count_sweep(label, sorted(set(counts) | {picked}),
+                               lambda k: triton_scan.scan_fwd(**x, save_states=save, segments=k))
+        row = dict(batch=batch, L=L, save_states=save, heuristic=picked, ms=ms, max_rel_diff=diff)
         if not save:
             rows = triton_scan._segments(batch, L, d, torch.device("cuda"))
             with torch.no_grad(), triton_scan.forced_segments(rows), triton_scan.forced_configs(fwd_segments=1):
                 row["rows_segmented"] = dict(segments=rows, ms=bench(lambda: triton_scan.selective_scan_triton(**x)))
-            print(f"fwd {name:<20} as {rows} rows scanned twice (segmented.py): {row['rows_segmented']['ms']:7.3f} ms",
+            print(f"{label} as {rows} rows scanned twice (segmented.py): {row['rows_segmented']['ms']:7.3f} ms",
                   flush=True)
-        best = min(row["ms"], key=row["ms"].get)
-        print(f"fwd {name:<20} best {best} segments, {row['ms'][1] / row['ms'][best]:.2f}x over one pass; the "
-              f"heuristic picks {picked} ({row['ms'][1] / row['ms'][picked]:.2f}x)", flush=True)
+        report_best(label, ms, picked)
         res["shapes"][name] = row
-        x = one = got = None
+        x = None
         torch.cuda.empty_cache()
     atomic_write_text(os.path.join(out_dir, "scan_fwd_segments.json"), json.dumps(res, indent=1))
     return res

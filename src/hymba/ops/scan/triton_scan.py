@@ -268,6 +268,29 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
+def _rates_and_bias(a2_ptr, bias_ptr, cols, slc, cm, N: tl.constexpr, NS: tl.constexpr, LANES: tl.constexpr,
+                    HAS_BIAS: tl.constexpr):
+    """This lane's NS decay rates (A in log2 units) and its channel's delta bias (zeros without one)."""
+    a2 = ()
+    for n in tl.static_range(NS):
+        a2 = a2 + (tl.load(a2_ptr + cols * N + slc * NS + n, mask=cm, other=0.0),)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols, mask=cm, other=0.0)
+    else:
+        bias = tl.zeros([LANES], tl.float32)
+    return a2, bias
+
+
+@triton.jit
+def _zeros(NS: tl.constexpr, LANES: tl.constexpr):
+    """NS zero vectors: a state or an adjoint that starts from nothing."""
+    z = ()
+    for n in tl.static_range(NS):
+        z = z + (tl.zeros([LANES], tl.float32),)
+    return z
+
+
+@triton.jit
 def _scan_state_kernel(
     u_ptr, dt_ptr, b_ptr, a2_ptr, bias_ptr, hloc_ptr, dtsum_ptr,
     L, d, nbatch, seg_steps,
@@ -287,15 +310,8 @@ def _scan_state_kernel(
     u_ptr += b * s_ub
     dt_ptr += b * s_db
     b_ptr = _row_slice(b_ptr, b, s_bb, slc, NS, S, PACK)
-    a2 = ()
-    h = ()
-    for n in tl.static_range(NS):
-        a2 = a2 + (tl.load(a2_ptr + cols * N + slc * NS + n, mask=cm, other=0.0),)
-        h = h + (tl.zeros([BD * S], tl.float32),)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + cols, mask=cm, other=0.0)
-    else:
-        bias = tl.zeros([BD * S], tl.float32)
+    a2, bias = _rates_and_bias(a2_ptr, bias_ptr, cols, slc, cm, N, NS, BD * S, HAS_BIAS)
+    h = _zeros(NS, BD * S)
     dt_sum = tl.zeros([BD * S], tl.float32)
     t_lo = seg * seg_steps
     for i0 in range(0, seg_steps, PF):
@@ -566,15 +582,8 @@ def _scan_adjoint_kernel(
     z_ptr += b * s_zb
     c_ptr = _row_slice(c_ptr, b, s_cb, slc, NS, S, PACK)
     dy_ptr += b * s_gb
-    a2 = ()
-    g = ()
-    for n in tl.static_range(NS):
-        a2 = a2 + (tl.load(a2_ptr + cols * N + slc * NS + n, mask=cm, other=0.0),)
-        g = g + (tl.zeros([BD * S], tl.float32),)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + cols, mask=cm, other=0.0)
-    else:
-        bias = tl.zeros([BD * S], tl.float32)
+    a2, bias = _rates_and_bias(a2_ptr, bias_ptr, cols, slc, cm, N, NS, BD * S, HAS_BIAS)
+    g = _zeros(NS, BD * S)
     dt_sum = tl.zeros([BD * S], tl.float32)
     t_end = seg * seg_steps + seg_steps - 1  # steps past L have delta 0 and no dy: no-ops
     for j0 in range(0, seg_steps, PF):
@@ -998,24 +1007,25 @@ FWD_MIN_SEGMENTS = 4
 FWD_SEGMENTS: int | None = None
 
 
-def _fwd_segments(batch: int, d: int, n_chunks: int, device: torch.device, cfg: dict) -> int:
-    if FWD_SEGMENTS is not None:
-        return max(1, min(FWD_SEGMENTS, n_chunks))
+def _segment_count(override: int | None, per_sm: int, min_chunks: int, batch: int, d: int, n_chunks: int,
+                   device: torch.device, cfg: dict) -> int:
+    """Time segments for a launch of `cfg`'s programs: `override` (never more than the chunks), else as many
+    as keep `per_sm` programs an SM in all, each at least `min_chunks` chunks long (1 off the GPU)."""
+    if override is not None:
+        return max(1, min(override, n_chunks))
     if device.type != "cuda":
         return 1
     programs = batch * triton.cdiv(d, cfg["BD"]) * cfg["num_warps"]
-    k = min(FWD_PROGRAMS_PER_SM * sm_count(device) // programs, n_chunks // FWD_MIN_SEGMENT_CHUNKS)
-    return k if k >= FWD_MIN_SEGMENTS else 1
+    return max(1, min(per_sm * sm_count(device) // programs, n_chunks // min_chunks))
+
+
+def _fwd_segments(batch: int, d: int, n_chunks: int, device: torch.device, cfg: dict) -> int:
+    k = _segment_count(FWD_SEGMENTS, FWD_PROGRAMS_PER_SM, FWD_MIN_SEGMENT_CHUNKS, batch, d, n_chunks, device, cfg)
+    return k if FWD_SEGMENTS is not None or k >= FWD_MIN_SEGMENTS else 1
 
 
 def _bwd_segments(batch: int, d: int, n_chunks: int, device: torch.device, cfg: dict) -> int:
-    most = max(1, n_chunks // BWD_MIN_SEGMENT_CHUNKS)
-    if BWD_SEGMENTS is not None:
-        return max(1, min(BWD_SEGMENTS, n_chunks))
-    if device.type != "cuda":
-        return 1
-    programs = batch * triton.cdiv(d, cfg["BD"]) * cfg["num_warps"]
-    return max(1, min(BWD_RESIDENT_PER_SM * sm_count(device) // programs, most))
+    return _segment_count(BWD_SEGMENTS, BWD_RESIDENT_PER_SM, BWD_MIN_SEGMENT_CHUNKS, batch, d, n_chunks, device, cfg)
 
 
 def _segments(batch: int, L: int, d: int, device: torch.device, training: bool = False) -> int:
