@@ -210,6 +210,25 @@ def check_attention(dev):
                                   lambda **a: sdpa_attention(**a, mask=ref_mask, scale=0.125) * valid, x)
                 record(f"flex attention {str(dtype)[6:]} {case} {'global' if window is None else 'window+meta'}",
                        errors, TOL[dtype] * (1 if dtype == torch.bfloat16 else 10))
+        # a prefill chunk against a cache (lengths of neither a multiple of FlexAttention's blocks): 300
+        # queries after 600 tokens; keys: the meta tokens, then every earlier token (global) or a ring with
+        # empty slots (window), then the chunk
+        q_pos = (M + 600 + torch.arange(300, device=dev))[None].expand(2, -1)
+        earlier = {None: M + torch.arange(600, device=dev), W: torch.full((W,), -1, device=dev)}
+        earlier[W][: W - 10] = M + 600 - (W - 10) + torch.arange(W - 10, device=dev)
+        for window, before in earlier.items():
+            k_pos = torch.cat([torch.arange(M, device=dev)[None].expand(2, -1), before[None].expand(2, -1), q_pos], 1)
+            mask = build_flex_mask(q_pos, k_pos, window, M, dtype)
+            assert mask.block_mask is not None or dev.type != "cuda"
+            q = torch.randn(2, 25, 300, 64, device=dev).to(dtype)
+            k = torch.randn(2, 5, k_pos.shape[1], 64, device=dev).to(dtype)
+            v = torch.randn(2, 5, k_pos.shape[1], 128, device=dev).to(dtype)
+            out = flex_attention(q, k, v, mask, 0.125)
+            ref = sdpa_attention(q.double(), k.double(), v.double(), build_sdpa_mask(q_pos, k_pos, window, M,
+                                                                                     torch.float64), 0.125)
+            kind = "global" if window is None else "window+meta"
+            record(f"flex attention {str(dtype)[6:]} prefill chunk vs cache {kind} (300 x {k_pos.shape[1]})",
+                   dict(y=rel(out, ref)), TOL[dtype])
         # decode steps (the Triton decode kernel on CUDA): a window ring and a long global cache, a batch
         # large enough for one program per K/V head and batch 1 (keys split over programs, then merged)
         for window, slots, batch in ((W, W + 1, 2), (None, 3000, 1), (None, 3000, 64)):

@@ -137,3 +137,54 @@ def test_tuned_kernel_options_are_flex_attention_options():
     q, v = torch.zeros(1, 2, 256, 64, dtype=torch.bfloat16), torch.zeros(1, 1, 256, 128, dtype=torch.bfloat16)
     assert flex.kernel_options(q, v) is None  # CPU
     assert flex.kernel_options(q.float(), v.float()) is None
+
+
+def _chunk_against_cache(Tq: int, ring: int):
+    """A prefill chunk of Tq queries after a few earlier tokens: keys = meta tokens, a ring with empty (-1)
+    slots, the chunk itself; a padding query (-1) in the chunk."""
+    start = 5
+    q_pos = (M + start + torch.arange(Tq))[None]
+    q_pos[0, 3] = -1
+    ring_pos = torch.full((1, ring), -1)
+    ring_pos[0, :start] = M + torch.arange(start)
+    return q_pos, torch.cat([torch.arange(M)[None], ring_pos, q_pos], 1)
+
+
+@pytest.mark.parametrize("window", [None, W])
+def test_block_masks_cover_lengths_padded_to_whole_blocks(window):
+    """FlexAttention gets lengths padded to multiples of 128: the added keys are invisible to every query
+    (padding queries included), the added queries see nothing (positions mask) or only keys before them
+    (plain mask), and on the real rows and columns the rule is `allowed_keys` exactly."""
+    from hymba.ops.attention import flex
+
+    q_pos, k_pos = _chunk_against_cache(150, 7)  # 150 queries, 160 keys -> 256 x 256
+    bm = flex.flex_block_mask(q_pos, k_pos, window, M)
+    assert bm.shape[-2:] == (256, 256)
+    got = create_mask(bm.mask_mod, 1, 1, 256, 256, device="cpu")[0, 0]
+    real_q, real_k = got[:150], got[:, :160]
+    want = allowed_keys(q_pos, k_pos, window, M)[0]
+    assert torch.equal(real_q[:, :160][q_pos[0] >= 0], want[q_pos[0] >= 0])
+    assert real_q[3, :160].all()  # the padding query sees every key but the added ones
+    assert not real_q[:, 160:].any()
+    assert not got[150:].any() and not real_k[150:].any()
+
+    plain = flex._plain_block_mask(150, window, M, "cpu")
+    assert plain.shape[-2:] == (256, 256)
+    got = create_mask(plain.mask_mod, 1, 1, 256, 256, device="cpu")[0, 0]
+    pos = torch.arange(150)[None]
+    assert torch.equal(got[:150, :150], allowed_keys(pos, pos, window, M)[0])
+    assert not got[:150, 150:].any()
+
+
+def test_flex_attention_pads_to_whole_blocks_and_drops_the_padding():
+    """flex_attention (compiled, on the CPU) on a chunk against a cache whose lengths are not multiples of
+    128: the output keeps the chunk's length and equals the SDPA reference, padding query included."""
+    from hymba.ops.attention import flex
+
+    q_pos, k_pos = _chunk_against_cache(150, 7)
+    mask = AttentionMask(block_mask=flex.flex_block_mask(q_pos, k_pos, W, M))
+    q, k, v = _qkv(1, 4, 2, 150, k_pos.shape[1], 8, dtype=torch.float32)
+    got = flex.flex_attention(q, k, v, mask, 0.3)
+    assert got.shape == (1, 4, 150, 16)
+    want = sdpa_attention(q, k, v, build_sdpa_mask(q_pos, k_pos, W, M, torch.float32), 0.3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

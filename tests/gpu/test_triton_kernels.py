@@ -112,6 +112,24 @@ def test_scan_in_time_segments(segments, opts):
             assert _rel(a, b) < 1e-6
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_first", [True, False])
+def test_stitch_chains_the_segments_like_the_recurrence(reverse, with_first):
+    """The stitching kernel against the recurrence over segments written out in float64: out[k + 1] =
+    exp2(a2 dt_sum[k]) out[k] + loc[k] (states), out[k] = loc[k] + exp2(a2 dt_sum[k]) out[k + 1] (adjoints)."""
+    g = torch.Generator().manual_seed(3)
+    nseg, batch, d, N = 4, 2, 37, 4  # 296 elements: a ragged block
+    loc = torch.randn(nseg - 1, batch, d, N, generator=g)
+    dt_sum = torch.rand(nseg - 1, batch, d, generator=g) * 3
+    a2 = -torch.rand(d, N, generator=g) * 2
+    first = torch.randn(batch, d, N, generator=g) if with_first else None
+    out = triton_scan._stitch(first, loc, dt_sum, a2, reverse)
+    want = [first.double() if with_first else torch.zeros(batch, d, N, dtype=torch.float64)]
+    for k in (range(nseg - 2, -1, -1) if reverse else range(nseg - 1)):
+        want.append(torch.exp2(dt_sum[k, ..., None].double() * a2.double()) * want[-1] + loc[k].double())
+    torch.testing.assert_close(out.double(), torch.stack(want[::-1] if reverse else want), rtol=1e-6, atol=1e-6)
+
+
 def test_forward_segments_fill_the_sms(monkeypatch):
     dev, cfg = torch.device("cuda", 0), dict(BD=16, S=2, num_warps=1)
     monkeypatch.setattr(triton_scan, "sm_count", lambda device: 132)

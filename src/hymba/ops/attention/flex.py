@@ -7,6 +7,12 @@ a plain unpadded forward (0..T-1 in every row) the mask depends only on (T, wind
 forwards: causal for global layers, sliding window + meta tokens for the others. FlexAttention handles GQA
 without repeating K/V and a value head dim twice the query's.
 
+Lengths go to FlexAttention padded to multiples of its 128-token blocks and shaped [B, H, n, 128, d], so that
+inductor knows every block is whole (its template's `IS_DIVISIBLE`) even when torch.compile traces the
+lengths as dynamic, which it does from the second length it sees (in a process, the meta tokens' 128 are the
+first). With dynamic lengths it could not, and masked every block: 2.5-4x slower at prefill shapes on an H100
+(`benchmarks/bench_flex_prefill.py`). What is added to reach a multiple takes no part.
+
 Decode steps (a handful of query tokens against a long cache) skip block masks: on CUDA they go through
 our Triton decode kernel (`decode_triton`), which reads each cached K/V once for all the query heads sharing
 it and evaluates the rule from the slots' positions (no mask in memory; CUDA-graph friendly). Elsewhere the
@@ -20,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 
 from .masks import visible
 from .sdpa import build_sdpa_mask, sdpa_attention
@@ -27,6 +34,8 @@ from .sdpa import build_sdpa_mask, sdpa_attention
 # Queries per forward below which attention runs as a decode step (decode kernel) rather than FlexAttention.
 FLEX_MIN_QUERIES = 64
 FLEX_RECOMPILE_LIMIT = 64
+FLEX_BLOCK = 128  # FlexAttention's lengths are padded to multiples of its (default) block size
+ALIGNMENT_PAD = -2  # the position of the queries and keys added to reach a multiple: none sees or is seen
 
 # FlexAttention's Triton options per (GPU capability, key head dim, value head dim), for 16-bit inputs: what
 # inductor's max-autotune picks at a hymba-1.5b training step's shape (benchmarks/bench_flex.py; H100, batch 4
@@ -41,7 +50,7 @@ FLEX_KERNEL_OPTIONS = {
 
 def kernel_options(q: torch.Tensor, v: torch.Tensor) -> dict | None:
     """The tuned options for these inputs, or None (inductor's defaults). Below 128 queries inductor runs its
-    flex-decoding kernel instead, whose blocks these options are not for."""
+    flex-decoding kernel instead, whose blocks these options are not for (our padded lengths never are)."""
     if q.device.type != "cuda" or q.dtype not in (torch.bfloat16, torch.float16) or q.shape[-2] < 128:
         return None
     from ..gpu.device import capability
@@ -74,19 +83,39 @@ def _plain_mask_mod(window: int | None, num_meta: int):
 
 
 def positions_mask_mod(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, num_meta: int):
-    """`allowed_keys` as a mask_mod: reads each row's query and key positions. A padding query sees every
-    key, as in the SDPA reference: its output is never used, but this keeps every backend's outputs equal
-    at every position (a loss that reads a prediction made at a pad then does not depend on the backend)."""
+    """`allowed_keys` as a mask_mod: reads each row's query and key positions. A padding query (-1) sees
+    every key, as in the SDPA reference: its output is never used, but this keeps every backend's outputs
+    equal at every position (a loss that reads a prediction made at a pad then does not depend on the
+    backend). Queries and keys added for the block alignment (ALIGNMENT_PAD) see and are seen by none."""
     def mask_mod(b, h, qi, ki):
-        q = q_pos[b, qi]
-        return visible(q, k_pos[b, ki], window, num_meta) | (q < 0)
+        q, k = q_pos[b, qi], k_pos[b, ki]
+        return visible(q, k, window, num_meta) | ((q == -1) & (k != ALIGNMENT_PAD))
     return mask_mod
+
+
+def aligned(n: int) -> int:
+    """n rounded up to a multiple of FLEX_BLOCK."""
+    return -(-n // FLEX_BLOCK) * FLEX_BLOCK
+
+
+def flex_block_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, num_meta: int):
+    """The block mask of the position rule for these positions (any device), over lengths padded to
+    multiples of FLEX_BLOCK with queries and keys at ALIGNMENT_PAD."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    q_pos, k_pos = (F.pad(p.to(torch.int32), (0, aligned(p.shape[1]) - p.shape[1]), value=ALIGNMENT_PAD)
+                    for p in (q_pos, k_pos))
+    mod = positions_mask_mod(q_pos, k_pos, window, num_meta)
+    return create_block_mask(mod, q_pos.shape[0], None, q_pos.shape[1], k_pos.shape[1], device=q_pos.device)
 
 
 @lru_cache(maxsize=32)
 def _plain_block_mask(T: int, window: int | None, num_meta: int, device: str):
+    """Over aligned(T): the keys added after T are in every real query's future, so the plain rule hides
+    them; the queries added see only the keys before them (their outputs are dropped)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
+    T = aligned(T)
     return create_block_mask(_plain_mask_mod(window, num_meta), None, None, T, T, device=device)
 
 
@@ -104,47 +133,48 @@ def build_flex_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None
                     dtype: torch.dtype = torch.float32, *, decode_kernel: bool | None = None) -> AttentionMask:
     """The `Kernels.build_attention_mask` contract: once per forward and layer kind. decode_kernel: use the
     Triton decode kernel for few queries (default: on CUDA; True also runs it under Triton's CPU interpreter)."""
-    Tq, Tk = q_pos.shape[1], k_pos.shape[1]
+    Tq = q_pos.shape[1]
     on_cuda = q_pos.device.type == "cuda"
     if Tq < FLEX_MIN_QUERIES and (on_cuda if decode_kernel is None else decode_kernel) and dtype != torch.float64:
         return AttentionMask(positions=(q_pos, k_pos, window, num_meta))
     if not on_cuda or Tq < FLEX_MIN_QUERIES:
         return AttentionMask(additive=build_sdpa_mask(q_pos, k_pos, window, num_meta, dtype))
-    from torch.nn.attention.flex_attention import create_block_mask
-
     if _is_plain(q_pos, k_pos):
         return AttentionMask(block_mask=_plain_block_mask(Tq, window, num_meta, str(q_pos.device)))
-    q_pos, k_pos = q_pos.to(torch.int32), k_pos.to(torch.int32)
-    mod = positions_mask_mod(q_pos, k_pos, window, num_meta)
-    return AttentionMask(block_mask=create_block_mask(mod, q_pos.shape[0], None, Tq, Tk, device=q_pos.device))
+    return AttentionMask(block_mask=flex_block_mask(q_pos, k_pos, window, num_meta))
+
+
+def _blocked_flex(q, k, v, block_mask, scale: float, kernel_options: dict | None):
+    """flex_attention on [B, H, n, FLEX_BLOCK, d] inputs: the lengths it sees are FLEX_BLOCK * n. (Inductor's
+    CPU template takes 4-d inputs only: there they come as [B, H, T, d].)"""
+    from torch.nn.attention.flex_attention import flex_attention as flex
+
+    if q.dim() == 5:
+        q, k, v = (t.flatten(2, 3) for t in (q, k, v))
+    return flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
+                kernel_options=kernel_options)
 
 
 _compiled_flex = None
 
 
 def _flex():
-    """flex_attention compiled once per process. Every (dtype, mask kind, length) is a compiled variant of
-    the one function; past dynamo's recompile limit (8 by default) it would silently run the unfused eager
-    version, slow and with an unsupported backward, so the limit is raised."""
+    """`_blocked_flex` compiled once per process. Past dynamo's recompile limit (8 by default) it would
+    silently run the unfused eager version, slow and with an unsupported backward, so the limit is raised
+    (dtypes, mask kinds and the first lengths before they are traced as dynamic each take a variant)."""
     global _compiled_flex
     if _compiled_flex is None:
         import torch._dynamo
-        from torch.nn.attention.flex_attention import flex_attention
 
         cfg = torch._dynamo.config
         name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
         setattr(cfg, name, max(getattr(cfg, name), FLEX_RECOMPILE_LIMIT))
-        _compiled_flex = torch.compile(flex_attention)
+        _compiled_flex = torch.compile(_blocked_flex)
     return _compiled_flex
 
 
-def _flex_in_graph():
-    """Inside a region torch.compile is tracing (compiled layers), flex_attention itself: the enclosing
-    compile fuses it. Tracing through our compiled wrapper instead would leave that wrapper running the
-    unfused eager version in every later call outside a compiled region (seen with torch 2.11 and 2.13)."""
-    from torch.nn.attention.flex_attention import flex_attention as flex
-
-    return flex
+def _pad_length(t: torch.Tensor, n: int) -> torch.Tensor:
+    return t if t.shape[2] == n else F.pad(t, (0, 0, 0, n - t.shape[2]))
 
 
 def flex_attention(q, k, v, mask: AttentionMask, scale: float):
@@ -152,9 +182,16 @@ def flex_attention(q, k, v, mask: AttentionMask, scale: float):
     if k.dtype != q.dtype:
         k, v = k.to(q.dtype), v.to(q.dtype)
     if mask.block_mask is not None:
-        flex = _flex_in_graph() if torch.compiler.is_compiling() else _flex()
-        return flex(q, k, v, block_mask=mask.block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
-                    kernel_options=kernel_options(q, v))
+        Tq = q.shape[2]
+        Lq, Lk = mask.block_mask.shape[-2:]  # the lengths padded to whole blocks
+        q, k, v = _pad_length(q, Lq), _pad_length(k, Lk), _pad_length(v, Lk)
+        # Inside a region torch.compile is tracing (compiled layers), the function itself: the enclosing compile
+        # fuses it. Tracing through our compiled wrapper instead would leave that wrapper running the unfused
+        # eager version in every later call outside a compiled region (seen with torch 2.11 and 2.13).
+        flex = _blocked_flex if torch.compiler.is_compiling() else _flex()
+        views = (t.unflatten(2, (-1, FLEX_BLOCK)) for t in (q, k, v)) if q.is_cuda else (q, k, v)
+        out = flex(*views, mask.block_mask, scale, kernel_options(q, v))
+        return out[:, :, :Tq]
     if mask.positions is not None:
         if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
             from .decode_triton import decode_attention
@@ -177,5 +214,5 @@ def grouped_sdpa(q, k, v, mask: AttentionMask, scale: float):
     return sdpa_attention(qg, k, v, mask.grouped(G), scale).view(B, H, Tq, v.shape[-1])
 
 
-__all__ = ["AttentionMask", "build_flex_mask", "flex_attention", "grouped_sdpa", "positions_mask_mod",
-           "FLEX_MIN_QUERIES"]
+__all__ = ["AttentionMask", "build_flex_mask", "flex_attention", "flex_block_mask", "grouped_sdpa",
+           "positions_mask_mod", "FLEX_BLOCK", "FLEX_MIN_QUERIES"]

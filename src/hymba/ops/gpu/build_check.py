@@ -58,6 +58,8 @@ def kernel_cases():
         const = dict(N=16, BD=cfg["BD"], S=cfg["S"], PF=cfg["PF"], HAS_BIAS=True, SOFTPLUS=True, FAST=True, **v)
         cases.append((f"scan adjoint {v}", scan._scan_adjoint_kernel, dict(act, **packed[v["PACK"]]), const,
                       cfg["num_warps"]))
+    for v in _variants(REVERSE=(False, True), HAS_FIRST=(True, False)):
+        cases.append((f"scan stitch {v}", scan._stitch_kernel, {}, dict(N=16, BLOCK=1024, **v), 4))
     cases.append(("ssm step", scan._ssm_step_kernel, act, dict(N=16, NP=16, BD=64, HAS_Z=True, HAS_D=True,
                                                               HAS_BIAS=True, SOFTPLUS=True, FAST=True), 4))
     for v in _variants(HAS_BIAS=(True, False), HAS_INIT=(True, False)):
