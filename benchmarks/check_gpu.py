@@ -122,14 +122,6 @@ def check_scan(dev):
                        TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
         if not SHARD.mine(0):
             continue
-        # the forward and the backward in time segments side by side (what few rows run), forced here: 1000
-        # steps are 63 chunks, so 4 segments of 16 chunks and a ragged last one
-        x = scan_inputs(*SIZES["scan"][0], dtype, dev)
-        with triton_scan.forced_configs(fwd_segments=4, bwd_segments=4):
-            errors = grads_vs(lambda **a: selective_scan_triton(**a), lambda **a: selective_scan_chunked(**a), x,
-                              out_names=("y", "final"))
-        record(f"scan fwd + bwd in 4 time segments {str(dtype)[6:]} B={x['u'].shape[0]} L={x['u'].shape[1]}", errors,
-               TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
         # inference over one row in time segments side by side (what a batch-1 prefill runs), forced here
         x = scan_inputs(*SIZES["scan"][-1], dtype, dev)
         L = x["u"].shape[1]
@@ -151,6 +143,27 @@ def check_scan(dev):
         y = ssm_step_triton(state, u, dt, A, Bv, Cv, D, z, bias, True)
         y2 = selective_state_step(s2, *(t.double() for t in (u, dt, A, Bv, Cv, D, z, bias)), True)
         record(f"ssm step (in place) {str(dtype)[6:]}", dict(y=rel(y, y2), state=rel(state, s2)), TOL[dtype])
+
+
+def check_scan_segments(dev):
+    """The scan with time segments inside the kernels (what few rows run), forced here: 1000 steps are 63
+    chunks, so 4 segments of 16 chunks and a ragged last one; the entering states and adjoints stitched."""
+    from hymba.ops.scan import triton_scan
+    from hymba.ops.scan.triton_scan import selective_scan_triton
+
+    for dtype in (torch.float32, torch.bfloat16):
+        tol = TOL[dtype] * (2 if dtype == torch.bfloat16 else 1)
+        x = scan_inputs(*SIZES["scan"][0], dtype, dev)
+        B, L = x["u"].shape[:2]
+        with triton_scan.forced_configs(fwd_segments=4, bwd_segments=4):
+            errors = grads_vs(lambda **a: selective_scan_triton(**a), lambda **a: selective_scan_chunked(**a), x,
+                              out_names=("y", "final"))
+            record(f"scan fwd + bwd in 4 time segments {str(dtype)[6:]} B={B} L={L}", errors, tol)
+            with torch.no_grad():
+                got = selective_scan_triton(**x)
+        want = selective_scan_chunked(**{k: v.double() for k, v in x.items()})
+        record(f"scan inference in 4 time segments {str(dtype)[6:]} B={B} L={L}",
+               dict(y=rel(got[0], want[0]), final=rel(got[1], want[1])), tol)
 
 
 def check_conv(dev):
@@ -374,7 +387,7 @@ def check_decode(model, cfg, dev):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="folder for check_gpu.json")
-    ap.add_argument("--only", default=None, help="comma list of: scan,conv,attention,strided,model,decode "
+    ap.add_argument("--only", default=None, help="comma list of: scan,segments,conv,attention,strided,model,decode "
                     "(model: forward and gradients of a small model; decode: cached and CUDA-graph decoding)")
     ap.add_argument("--shard", default="0/1", help="K/M: only the scan cases numbered K mod M (parallel runs)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (TRITON_INTERPRET=1): a dry run")
@@ -401,7 +414,7 @@ def main():
     device_name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (smoke)"
     print(f"{device_name} | torch {torch.__version__} | triton {triton.__version__}", flush=True)
     t0 = time.time()
-    parts = dict(scan=check_scan, conv=check_conv, attention=check_attention, strided=check_attention_strided,
+    parts = dict(scan=check_scan, segments=check_scan_segments, conv=check_conv, attention=check_attention, strided=check_attention_strided,
                  model=check_model, decode=check_decode_only)
     for name, fn in parts.items():
         if args.only and name not in args.only.split(","):
