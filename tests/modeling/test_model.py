@@ -207,13 +207,13 @@ def test_release_layout_on_meta_device():
 def test_padded_vocab_head_gives_the_same_logits_loss_and_gradients(monkeypatch, tied):
     """On CUDA the LM head pads an odd vocabulary for its matmul (aligned GEMMs); forced here on the CPU:
     logits, loss and every gradient equal the plain head's, and the logits keep the vocabulary's width."""
-    from hymba.modeling import model as model_module
+    from hymba.modeling import loss as loss_module
 
     config = small_config(vocab_size=101, tie_word_embeddings=tied)
     ids = torch.randint(0, 101, (2, 9), generator=torch.Generator().manual_seed(0))
     results = []
     for pad in (False, True):
-        monkeypatch.setattr(model_module, "_pad_vocab", lambda hidden: pad)
+        monkeypatch.setattr(loss_module, "pads_vocab", lambda hidden: pad)
         torch.manual_seed(0)
         model = randomized(HymbaForCausalLM(config)).double()
         out = model(ids, labels=ids)

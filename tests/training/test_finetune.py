@@ -160,6 +160,22 @@ def test_sequence_logps_against_a_loop():
     assert sequence_logps(logits, labels).tolist() == pytest.approx(expected, rel=1e-6)
 
 
+def test_model_sequence_logps_equal_those_of_its_logits():
+    """The DPO task scores sequences through the model's memory-lean loss path: the same sums as from logits."""
+    from helpers import randomized, small_config
+
+    from hymba import HymbaForCausalLM
+    from hymba.training.dpo import model_sequence_logps
+
+    torch.manual_seed(0)
+    model = randomized(HymbaForCausalLM(small_config(vocab_size=50))).double()
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    labels = torch.tensor([[IGNORE, IGNORE, 3, 1, 7, 2], [IGNORE, 4, 4, 0, IGNORE, IGNORE]])
+    from_logits = sequence_logps(model(ids, attention_mask=mask).logits, labels).double()
+    torch.testing.assert_close(model_sequence_logps(model, ids, mask, labels), from_logits, rtol=1e-6, atol=1e-6)
+
+
 def test_dpo_task_loss_matches_a_hand_computation(prepared, base_checkpoint):
     from hymba.training.distributed import DistInfo
     from hymba.training.dpo import DPOTask

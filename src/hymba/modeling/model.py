@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import HymbaConfig
 from ..ops import Kernels, get_kernels
 from .layers import Experts, RMSNorm, RotaryEmbedding
+from .loss import linear_cross_entropy, pad_vocab_for_matmul
 from .mixer import ForwardContext, HymbaMixer
 
 
@@ -185,11 +186,6 @@ def _positions(start: torch.Tensor, valid: torch.Tensor | None, T: int, device) 
     return torch.where(valid, start[:, None] + before, torch.full_like(before, -1))
 
 
-def _pad_vocab(hidden: torch.Tensor) -> bool:
-    """Whether the LM head pads the vocabulary for its matmul: on CUDA, for more than a few rows."""
-    return hidden.is_cuda and hidden.shape[:-1].numel() >= 256
-
-
 def compile_layers(module: nn.Module) -> int:
     """torch.compile every decoder layer inside `module` (a model, or a wrapper around one, e.g. peft's), in
     place; returns how many. Per layer rather than the whole model: the layers of one kind share a compiled
@@ -210,8 +206,11 @@ def _weights_version(module: nn.Module) -> int:
 
 @dataclass
 class CausalLMOutput:
-    logits: torch.Tensor  # [B, L, vocab] fp32 (L = logits_to_keep when given)
+    logits: torch.Tensor | None  # [B, L, vocab] fp32 (L = logits_to_keep when given); None: return_logits=False
     loss: torch.Tensor | None = None
+
+
+LOSS_REDUCTIONS = ("mean", "sum", "none")
 
 
 class HymbaForCausalLM(nn.Module):
@@ -227,31 +226,51 @@ class HymbaForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, cache=None, inputs_embeds: torch.Tensor | None = None,
-                logits_to_keep: int = 0) -> CausalLMOutput:
-        """`labels` [B, L]: shifted next-token cross entropy (mean over labels != -100).
+                logits_to_keep: int = 0, *, loss_reduction: str = "mean", label_shift: int = 1,
+                return_logits: bool = True) -> CausalLMOutput:
+        """`labels` [B, L]: next-token cross entropy, ignoring labels == -100. With label_shift 1 (the
+        transformers convention) position t is scored against labels[t + 1]; with 0, against labels[t].
+        `loss_reduction`: "mean" over the scored labels, "sum", or "none" (per position, [B, L - label_shift]).
+        `return_logits=False` (with labels): the loss straight from the hidden states (`linear_cross_entropy`),
+        never holding the logits, which are then None: the training tasks' memory-lean path.
         `logits_to_keep` > 0 computes logits for the last that many positions only (decoding)."""
+        if loss_reduction not in LOSS_REDUCTIONS or label_shift not in (0, 1):
+            raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS} and label_shift 0 or 1, got "
+                             f"{loss_reduction!r} and {label_shift!r}")
         hidden = self.model(input_ids, attention_mask, cache=cache, inputs_embeds=inputs_embeds)
         if logits_to_keep > 0:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self._lm_head(hidden)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 (float64 stays float64)
+        if labels is not None and labels.shape != hidden.shape[:2]:
+            raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {tuple(hidden.shape[:2])}")
+        lean = labels is not None and not return_logits and type(self.lm_head) is nn.Linear  # (wrapped: as is)
+        logits = None if lean else self._lm_head(hidden)
+        if logits is not None:
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 (float64 stays)
         loss = None
         if labels is not None:
-            if labels.shape != hidden.shape[:2]:
-                raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {tuple(hidden.shape[:2])}")
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                   labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
+            B, L = labels.shape
+            targets = labels[:, label_shift:].to(hidden.device)
+            if lean:
+                scored = hidden[:, :L - label_shift].reshape(-1, hidden.shape[-1])
+                per_token = linear_cross_entropy(scored, self.lm_head.weight, targets.reshape(-1))
+            else:
+                per_token = F.cross_entropy(logits[:, :L - label_shift].reshape(-1, logits.shape[-1]),
+                                            targets.reshape(-1), ignore_index=-100, reduction="none")
+            per_token = per_token.view(B, L - label_shift)
+            if loss_reduction == "none":
+                loss = per_token
+            elif loss_reduction == "sum":
+                loss = per_token.sum()
+            else:
+                loss = per_token.sum() / (targets != -100).sum()
         return CausalLMOutput(logits=logits, loss=loss)
 
     def _lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """lm_head(hidden). On CUDA the vocabulary is padded to a multiple of 64 for the matmul: with an odd
-        one (the release's 32001) cuBLAS falls back to unaligned kernels: 20.6 ms of a hymba-1.5b training
-        step at batch 4 x 2k on an H100, for ~4 ms of FLOPs (benchmarks/profile_train.py)."""
-        weight = self.lm_head.weight
-        pad = -weight.shape[0] % 64
-        if not (pad and _pad_vocab(hidden)) or type(self.lm_head) is not nn.Linear:  # (a wrapped head: as is)
+        """lm_head(hidden), through a vocabulary padded for the matmul on CUDA (`pad_vocab_for_matmul`)."""
+        if type(self.lm_head) is not nn.Linear:  # a wrapped head (LoRA): as is
             return self.lm_head(hidden)
-        return F.linear(hidden, F.pad(weight, (0, 0, 0, pad)))[..., :weight.shape[0]]
+        weight = self.lm_head.weight
+        return F.linear(hidden, pad_vocab_for_matmul(weight, hidden))[..., :weight.shape[0]]
 
     def generate(self, *args, **kwargs):
         """Batched generation with the hybrid cache; see `hymba.engine.generate.generate`."""

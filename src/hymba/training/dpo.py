@@ -44,6 +44,12 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -nll.view(labels.shape[0], -1).sum(-1)
 
 
+def model_sequence_logps(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`sequence_logps` of `model`'s predictions, through its memory-lean loss path (no [B, L, V] logits)."""
+    nll = model(ids, attention_mask=mask, labels=labels, loss_reduction="none", return_logits=False).loss
+    return -nll.sum(-1)
+
+
 def _response_text(value: Any, where: str, field: str) -> str:
     if isinstance(value, str):
         return value
@@ -130,18 +136,18 @@ class DPOTask(ChatDataTask):
     def _reference_logps(self, model: nn.Module, ids, mask, labels) -> torch.Tensor:
         with torch.no_grad():
             if self.reference is not None:
-                return sequence_logps(self.reference(ids, attention_mask=mask).logits, labels)
+                return model_sequence_logps(self.reference, ids, mask, labels)
             from .lora import adapters_disabled
 
             inner = D.unwrap(model)
             with adapters_disabled(inner):
-                return sequence_logps(inner(ids, attention_mask=mask).logits, labels)
+                return model_sequence_logps(inner, ids, mask, labels)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n, _, width = batch["input_ids"].shape
         flat = {k: v.transpose(0, 1).reshape(2 * n, width).to(self.device) for k, v in batch.items()}
         ids, mask, labels = flat["input_ids"], flat["attention_mask"], flat["labels"]
-        policy = sequence_logps(model(ids, attention_mask=mask).logits, labels)
+        policy = model_sequence_logps(model, ids, mask, labels)
         ref = self._reference_logps(model, ids, mask, labels)
         losses, margin = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], self.beta, self.label_smoothing)
         chosen_reward = self.beta * (policy[:n] - ref[:n]).detach()

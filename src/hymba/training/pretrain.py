@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import distributed as D
@@ -67,6 +66,5 @@ class PretrainTask:
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         tokens = batch["tokens"].to(self.device, non_blocking=True)
-        logits = model(tokens[:, :-1]).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="sum")
-        return loss, {}
+        out = model(tokens[:, :-1], labels=tokens[:, 1:], label_shift=0, loss_reduction="sum", return_logits=False)
+        return out.loss, {}

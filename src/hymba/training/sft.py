@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import distributed as D
@@ -229,7 +228,5 @@ class SFTTask(ChatDataTask):
         ids = batch["input_ids"].to(self.device)
         mask = batch["attention_mask"].to(self.device)
         labels = batch["labels"].to(self.device)
-        logits = model(ids, attention_mask=mask).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                               ignore_index=IGNORE, reduction="sum")
-        return loss, {}
+        out = model(ids, attention_mask=mask, labels=labels, loss_reduction="sum", return_logits=False)
+        return out.loss, {}
