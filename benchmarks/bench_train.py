@@ -83,7 +83,7 @@ def training_step(config, batch, text_len, compiled: bool):
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(ids, labels=ids).loss
+            loss = model(ids, labels=ids, return_logits=False).loss  # as the trainer: no [B, L, V] logits
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

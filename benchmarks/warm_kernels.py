@@ -73,7 +73,7 @@ def model_job(kind: str, segments: int | None):
     if kind == "train":
         model.set_kernels("triton-conv")
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(ids, labels=ids).loss
+            loss = model(ids, labels=ids, return_logits=False).loss
         loss.backward()
     else:
         from hymba.engine.generate import generate
