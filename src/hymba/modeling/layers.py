@@ -17,8 +17,9 @@ class RMSNorm(nn.Module):
     profiling showed at ~15% of a decode step); on the CPU it is bit-identical to writing them out. When the
     weight has the input's dtype it scales inside that kernel too: the same bits in fp32, one rounding
     instead of two in bf16 (within one bf16 step of the release's order, and nearer the exact value); the
-    separate broadcast multiply took ~7 ms (225 launches) of a 123 ms batch-1 8k prefill on an H100. With another dtype
-    (fp32 weights under autocast) the order matters and is kept: the fp32 weight times the bf16 normed x."""
+    separate broadcast multiply took ~7 ms (225 launches) of a 123 ms batch-1 8k prefill on an H100. With
+    another dtype (fp32 weights under autocast) the order matters and is kept: the fp32 weight times the
+    bf16 normed x."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
