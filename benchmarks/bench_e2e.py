@@ -71,8 +71,8 @@ def halving(batch: int, run):
             return batch, run(batch)
         except torch.OutOfMemoryError as e:
             print(f"    batch {batch}: out of memory ({str(e).splitlines()[0][:80]}), halving", flush=True)
-            free_memory()
-            batch //= 2
+        free_memory()  # here, not in `except`: the failed attempt's tensors live as long as the exception
+        batch //= 2
     raise RuntimeError("out of memory even at batch 1")
 
 

@@ -31,7 +31,7 @@ from hymba import HymbaConfig, HymbaForCausalLM  # noqa: E402
 from hymba.modeling import compile_layers  # noqa: E402
 from hymba.ops.scan import triton_scan  # noqa: E402
 from hymba.utils import atomic_write_text  # noqa: E402
-from bench_e2e import cuda_time  # noqa: E402  (scripts in this folder share their timing helper)
+from bench_e2e import cuda_time, free_memory  # noqa: E402  (scripts in this folder share these helpers)
 
 PEAK_BF16 = 989.4e12  # H100 SXM, dense
 
@@ -92,6 +92,7 @@ def training_step(config, batch, text_len, compiled: bool):
 
 
 def train_steps(config, batch, text_len, compiled: bool, steps: int):
+    free_memory()  # the peak below is this run's
     model, step, ids = training_step(config, batch, text_len, compiled)
     t = time.time()
     step()
@@ -142,10 +143,10 @@ def main():
                 except torch.OutOfMemoryError:
                     smaller = batch - 2 if batch > 4 else batch // 2
                     print(f"  {key} batch {batch}: out of memory, trying {smaller}", flush=True)
-                    gc.collect()
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                    batch = smaller
+                # The failed attempt's tensors live as long as the exception: train_steps resets the peak
+                # once they are gone. (Reset inside `except`, as before the eighth session, the peak reported
+                # after an out-of-memory could be the failed attempt's: 78.8 GB at batch 6 in that session.)
+                batch = smaller
         if batch < 1:
             continue
         flops = model_flops(config, batch, args.context)

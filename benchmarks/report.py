@@ -139,12 +139,34 @@ def conv_md(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _kinds_table(kinds: dict, kernel_ms: float) -> list[str]:
+    """GPU time by kind of work (profile_train.py's kinds), largest first."""
+    lines = ["| work | ms | share | kernels |", "|---|---|---|---|"]
+    for kind, v in sorted(kinds.items(), key=lambda kv: -kv[1]["ms"]):
+        lines.append(f"| {kind} | {v['ms']:.1f} | {v['ms'] / kernel_ms:.1%} | {v['calls']:.0f} |")
+    return lines
+
+
 def profile_train_md(r: dict) -> str:
     lines = [f"## Where a training step's GPU time goes: {r['mode']}, batch {r['batch']} x {r['context']}, {r['device']}",
              "", f"Step {r['step_ms']:.0f} ms; kernel time {r['kernel_ms']:.0f} ms in {r['kernels_per_step']:.0f} kernels.",
-             "", "| work | ms/step | share | kernels |", "|---|---|---|---|"]
-    for kind, v in sorted(r["kinds"].items(), key=lambda kv: -kv[1]["ms"]):
-        lines.append(f"| {kind} | {v['ms']:.1f} | {v['ms'] / r['kernel_ms']:.1%} | {v['calls']:.0f} |")
+             "", *_kinds_table(r["kinds"], r["kernel_ms"])]
+    return "\n".join(lines) + "\n"
+
+
+def profile_prefill_md(r: dict) -> str:
+    lines = [f"## Where a prefill's GPU time goes (through the cache, bf16), {r['device']}"]
+    for name, run in r["runs"].items():
+        lines += ["", f"### {name}: {run['ms']:.1f} ms, {run['tokens_per_s']:.0f} tok/s; kernel time "
+                  f"{run['kernel_ms']:.1f} ms in {run['kernels']:.0f} kernels", "", *_kinds_table(run["kinds"], run["kernel_ms"])]
+    return "\n".join(lines) + "\n"
+
+
+def flex_prefill_md(r: dict) -> str:
+    lines = [f"## FlexAttention at prefill shapes through the cache, static vs dynamic lengths, {r['device']}", "",
+             "| shape, layer, compiled for | ms | first call s | max difference from static |", "|---|---|---|---|"]
+    for name, v in r["runs"].items():
+        lines.append(f"| {name} | {v['ms']:.3f} | {v['first_call_s']:.1f} | {v['max_diff_vs_static']:.1e} |")
     return "\n".join(lines) + "\n"
 
 
@@ -219,7 +241,9 @@ def main():
                      ("flex_options.json", flex_md), ("ssm_proj.json", ssm_proj_md),
                      ("decode_attention.json", decode_attention_md), ("e2e_session7.json", e2e_md),
                      ("train_bwd_segments.json", train_md), ("scan_fwd_segments.json", kernel_segments_md),
-                     ("scan_bwd_segments.json", kernel_segments_md)):
+                     ("scan_bwd_segments.json", kernel_segments_md), ("profile_prefill.json", profile_prefill_md),
+                     ("profile_prefill_before.json", profile_prefill_md), ("flex_prefill.json", flex_prefill_md),
+                     ("e2e_session8.json", e2e_md), ("train_session8.json", train_md)):
         r = _load(args.results, name)
         if r is not None:
             md = fn(r)
