@@ -188,3 +188,5 @@ def test_flex_attention_pads_to_whole_blocks_and_drops_the_padding():
     assert got.shape == (1, 4, 150, 16)
     want = sdpa_attention(q, k, v, build_sdpa_mask(q_pos, k_pos, W, M, torch.float32), 0.3)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="block mask covers 256 queries x 256 keys"):
+        flex.flex_attention(q[:, :, :100], k, v, mask, 0.3)  # a mask made for other lengths

@@ -184,6 +184,9 @@ def flex_attention(q, k, v, mask: AttentionMask, scale: float):
     if mask.block_mask is not None:
         Tq = q.shape[2]
         Lq, Lk = mask.block_mask.shape[-2:]  # the lengths padded to whole blocks
+        if (Lq, Lk) != (aligned(Tq), aligned(k.shape[2])):
+            raise ValueError(f"flex_attention: the block mask covers {Lq} queries x {Lk} keys, made for other "
+                             f"lengths than these {Tq} x {k.shape[2]} (padded: {aligned(Tq)} x {aligned(k.shape[2])})")
         q, k, v = _pad_length(q, Lq), _pad_length(k, Lk), _pad_length(v, Lk)
         # Inside a region torch.compile is tracing (compiled layers), the function itself: the enclosing compile
         # fuses it. Tracing through our compiled wrapper instead would leave that wrapper running the unfused
