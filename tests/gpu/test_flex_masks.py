@@ -176,7 +176,7 @@ def test_block_masks_cover_lengths_padded_to_whole_blocks(window):
     assert not got[:150, 150:].any()
 
 
-def test_flex_attention_pads_to_whole_blocks_and_drops_the_padding():
+def test_flex_attention_pads_to_whole_blocks_and_drops_the_padding(monkeypatch):
     """flex_attention (compiled, on the CPU) on a chunk against a cache whose lengths are not multiples of
     128: the output keeps the chunk's length and equals the SDPA reference, padding query included."""
     from hymba.ops.attention import flex
@@ -190,3 +190,9 @@ def test_flex_attention_pads_to_whole_blocks_and_drops_the_padding():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="block mask covers 256 queries x 256 keys"):
         flex.flex_attention(q[:, :, :100], k, v, mask, 0.3)  # a mask made for other lengths
+    # what CUDA runs: the padded inputs handed over as [B, H, n, 128, d] blocks (here eagerly: inductor's CPU
+    # template takes 4-d inputs only)
+    monkeypatch.setattr(torch.nn.attention.flex_attention, "_FLEX_ATTENTION_DISABLE_COMPILE_DEBUG", True)
+    blocks = [torch.nn.functional.pad(t, (0, 0, 0, 256 - t.shape[2])).unflatten(2, (-1, 128)) for t in (q, k, v)]
+    got = flex._blocked_flex(*blocks, mask.block_mask, 0.3, None)
+    torch.testing.assert_close(got[:, :, :150], want, rtol=1e-5, atol=1e-5)
