@@ -170,6 +170,7 @@ def test_block_masks_cover_lengths_padded_to_whole_blocks(window):
 
     plain = flex._plain_block_mask(150, window, M, "cpu")
     assert plain.shape[-2:] == (256, 256)
+    assert flex._plain_block_mask(200, window, M, "cpu") is plain  # one mask per aligned length
     got = create_mask(plain.mask_mod, 1, 1, 256, 256, device="cpu")[0, 0]
     pos = torch.arange(150)[None]
     assert torch.equal(got[:150, :150], allowed_keys(pos, pos, window, M)[0])

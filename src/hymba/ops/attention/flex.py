@@ -109,13 +109,17 @@ def flex_block_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None
     return create_block_mask(mod, q_pos.shape[0], None, q_pos.shape[1], k_pos.shape[1], device=q_pos.device)
 
 
-@lru_cache(maxsize=32)
 def _plain_block_mask(T: int, window: int | None, num_meta: int, device: str):
-    """Over aligned(T): the keys added after T are in every real query's future, so the plain rule hides
-    them; the queries added see only the keys before them (their outputs are dropped)."""
+    """Over aligned(T) (cached per aligned length): the keys added after T are in every real query's future,
+    so the plain rule hides them; the queries added see only the keys before them (their outputs are
+    dropped)."""
+    return _plain_block_mask_aligned(aligned(T), window, num_meta, device)
+
+
+@lru_cache(maxsize=32)
+def _plain_block_mask_aligned(T: int, window: int | None, num_meta: int, device: str):
     from torch.nn.attention.flex_attention import create_block_mask
 
-    T = aligned(T)
     return create_block_mask(_plain_mask_mod(window, num_meta), None, None, T, T, device=device)
 
 
