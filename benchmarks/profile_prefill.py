@@ -24,7 +24,7 @@ from bench_e2e import build_hymba, cuda_time  # noqa: E402
 from hymba.modeling import compile_layers  # noqa: E402
 from hymba.utils import atomic_write_text  # noqa: E402
 from profile_decode import kernel_times  # noqa: E402
-from profile_train import kind_of  # noqa: E402
+from profile_train import by_kind  # noqa: E402
 
 
 def prefill_fn(model, batch: int, length: int):
@@ -44,13 +44,8 @@ def profile_run(run, runs: int = 2) -> dict:
             run()
         torch.cuda.synchronize()
     kernels, total, count = kernel_times(prof, runs)
-    kinds: dict[str, list] = {}
-    for name, (us, n) in kernels.items():
-        k = kinds.setdefault(kind_of(name), [0.0, 0.0])
-        k[0] += us
-        k[1] += n
     return dict(kernel_ms=total / 1e3, kernels=count,
-                kinds={k: dict(ms=us / 1e3, calls=n) for k, (us, n) in sorted(kinds.items(), key=lambda kv: -kv[1][0])},
+                kinds={k: dict(ms=us / 1e3, calls=n) for k, (us, n) in by_kind(kernels).items()},
                 top=[dict(kernel=n, ms=us / 1e3, calls=c)
                      for n, (us, c) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:40]])
 

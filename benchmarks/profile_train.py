@@ -40,6 +40,16 @@ def kind_of(name: str) -> str:
     return "other"
 
 
+def by_kind(kernels: dict[str, list]) -> dict[str, list]:
+    """kernel_times' {name: [us, calls]} summed by kind of work: {kind: [us, calls]}, largest first."""
+    kinds: dict[str, list] = {}
+    for name, (us, n) in kernels.items():
+        k = kinds.setdefault(kind_of(name), [0.0, 0.0])
+        k[0] += us
+        k[1] += n
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1][0]))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
@@ -65,15 +75,11 @@ def main():
         torch.cuda.synchronize()
     step_ms = start.elapsed_time(end) / steps
     kernels, total, count = kernel_times(prof, steps)
-    kinds: dict[str, list] = {}
-    for name, (us, n) in kernels.items():
-        k = kinds.setdefault(kind_of(name), [0.0, 0.0])
-        k[0] += us
-        k[1] += n
+    kinds = by_kind(kernels)
     print(f"{args.mode} batch {args.batch}: step {step_ms:.1f} ms (profiled); kernel time {total / 1e3:.1f} ms in "
           f"{count:.0f} kernels")
     print(f"{'ms/step':>9} {'share':>6} {'calls':>7}  kind")
-    for kind, (us, n) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
+    for kind, (us, n) in kinds.items():
         print(f"{us / 1e3:9.2f} {us / total:6.1%} {n:7.0f}  {kind}")
     rows = sorted(kernels.items(), key=lambda kv: -kv[1][0])
     print(f"\n{'ms/step':>9} {'share':>6} {'calls':>7}  kernel")

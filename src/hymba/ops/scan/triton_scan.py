@@ -27,8 +27,8 @@ uses the MUFU's lg2 for 16-bit outputs (libdevice's log2 was ~25 instructions a 
 Time segments (few rows): the forward and the backward can cut time into segments walked side by side, one
 more grid axis. The recurrence is linear in the state (forward) and in the adjoint (backward), so a cheap
 pass that carries only that (`_scan_state_kernel`: no outputs; `_scan_adjoint_kernel`: no states) gives what
-each segment adds from zero and its total decay, and a few small torch steps stitch them into each segment's
-entering state or adjoint; the backward's states come from the forward's checkpoints as before.
+each segment adds from zero and its total decay, and one small kernel (`_stitch_kernel`) chains them into each
+segment's entering state or adjoint; the backward's states come from the forward's checkpoints as before.
 
 Step (`_ssm_step_kernel`): one token, the [BD, N] state tile read and written in place.
 
@@ -176,6 +176,29 @@ def _across_splits(x, lanes, BD: tl.constexpr, S: tl.constexpr):
     return x
 
 
+@triton.jit
+def _rates_and_bias(a2_ptr, bias_ptr, cols, slc, cm, N: tl.constexpr, NS: tl.constexpr, LANES: tl.constexpr,
+                    HAS_BIAS: tl.constexpr):
+    """This lane's NS decay rates (A in log2 units) and its channel's delta bias (zeros without one)."""
+    a2 = ()
+    for n in tl.static_range(NS):
+        a2 = a2 + (tl.load(a2_ptr + cols * N + slc * NS + n, mask=cm, other=0.0),)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols, mask=cm, other=0.0)
+    else:
+        bias = tl.zeros([LANES], tl.float32)
+    return a2, bias
+
+
+@triton.jit
+def _zeros(NS: tl.constexpr, LANES: tl.constexpr):
+    """NS zero vectors: a state or an adjoint that starts from nothing."""
+    z = ()
+    for n in tl.static_range(NS):
+        z = z + (tl.zeros([LANES], tl.float32),)
+    return z
+
+
 # ---- forward ----------------------------------------------------------------------------------------------
 @triton.jit
 def _scan_fwd_kernel(
@@ -201,18 +224,15 @@ def _scan_fwd_kernel(
     y_ptr += b * s_yb
     st = (b * d + cols) * N + slc * NS  # this lane's states in [batch, d, N]
 
-    a2 = ()
-    h = ()
-    for n in tl.static_range(NS):
-        a2 = a2 + (tl.load(a2_ptr + cols * N + slc * NS + n, mask=cm, other=0.0),)
-        if HAS_H0:
+    a2, bias = _rates_and_bias(a2_ptr, bias_ptr, cols, slc, cm, N, NS, BD * S, HAS_BIAS)
+    if HAS_H0:
+        h = ()
+        for n in tl.static_range(NS):
             h = h + (tl.load(h0_ptr + seg.to(tl.int64) * tl.num_programs(1) * d * N + st + n, mask=cm, other=0.0),)
-        else:
-            h = h + (tl.zeros([BD * S], tl.float32),)
+    else:
+        h = _zeros(NS, BD * S)
     if HAS_D:
         dskip = tl.load(dskip_ptr + cols, mask=cm, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + cols, mask=cm, other=0.0)
     t_lo = seg * seg_steps
     t_hi = tl.minimum(t_lo + seg_steps, L)
 
@@ -265,29 +285,6 @@ def _scan_fwd_kernel(
 
     for n in tl.static_range(NS):  # the final state: the last segment's
         tl.store(ht_ptr + st + n, h[n], mask=cm & (seg == tl.num_programs(2) - 1))
-
-
-@triton.jit
-def _rates_and_bias(a2_ptr, bias_ptr, cols, slc, cm, N: tl.constexpr, NS: tl.constexpr, LANES: tl.constexpr,
-                    HAS_BIAS: tl.constexpr):
-    """This lane's NS decay rates (A in log2 units) and its channel's delta bias (zeros without one)."""
-    a2 = ()
-    for n in tl.static_range(NS):
-        a2 = a2 + (tl.load(a2_ptr + cols * N + slc * NS + n, mask=cm, other=0.0),)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + cols, mask=cm, other=0.0)
-    else:
-        bias = tl.zeros([LANES], tl.float32)
-    return a2, bias
-
-
-@triton.jit
-def _zeros(NS: tl.constexpr, LANES: tl.constexpr):
-    """NS zero vectors: a state or an adjoint that starts from nothing."""
-    z = ()
-    for n in tl.static_range(NS):
-        z = z + (tl.zeros([LANES], tl.float32),)
-    return z
 
 
 @triton.jit
@@ -742,9 +739,8 @@ def scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=
     cfg = _lanes_for(cfg, N)
     zz = z if z is not None else u
     Bk, Ck, pack = _packed_bc(B, C, N // cfg["S"])  # each lane reads its N/S values of a row
-    seg_chunks = max(1, triton.cdiv(n_chunks, _fwd_segments(batch, d, n_chunks, u.device, cfg) if segments is None
-                                    else max(1, min(segments, n_chunks))))
-    nseg = triton.cdiv(n_chunks, seg_chunks)
+    seg_chunks, nseg = _segment_layout(n_chunks, _fwd_segments(batch, d, n_chunks, u.device, cfg)
+                                       if segments is None else segments)
     if nseg > 1:
         h0 = _entering_states(u, delta, Bk, a2, delta_bias, h0, nseg, seg_chunks * CHUNK, cfg, pack,
                               bool(delta_softplus), _fast(y))
@@ -784,9 +780,8 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt, dy, dfin
     n_chunks = triton.cdiv(L, CHUNK)
     if CHUNK % cfg["PF"]:
         raise ValueError(f"selective_scan: backward prefetch depth {cfg['PF']} must divide the chunk ({CHUNK})")
-    seg_chunks = max(1, triton.cdiv(n_chunks, _bwd_segments(batch, d, n_chunks, dev, cfg) if segments is None
-                                    else max(1, min(segments, n_chunks))))
-    nseg = max(1, triton.cdiv(n_chunks, seg_chunks))  # no empty segments
+    seg_chunks, nseg = _segment_layout(n_chunks, _bwd_segments(batch, d, n_chunks, dev, cfg)
+                                       if segments is None else segments)
     du = torch.empty(batch, L, d, dtype=u.dtype, device=dev)
     ddt = torch.empty(batch, L, d, dtype=delta.dtype, device=dev)
     dz = torch.empty(batch, L, d, dtype=z.dtype, device=dev) if z is not None else None
@@ -1048,6 +1043,12 @@ def _segment_count(override: int | None, per_sm: int, min_chunks: int, batch: in
         return 1
     programs = batch * triton.cdiv(d, cfg["BD"]) * cfg["num_warps"]
     return max(1, min(per_sm * sm_count(device) // programs, n_chunks // min_chunks))
+
+
+def _segment_layout(n_chunks: int, count: int) -> tuple[int, int]:
+    """(chunks a segment, segments) for `count` time segments (clamped to 1..n_chunks), none of them empty."""
+    seg_chunks = max(1, triton.cdiv(n_chunks, max(1, min(count, n_chunks))))
+    return seg_chunks, max(1, triton.cdiv(n_chunks, seg_chunks))
 
 
 def _fwd_segments(batch: int, d: int, n_chunks: int, device: torch.device, cfg: dict) -> int:
