@@ -414,8 +414,8 @@ def main():
     device_name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu (smoke)"
     print(f"{device_name} | torch {torch.__version__} | triton {triton.__version__}", flush=True)
     t0 = time.time()
-    parts = dict(scan=check_scan, segments=check_scan_segments, conv=check_conv, attention=check_attention, strided=check_attention_strided,
-                 model=check_model, decode=check_decode_only)
+    parts = dict(scan=check_scan, segments=check_scan_segments, conv=check_conv, attention=check_attention,
+                 strided=check_attention_strided, model=check_model, decode=check_decode_only)
     for name, fn in parts.items():
         if args.only and name not in args.only.split(","):
             continue
