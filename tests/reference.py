@@ -18,8 +18,10 @@ def rmsnorm(x, w, eps):
 
 def rope_tables(positions, d, cfg):
     theta = cfg["rope_theta"]
-    if cfg.get("rope_type", "default") == "ntk":
-        theta = theta * (2 * cfg["max_position_embeddings"] / cfg["orig_max_position_embeddings"] - 1) ** (d / (d - 2))
+    kind = cfg.get("rope_type") or "default"
+    stretch_to = cfg["max_position_embeddings"] if kind == "ntk" else max(positions) + 1
+    if kind == "ntk" or (kind == "dynamic_ntk" and stretch_to > cfg["orig_max_position_embeddings"]):
+        theta = theta * (2 * stretch_to / cfg["orig_max_position_embeddings"] - 1) ** (d / (d - 2))
     inv = [theta ** (-(2 * i) / d) for i in range(d // 2)]
     ang = torch.tensor([[p * f for f in inv] for p in positions], dtype=torch.float64)
     ang = torch.cat([ang, ang], dim=-1)

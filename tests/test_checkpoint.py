@@ -163,3 +163,24 @@ def test_golden_toy_logits(shared_dir):
     with torch.no_grad():
         logits = model(expected["input_ids"]).logits
     torch.testing.assert_close(logits, expected["logits"], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("rope_type", [None, "dynamic_ntk"])
+def test_checkpoint_with_an_official_rope_type_loads_and_matches_the_formulas(tmp_path, rope_type):
+    """rope_type null (the official config class's default: plain RoPE) and "dynamic_ntk" in a released-format
+    config.json load, and give the logits of the from-the-formulas reference (float64: rounding only)."""
+    import reference
+
+    model = randomized(HymbaForCausalLM(small_config(rope_type="default", rope_theta=500.0)))
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["rope_type"] = rope_type
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = HymbaForCausalLM.from_pretrained(tmp_path, dtype=torch.float64)
+    assert loaded.config.rope_type == (rope_type or "default")
+    ids = torch.randint(0, 50, (1, 20), generator=torch.Generator().manual_seed(2))  # 3 meta + 20 > 16 positions
+    with torch.no_grad():
+        got = loaded(ids).logits[0]
+    sd = {k: v for k, v in loaded.state_dict().items() if k != "lm_head.weight"}
+    want = reference.forward(sd, {**config, "rope_type": rope_type}, ids[0].tolist())
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)

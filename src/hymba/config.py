@@ -11,6 +11,8 @@ import copy
 import json
 import math
 import os
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -38,15 +40,25 @@ INERT_KEYS: dict[str, Any] = {
     "torch_dtype": "bfloat16",
     "transformers_version": "4.44.0",
 }
-# Inert keys whose other values would describe variants the release never used and we do not implement.
-UNSUPPORTED_IF_NOT: dict[str, tuple] = {
-    "num_experts": (1,), "num_experts_per_tok": (1,), "num_mamba": (1,), "memory_tokens_interspersed_every": (0,),
-    "kv_weight_reuse": (False,), "kv_reuse_every_i_layer": (-1, 0),
+# What NVIDIA's config class assumes for a key a config.json leaves out; a file is read with these, so that it
+# means what it means to the official code (the presets, not these, are the release's values).
+OFFICIAL_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 65536, "tie_word_embeddings": False, "hidden_size": 4096, "intermediate_size": 14336,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_act": "silu",
+    "initializer_range": 0.02, "rms_norm_eps": 1e-6, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+    "sliding_window": None, "max_position_embeddings": 262144, "orig_max_position_embeddings": None,
+    "attention_dropout": 0.0, "num_experts_per_tok": 2, "num_experts": 16, "mamba_d_state": 16,
+    "mamba_d_conv": 4, "mamba_expand": 2, "mamba_dt_rank": "auto", "mamba_conv_bias": True,
+    "mamba_proj_bias": False, "mamba_inner_layernorms": True, "kv_reuse_every_i_layer": -1,
+    "kv_reuse_group": None, "kv_weight_reuse": False, "global_attn_idx": None, "num_mamba": 1,
+    "rope_type": None, "attn_hidden_size": -1, "kq_head_dim": -1, "kq_norm": None, "rope": False,
+    "rope_theta": 10000.0, "num_memory_tokens": 0, "memory_tokens_interspersed_every": 0,
 }
-# Keys derived from the others: accepted on read, recomputed on write (the release ignores what the file says).
+# Keys derived from the others: accepted on read whatever they say, recomputed on write (the official code
+# overwrites them when it builds the model).
 DERIVED_KEYS = ("v_head_dim", "conv_dim", "layer_type", "model_type", "architectures", "auto_map")
 
-ROPE_TYPES = ("default", "ntk")
+ROPE_TYPES = ("default", "ntk", "dynamic_ntk")
 KQ_NORMS = ("none", "rms")
 MLP_ACTS = ("silu", "relu2")
 
@@ -84,9 +96,9 @@ class HymbaConfig:
     kv_reuse_group: list[list[int]] = field(default_factory=_release_kv_groups)
     rope: bool = True
     rope_theta: float = 10000.0
-    rope_type: str = "ntk"
+    rope_type: str = "ntk"  # null in a file (the official default) reads as "default"
     max_position_embeddings: int = 8192
-    orig_max_position_embeddings: int = 2048
+    orig_max_position_embeddings: int | None = 2048  # only NTK RoPE uses it
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
     kq_norm: str = "none"
@@ -101,12 +113,13 @@ class HymbaConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.mamba_dt_rank, str):
-            if self.mamba_dt_rank != "auto":
-                raise ConfigError(f"mamba_dt_rank must be an int or 'auto', got {self.mamba_dt_rank!r}")
-            self.mamba_dt_rank = math.ceil(self.hidden_size / 16)
-        self.global_attn_idx = [int(i) for i in self.global_attn_idx]
-        self.kv_reuse_group = [[int(i) for i in g] for g in self.kv_reuse_group]
+        if self.rope_type is None:
+            self.rope_type = "default"
+        if self.mamba_dt_rank == "auto":
+            self.mamba_dt_rank = math.ceil(self.hidden_size / 16) if _is_int(self.hidden_size) else self.mamba_dt_rank
+        _check_field_types(self)
+        self.global_attn_idx = list(self.global_attn_idx)
+        self.kv_reuse_group = [list(g) for g in self.kv_reuse_group]
         self.validate()
 
     # ---- derived dimensions -------------------------------------------------------------------------------
@@ -163,6 +176,8 @@ class HymbaConfig:
         need(self.mamba_expand >= 1, f"mamba_expand must be >= 1, got {self.mamba_expand}")
         need(self.num_memory_tokens >= 0, f"num_memory_tokens must be >= 0, got {self.num_memory_tokens}")
         need(self.rms_norm_eps > 0, f"rms_norm_eps must be positive, got {self.rms_norm_eps}")
+        need(self.max_position_embeddings > 0,
+             f"max_position_embeddings must be positive, got {self.max_position_embeddings}")
         if self.use_attention:
             H, Hkv = self.num_attention_heads, self.num_key_value_heads
             need(H > 0 and Hkv > 0, f"num_attention_heads ({H}) and num_key_value_heads ({Hkv}) must be positive")
@@ -171,13 +186,17 @@ class HymbaConfig:
             need(H % Hkv == 0, f"num_key_value_heads={Hkv} does not divide num_attention_heads={H}")
             need(self.d_inner % H == 0,
                  f"num_attention_heads={H} does not divide d_inner={self.d_inner} (value head dim)")
-            need(self.rope_type in ROPE_TYPES, f"unknown rope_type {self.rope_type!r}; expected one of {ROPE_TYPES}")
-            need(self.kq_norm in KQ_NORMS, f"unknown kq_norm {self.kq_norm!r}; expected one of {KQ_NORMS}")
+            need(self.rope_type in ROPE_TYPES, f"unknown rope_type {self.rope_type!r}; expected one of {ROPE_TYPES} "
+                 "(or null, read as 'default')")
+            need(self.kq_norm in KQ_NORMS, f"unsupported kq_norm {self.kq_norm!r}; expected one of {KQ_NORMS} "
+                 "(the official code refuses null too)")
             need(self.rope_theta > 0, f"rope_theta must be positive, got {self.rope_theta}")
-            if self.rope and self.rope_type == "ntk":
-                need(self.head_dim > 2 and self.head_dim % 2 == 0, f"NTK RoPE needs an even head_dim > 2, got {self.head_dim}")
-                need(self.orig_max_position_embeddings > 0 and self.max_position_embeddings > 0,
-                     "NTK RoPE needs positive max_position_embeddings and orig_max_position_embeddings")
+            if self.rope and self.rope_type in ("ntk", "dynamic_ntk"):
+                need(self.head_dim > 2 and self.head_dim % 2 == 0,
+                     f"rope_type={self.rope_type!r} needs an even head_dim > 2, got {self.head_dim}")
+                need(self.orig_max_position_embeddings is not None and self.orig_max_position_embeddings > 0,
+                     f"rope_type={self.rope_type!r} needs a positive orig_max_position_embeddings, "
+                     f"got {self.orig_max_position_embeddings!r}")
             elif self.rope:
                 need(self.head_dim % 2 == 0, f"RoPE needs an even head_dim, got {self.head_dim}")
         if self.use_ssm:
@@ -210,25 +229,29 @@ class HymbaConfig:
     # ---- official config.json -----------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "HymbaConfig":
-        d = dict(d)
-        mt = d.get("model_type", "hymba")
-        if mt != "hymba":
-            raise ConfigError(f"model_type is {mt!r}, expected 'hymba'")
-        if "conv_dim" in d:
-            _check_conv_dim(d["conv_dim"], d)
-        if "mlp_hidden_act" not in d and d.get("hidden_act") in MLP_ACTS:
-            d["mlp_hidden_act"] = d["hidden_act"]
-        for key, supported in UNSUPPORTED_IF_NOT.items():
-            if key in d and d[key] not in supported:
-                raise ConfigError(f"{key}={d[key]!r} is not supported (the released models use {supported[0]!r}); "
-                                  "this checkpoint describes a variant hymba does not implement")
+        """The config a released-format config.json describes. Keys it leaves out mean what NVIDIA's config class
+        makes of them (OFFICIAL_DEFAULTS); every key the official code reads is honoured or refused by name;
+        other keys are kept in `extra` and written back."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(d).__name__}")
+        d = {**OFFICIAL_DEFAULTS, **d}
+        if d.get("model_type", "hymba") != "hymba":
+            raise ConfigError(f"model_type is {d['model_type']!r}, expected 'hymba'")
+        _resolve_official_keys(d)
         names = {f.name for f in fields(cls)} - {"extra"}
         known = {k: d[k] for k in names if k in d}
         extra = dict(d.pop("extra", {}) or {})
         for k, v in d.items():
             if k not in names and k not in DERIVED_KEYS:
                 extra[k] = v
-        return cls(**known, extra=extra)
+        try:
+            return cls(**known, extra=extra)
+        except ConfigError as e:
+            every = d["kv_reuse_every_i_layer"]
+            if _is_int(every) and every > 0 and "kv_reuse_group" in str(e):
+                raise ConfigError(f"kv_reuse_every_i_layer={every} shares K/V in groups {known['kv_reuse_group']}, "
+                                  f"which hymba cannot honour: {e}") from None
+            raise
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "HymbaConfig":
@@ -286,18 +309,96 @@ class HymbaConfig:
         return cls(**d)
 
 
-def _check_conv_dim(conv_dim: Any, d: dict[str, Any]) -> None:
-    """`conv_dim` maps layer index (str or int keys) to d_inner; it must agree with the other keys."""
-    if not isinstance(conv_dim, dict):
-        raise ConfigError(f"conv_dim must be a mapping of layer -> width, got {type(conv_dim).__name__}")
-    d_inner = d.get("mamba_expand", 2) * d.get("hidden_size", 1600)
-    for k, v in conv_dim.items():
-        try:
-            int(k)
-        except (TypeError, ValueError):
-            raise ConfigError(f"conv_dim has a key {k!r} that is not a layer index") from None
-        if int(v) != d_inner:
-            raise ConfigError(f"conv_dim[{k!r}]={v} disagrees with mamba_expand * hidden_size = {d_inner}")
+def _resolve_official_keys(d: dict[str, Any]) -> None:
+    """Read the official keys that have no field of their own, in place: each is either what the official code
+    makes of it (translated into our fields) or refused with the key and its value."""
+
+    def refuse(key: str, why: str) -> None:
+        raise ConfigError(f"{key}={d[key]!r} is not supported: {why}")
+
+    if "mlp_hidden_act" not in d and d.get("hidden_act") in MLP_ACTS:
+        d["mlp_hidden_act"] = d["hidden_act"]
+    if d["hidden_act"] not in ("silu", "swish"):
+        refuse("hidden_act", "the official code applies it inside the SSM branch's conv kernel, which takes "
+                             "silu (swish) only")
+    if d["num_experts"] != 1:
+        refuse("num_experts", "hymba implements the release's single MLP, not a mixture of experts (the official "
+                              "config class assumes 16 experts when the key is absent)")
+    if not _is_int(d["memory_tokens_interspersed_every"]) or d["memory_tokens_interspersed_every"] > 0:
+        refuse("memory_tokens_interspersed_every", "meta tokens are prepended once, as in the release (0)")
+    if d["num_key_value_heads"] is None:
+        d["num_key_value_heads"] = d["num_attention_heads"]
+    for key, derived in (("attn_hidden_size", d["hidden_size"]),
+                         ("kq_head_dim", _floor_div(d["hidden_size"], d["num_attention_heads"]))):
+        if not _is_int(d[key]) or (d[key] > 0 and d[key] != derived):
+            refuse(key, f"the in_proj layout fixes it at {derived} (or -1: derived)")
+    if d["kq_norm"] == "perhead-rms":
+        refuse("kq_norm", "per-head q/k norm weights are not implemented (kq_norm 'none' and 'rms' are)")
+    if d["attention_dropout"] is not None and d["attention_dropout"] != 0:
+        refuse("attention_dropout", "hymba applies no dropout (the release trains with 0.0)")
+    if d["global_attn_idx"] is None:
+        if d["sliding_window"] is not None:
+            raise ConfigError(f"global_attn_idx is null while sliding_window={d['sliding_window']!r}: the official "
+                              "code fails on this; list the global-attention layers ([] for none)")
+        d["global_attn_idx"] = []
+    every = d["kv_reuse_every_i_layer"]
+    if d["kv_reuse_group"] is None:
+        d["kv_reuse_group"] = []
+        if _is_int(every) and every > 0 and _is_int(d["num_hidden_layers"]):
+            # the official code's other way of sharing: layer i makes K/V when i % every == 0, the next
+            # every - 1 layers reuse it
+            L = d["num_hidden_layers"]
+            d["kv_reuse_group"] = [list(range(i, min(i + every, L))) for i in range(0, L, every)]
+    elif not _is_int(every):
+        refuse("kv_reuse_every_i_layer", "it must be an integer")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _floor_div(a: Any, b: Any) -> Any:
+    return a // b if _is_int(a) and _is_int(b) and b > 0 else None
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return _is_int(value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _check_field_types(config: "HymbaConfig") -> None:
+    """Every field holds a value of its declared type (JSON types: no "128" for 128, no 1.0 for 1, no 1 for true)."""
+    hints = typing.get_type_hints(HymbaConfig)
+    for f in fields(config):
+        name, value = f.name, getattr(config, f.name)
+        if name != "extra" and not _type_ok(value, hints[name]):
+            raise ConfigError(f"{name} must be {_describe(hints[name])}, got {value!r} ({type(value).__name__})")
 
 
 def _groups_of_two(first: int, last: int) -> list[list[int]]:

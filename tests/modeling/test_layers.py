@@ -139,3 +139,29 @@ def test_split_last_dim_backward_stays_one_opaque_concatenation_under_torch_comp
     assert cats and all(len(c.split(",")) == 2 for c in cats), cats
     want = torch.autograd.grad(f(x, cos, sin), x)[0]
     torch.testing.assert_close(x.grad, want)
+
+
+def test_dynamic_ntk_tables_follow_each_rows_length():
+    """"dynamic_ntk": a row whose largest position + 1 (n) is within orig_max_position_embeddings rotates with
+    rope_theta; a longer one with the NTK base for n, base = theta * (2 n / orig - 1) ** (d / (d - 2)), per row
+    (padding, -1, counts for nothing). Written out with Python floats, compared in float64."""
+    c = HymbaConfig.from_preset("tiny", rope_type="dynamic_ntk", rope_theta=500.0)  # head_dim 16, orig 128
+    rot = RotaryEmbedding(c)
+    pos = torch.full((3, 6), -1)
+    pos[0] = torch.arange(6)  # n = 6: plain
+    pos[1, 2:] = torch.tensor([124, 125, 126, 127])  # n = 128 = orig: still plain
+    pos[2, 1:] = torch.tensor([195, 196, 197, 198, 199])  # n = 200: stretched
+    cos, sin = rot(pos, torch.float64)
+    for row, n in enumerate((6, 128, 200)):
+        base = 500.0 * ((2 * n / 128 - 1) ** (16 / 14) if n > 128 else 1.0)
+        for t in range(6):
+            p = max(int(pos[row, t]), 0)
+            angles = [p * base ** (-2 * i / 16) for i in range(8)] * 2
+            want_cos = torch.tensor([math.cos(a) for a in angles], dtype=torch.float64)
+            want_sin = torch.tensor([math.sin(a) for a in angles], dtype=torch.float64)
+            # angles of up to ~200 radians in float64: ~1e-13 of rounding
+            torch.testing.assert_close(cos[row, t], want_cos, rtol=0, atol=1e-12)
+            torch.testing.assert_close(sin[row, t], want_sin, rtol=0, atol=1e-12)
+    # the stretched base is exactly NTK's with max_position_embeddings = n
+    ntk = HymbaConfig.from_preset("tiny", rope_type="ntk", rope_theta=500.0, max_position_embeddings=200)
+    assert torch.equal(rope_inv_freq(c, torch.tensor([200]))[0], rope_inv_freq(ntk))

@@ -16,6 +16,8 @@ VARIANTS = {
     "proj-biases": dict(mamba_proj_bias=True),
     "no-conv-bias": dict(mamba_conv_bias=False),
     "default-rope": dict(rope_type="default", rope_theta=300.0),
+    "dynamic-ntk-stretched": dict(rope_type="dynamic_ntk"),  # 3 meta + 17 tokens > 16: the base follows 20
+    "dynamic-ntk-plain": dict(rope_type="dynamic_ntk", orig_max_position_embeddings=20),  # 20 tokens: plain
     "no-rope": dict(rope=False),
     "no-inner-norms": dict(mamba_inner_layernorms=False),
     "groups-of-two": dict(num_hidden_layers=6, global_attn_idx=[0, 5], kv_reuse_group=[[1, 2], [3, 4]]),

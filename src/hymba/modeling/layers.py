@@ -32,23 +32,35 @@ class RMSNorm(nn.Module):
         return self.weight * F.rms_norm(x, (x.shape[-1],), eps=self.eps)
 
 
-def rope_inv_freq(config: HymbaConfig) -> torch.Tensor:
-    """Inverse frequencies (fp32) of the rotary embedding over the query/key head dim.
+def rope_inv_freq(config: HymbaConfig, length: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse frequencies (float64) of the rotary embedding over the query/key head dim: [head_dim / 2], or
+    [B, head_dim / 2] for "dynamic_ntk" given each row's `length` [B].
 
-    NTK ("ntk"): the base is stretched once for the extended context,
-    base = theta * (2 * max_pos / orig_max_pos - 1) ** (d / (d - 2)).
+    "default": base rope_theta. "ntk": the base stretched once for the extended context,
+    base = theta * (2 * max_pos / orig_max_pos - 1) ** (d / (d - 2)). "dynamic_ntk": plain until a row's length
+    (largest position + 1, meta tokens included) exceeds orig_max_pos, then the NTK base with that length in
+    place of max_pos.
     """
     d = config.head_dim
-    base = float(config.rope_theta)
+    device = length.device if length is not None else None
+    exponents = -torch.arange(0, d, 2, dtype=torch.float64, device=device) / d
+    theta = float(config.rope_theta)
     if config.rope_type == "ntk":
         ratio = 2 * config.max_position_embeddings / config.orig_max_position_embeddings - 1
-        base = base * ratio ** (d / (d - 2))
-    return base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+        return (theta * ratio ** (d / (d - 2))) ** exponents
+    if config.rope_type == "dynamic_ntk" and length is not None:
+        n = length.to(torch.float64)
+        stretch = (2 * n / config.orig_max_position_embeddings - 1).clamp(min=1) ** (d / (d - 2))
+        base = theta * torch.where(n > config.orig_max_position_embeddings, stretch, torch.ones_like(n))
+        return base[:, None] ** exponents
+    return theta ** exponents
 
 
 class RotaryEmbedding(nn.Module):
     def __init__(self, config: HymbaConfig):
         super().__init__()
+        self.config = config
+        self.dynamic = config.rope_type == "dynamic_ntk"
         # float64 master copy: a model cast to another dtype keeps exact frequencies
         self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
 
@@ -60,9 +72,16 @@ class RotaryEmbedding(nn.Module):
         return self
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [batch, T, head_dim] for integer positions [batch, T] (padding, -1, is clamped to 0)."""
+        """cos, sin [batch, T, head_dim] for integer positions [batch, T] (padding, -1, is clamped to 0).
+
+        With "dynamic_ntk" each row's base follows the largest position in this call (as the official code's
+        does per forward): a decode step rotates with the base of the sequence's length so far."""
         ct = torch.promote_types(dtype, torch.float32)  # fp32 angles (float64 for a float64 model)
-        angles = positions.clamp(min=0).to(ct)[..., None] * self.inv_freq.to(ct)
+        if self.dynamic:
+            inv = rope_inv_freq(self.config, positions.amax(dim=1) + 1)[:, None]
+        else:
+            inv = self.inv_freq
+        angles = positions.clamp(min=0).to(ct)[..., None] * inv.to(ct)
         emb = torch.cat([angles, angles], dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
