@@ -227,3 +227,15 @@ def test_padded_vocab_head_gives_the_same_logits_loss_and_gradients(monkeypatch,
     torch.testing.assert_close(loss1, loss0, rtol=1e-12, atol=1e-12)
     for name in grads0:
         torch.testing.assert_close(grads1[name], grads0[name], rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_pad_token_embedding_gets_no_gradient_from_the_lookup():
+    """The official model's embedding has padding_idx = pad_token_id: that row starts at zero and the lookup
+    sends it no gradient (with untied embeddings nothing else does either)."""
+    config = small_config(tie_word_embeddings=False, pad_token_id=5)
+    model = HymbaForCausalLM(config)
+    assert torch.equal(model.model.embed_tokens.weight[5], torch.zeros(config.hidden_size))
+    ids = torch.tensor([[5, 1, 5, 2, 3]])
+    model(ids, labels=ids).loss.backward()
+    grad = model.model.embed_tokens.weight.grad
+    assert torch.equal(grad[5], torch.zeros(config.hidden_size)) and grad[1].abs().sum() > 0

@@ -48,7 +48,10 @@ class HymbaModel(nn.Module):
     def __init__(self, config: HymbaConfig):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # as in the release, the pad token's embedding row gets no gradient from the lookup (padding_idx)
+        pad = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
+                                         padding_idx=pad if pad is not None and 0 <= pad < config.vocab_size else None)
         if config.num_memory_tokens > 0:
             self.memory_tokens = nn.Parameter(torch.empty(config.num_memory_tokens, config.hidden_size))
         self.layers = nn.ModuleList([HymbaDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
@@ -327,6 +330,8 @@ class HymbaForCausalLM(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=std)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
             elif isinstance(module, nn.Conv1d):
