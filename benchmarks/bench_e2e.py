@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from hymba import HymbaConfig, HymbaForCausalLM  # noqa: E402
-from hymba.engine.cache import paper_cache_bytes  # noqa: E402
+from hymba.engine import new_cache  # noqa: E402
+from hymba.modeling.cache import paper_cache_bytes  # noqa: E402
 from hymba.utils import atomic_write_text  # noqa: E402
 
 # The public configs of meta-llama/Llama-3.2-{3B,1B} (config.json on the Hub), as dicts.
@@ -102,7 +103,7 @@ def hymba_prefill(model, context: int) -> dict:
     ids = torch.randint(0, model.config.vocab_size, (1, context), device="cuda")
 
     def run():
-        cache = model.new_cache(1, context)
+        cache = new_cache(model, 1, context)
         model(ids, cache=cache, logits_to_keep=1)
     t = time.time()
     run()  # compiles FlexAttention and the Triton kernels

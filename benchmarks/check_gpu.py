@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from hymba import HymbaConfig, HymbaForCausalLM  # noqa: E402
+from hymba.engine import generate, new_cache  # noqa: E402
 from hymba.ops.attention import build_sdpa_mask, sdpa_attention  # noqa: E402
 from hymba.ops.conv import causal_conv1d_ref, causal_conv1d_step_ref  # noqa: E402
 from hymba.ops.scan import selective_scan_chunked, selective_state_step  # noqa: E402
@@ -356,7 +357,7 @@ def check_decode(model, cfg, dev):
     B, P, S = SIZES["decode"]  # past the window (96): the ring wraps
     ids = torch.randint(0, cfg.vocab_size, (B, P + S), device=dev)
     full = model(ids).logits[:, P - 1:-1]
-    cache = model.new_cache(B, P + S)
+    cache = new_cache(model, B, P + S)
     eager = [model(ids[:, :P], cache=cache).logits[:, -1]]
     eager += [model(ids[:, t:t + 1], cache=cache).logits[:, -1] for t in range(P, P + S - 1)]
     record("decode eager (cache) vs full forward fp32", dict(logits=rel(torch.stack(eager, 1), full)), 1e-4)
@@ -376,8 +377,8 @@ def check_decode(model, cfg, dev):
     mask = torch.ones(B, P, dtype=torch.long, device=dev)
     mask[0, :P // 3] = 0
     kw = dict(max_new_tokens=S, eos_token_id=int(ids[1, P + 5]), pad_token_id=0, output_logits=True)
-    eager = model.generate(ids[:, :P], mask, cuda_graph=False, **kw)
-    graph = model.generate(ids[:, :P], mask, cuda_graph=True, **kw)
+    eager = generate(model, ids[:, :P], mask, cuda_graph=False, **kw)
+    graph = generate(model, ids[:, :P], mask, cuda_graph=True, **kw)
     same = eager.sequences.tolist() == graph.sequences.tolist() and eager.finish_reasons == graph.finish_reasons
     finite = torch.isfinite(eager.logits)
     record("generate(cuda_graph=True) vs eager generate fp32",

@@ -30,7 +30,8 @@ import time
 import torch
 
 from hymba import HymbaConfig, HymbaForCausalLM
-from hymba.engine.cache import cache_bytes
+from hymba.engine import new_cache
+from hymba.modeling.cache import cache_bytes
 from hymba.utils import atomic_write_text
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -76,7 +77,7 @@ def prefilled_caches(model: HymbaForCausalLM, contexts: list[int], rounds: int, 
     """One cache per context, each holding that many (random) tokens: the cache is filled once, chunk by
     chunk, and copied each time it reaches a context in the list."""
     g = torch.Generator().manual_seed(seed)
-    cache = model.new_cache(1, max(contexts) + rounds + 1)
+    cache = new_cache(model, 1, max(contexts) + rounds + 1)
     filled, caches = 0, {}
     for context in sorted(contexts):
         while filled < context:

@@ -21,10 +21,12 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from bench_e2e import build_hymba, cuda_time  # noqa: E402
-from hymba.modeling import compile_layers  # noqa: E402
-from hymba.utils import atomic_write_text  # noqa: E402
 from profile_decode import kernel_times  # noqa: E402
 from profile_train import by_kind  # noqa: E402
+
+from hymba.engine import new_cache
+from hymba.modeling import compile_layers  # noqa: E402
+from hymba.utils import atomic_write_text  # noqa: E402
 
 
 def prefill_fn(model, batch: int, length: int):
@@ -32,7 +34,7 @@ def prefill_fn(model, batch: int, length: int):
 
     @torch.no_grad()
     def run():
-        model(ids, cache=model.new_cache(batch, length), logits_to_keep=1)
+        model(ids, cache=new_cache(model, batch, length), logits_to_keep=1)
     return run
 
 

@@ -1,8 +1,12 @@
 """hymba: NVIDIA's Hymba hybrid-head language models in plain PyTorch (CPU or GPU, no compiled extensions)."""
 
 from .config import ConfigError, HymbaConfig
+from .engine import GenerateOutput, TextStreamer, generate, load_model_and_tokenizer
 from .modeling import CausalLMOutput, HymbaForCausalLM, HymbaModel
+from .tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 __version__ = "0.1.0"
 
-__all__ = ["CausalLMOutput", "ConfigError", "HymbaConfig", "HymbaForCausalLM", "HymbaModel", "__version__"]
+__all__ = ["CausalLMOutput", "ConfigError", "GenerateOutput", "HymbaConfig", "HymbaForCausalLM", "HymbaModel",
+           "TextStreamer", "Tokenizer", "TokenizerError", "__version__", "generate", "load_model_and_tokenizer",
+           "load_tokenizer"]

@@ -6,17 +6,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from .config import HymbaConfig
 from .utils import atomic_path, atomic_write_text
-
-if TYPE_CHECKING:
-    from .modeling import HymbaForCausalLM
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -76,7 +73,7 @@ def read_state_dict(path: str, device: str | torch.device = "cpu") -> dict[str, 
     return tensors
 
 
-def check_state_dict(model: "HymbaForCausalLM", tensors: dict[str, torch.Tensor], source: str) -> None:
+def check_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Raise one error naming every missing, unexpected and mis-shaped tensor."""
     expected = {n: tuple(p.shape) for n, p in model.state_dict().items()}
     if model.config.tie_word_embeddings:
@@ -108,7 +105,9 @@ def _resolve_dtype(dtype, config_dict: dict, tensors: dict[str, torch.Tensor]) -
     raise ValueError(f"unknown dtype {dtype!r}")
 
 
-def load_pretrained(cls, path, dtype="auto", device="cpu", kernels="auto") -> "HymbaForCausalLM":
+def load_pretrained(cls, path, dtype="auto", device="cpu", kernels="auto") -> nn.Module:
+    """`cls` (HymbaForCausalLM) built on the meta device from the directory's config.json, its weights loaded
+    from the safetensors files (names and shapes checked first), in `dtype` on `device`, in eval mode."""
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
@@ -135,7 +134,7 @@ def load_pretrained(cls, path, dtype="auto", device="cpu", kernels="auto") -> "H
     return model
 
 
-def save_pretrained(model: "HymbaForCausalLM", path, max_shard_size: int | str = "5GB") -> None:
+def save_pretrained(model: nn.Module, path, max_shard_size: int | str = "5GB") -> None:
     """Write config.json, generation_config.json and safetensors weights (sharded above max_shard_size).
 
     Each file is written to a temporary name and renamed, so an interrupted save never leaves a half-written

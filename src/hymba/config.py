@@ -16,6 +16,8 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .utils import atomic_write_text
+
 # Keys the release carries without effect on the computation (see the format document, section 2). They are
 # accepted on read and written back with the release's values, so that NVIDIA's own code accepts our files.
 INERT_KEYS: dict[str, Any] = {
@@ -287,8 +289,6 @@ class HymbaConfig:
         return out
 
     def save(self, path: str | os.PathLike) -> None:
-        from .utils import atomic_write_text
-
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")

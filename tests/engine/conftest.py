@@ -1,49 +1,14 @@
-"""Fixtures for the generation-engine tests: small models with every cache feature, a byte-level BPE
-tokenizer trained here with the `tokenizers` library, and a checkpoint directory holding both."""
+"""Fixtures for the generation-engine tests: a tiny checkpoint directory holding a model with every cache
+feature and the byte-level tokenizer (tests/conftest.py), and that checkpoint loaded."""
 
 import os
 
 import pytest
 import torch
+from helpers import random_weights
 
-from helpers import SHARED, random_weights
 from hymba import HymbaConfig, HymbaForCausalLM
-from hymba.engine.tokenizer import Tokenizer, load_tokenizer
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
-TRAIN_TEXT = [
-    "The quick brown fox jumps over the lazy dog. Hymba runs attention heads and SSM heads side by side.",
-    "Meta tokens come first; the window slides; the global layers see everything. héllo 🙂 世界 naïve café",
-    "<|user|>hello there\n<|assistant|>hi! how can I help?\n<|system|>be brief\n",
-] * 20
-
-
-
-
-@pytest.fixture(scope="session")
-def llama_tokenizer() -> Tokenizer:
-    """The released Hymba-1.5B tokenizer (Llama-2 SentencePiece BPE with byte fallback, in ../shared)."""
-    path = os.path.join(SHARED, "hymba-1.5b")
-    assert os.path.isdir(path), f"{path} not found; set HYMBA_SHARED to the shared folder"
-    return load_tokenizer(path)
-
-
-@pytest.fixture(scope="session")
-def byte_tokenizer() -> Tokenizer:
-    from tokenizers import Tokenizer as Backend
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    backend = Backend(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator(TRAIN_TEXT, trainer)
-    return Tokenizer(backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-                     add_bos_token=True, chat_template=CHAT_TEMPLATE)
+from hymba.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="session")

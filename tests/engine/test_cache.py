@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 from helpers import randomized, small_config
 from hymba import HymbaConfig, HymbaForCausalLM
-from hymba.engine.cache import CacheFullError, HybridCache, cache_bytes, paper_cache_bytes
+from hymba.engine import new_cache
+from hymba.modeling.cache import CacheFullError, HybridCache, cache_bytes, paper_cache_bytes
 
 CONFIGS = {
     "group-of-3": {},
@@ -23,7 +24,7 @@ CONFIGS = {
 
 def decode_logits(model, ids, prefill: int, chunk: int | None = None):
     """Logits at every position from prefilling `prefill` tokens (in chunks) and decoding the rest."""
-    cache = model.new_cache(ids.shape[0], ids.shape[1])
+    cache = new_cache(model, ids.shape[0], ids.shape[1])
     outs = []
     step = chunk or prefill
     for s in range(0, prefill, step):
@@ -67,7 +68,7 @@ def test_left_padded_batch_decodes_each_row_as_alone():
         ids[r, P - row.shape[1]:], mask[r, P - row.shape[1]:] = row, 1
     cont = torch.randint(0, 50, (3, extra))
     with torch.no_grad():
-        cache = model.new_cache(3, P + extra)
+        cache = new_cache(model, 3, P + extra)
         got = [model(ids[:, :7], attention_mask=mask[:, :7], cache=cache).logits[:, -1:],  # chunked, too
                model(ids[:, 7:], attention_mask=mask[:, 7:], cache=cache).logits[:, -1:]]
         got = [got[1]]
@@ -82,11 +83,11 @@ def test_left_padded_batch_decodes_each_row_as_alone():
 def test_meta_prefix_is_computed_once_per_weights():
     model = HymbaForCausalLM(HymbaConfig.from_preset("tiny")).eval()
     for _ in range(3):
-        model.new_cache(2, 10)
+        new_cache(model, 2, 10)
     assert model.model.meta_prefix_computations == 1
     with torch.no_grad():
         model.model.memory_tokens.add_(1.0)  # new weights: the prefix must follow
-    model.new_cache(1, 10)
+    new_cache(model, 1, 10)
     assert model.model.meta_prefix_computations == 2
 
 
@@ -120,7 +121,7 @@ def test_release_cache_at_8k():
 
 def test_full_cache_raises_a_clear_error():
     model = HymbaForCausalLM(HymbaConfig.from_preset("tiny")).eval()
-    cache = model.new_cache(1, 4)
+    cache = new_cache(model, 1, 4)
     model(torch.zeros(1, 4, dtype=torch.long), cache=cache)
     with pytest.raises(CacheFullError, match="holds 4 text tokens"):
         model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
@@ -130,7 +131,7 @@ def greedy(model, prompt, steps, use_cache):
     seq = prompt
     with torch.no_grad():
         if use_cache:
-            cache = model.new_cache(1, prompt.shape[1] + steps)
+            cache = new_cache(model, 1, prompt.shape[1] + steps)
             logits = model(prompt, cache=cache).logits[:, -1]
             for _ in range(steps):
                 nxt = logits.argmax(-1, keepdim=True)

@@ -152,7 +152,7 @@ def test_cache_size_shows_the_paper_figure_and_the_ratios(capsys, tmp_path):
 def test_cache_size_reads_a_checkpoint_directory_and_batches(checkpoint_dir, capsys):
     assert main(["cache-size", "--config", checkpoint_dir, "--seq-len", "100", "--batch", "3"]) == 0
     from hymba import HymbaConfig
-    from hymba.engine.cache import cache_bytes
+    from hymba.modeling.cache import cache_bytes
 
     total = sum(cache_bytes(HymbaConfig.from_json(checkpoint_dir), 3, 100, torch.float16).values())
     assert f"{total / 1e6:.2f}" in capsys.readouterr().out

@@ -254,9 +254,10 @@ def test_zero_new_tokens_and_one_dimensional_prompts(tiny_model):
     assert generate(tiny_model, ids, max_new_tokens=3, eos_token_id=[]).shape == (1, 6)
 
 
-def test_model_generate_delegates(tiny_model):
-    ids = torch.tensor([prompt_of(6, 512, seed=52)])
-    assert torch.equal(tiny_model.generate(ids, max_new_tokens=5), generate(tiny_model, ids, max_new_tokens=5))
+def test_the_package_exports_the_engine_function():
+    import hymba
+
+    assert hymba.generate is generate
 
 
 def test_ragged_prompt_lists_are_left_padded(tiny_model):

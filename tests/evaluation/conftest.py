@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 import torch
-
 from helpers import SHARED, randomized
+
 from hymba import HymbaConfig, HymbaForCausalLM
-from hymba.engine.tokenizer import load_tokenizer
+from hymba.tokenizer import load_tokenizer
 
 
 def small_lm_config(**overrides) -> HymbaConfig:

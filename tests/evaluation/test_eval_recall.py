@@ -6,9 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from hymba.evaluation.recall import (MQARDataset, RecallSample, TokenLayout, accuracy_table, kv_pairs_samples,
-                                     mqar_samples, mqar_text_samples, needle_text_samples, needle_token_samples,
-                                     score_samples, training_batch)
+from hymba.evaluation.recall import (
+    MQARDataset,
+    RecallSample,
+    TokenLayout,
+    accuracy_table,
+    kv_pairs_samples,
+    mqar_samples,
+    mqar_text_samples,
+    needle_text_samples,
+    needle_token_samples,
+    score_samples,
+    training_batch,
+)
 
 
 def test_mqar_structure():

@@ -5,8 +5,7 @@ import json
 import numpy as np
 import torch
 
-from hymba.evaluation.results import (lm_eval_markdown, lm_eval_rows, markdown_table, plot_accuracy_vs_length,
-                                      write_json)
+from hymba.evaluation.results import lm_eval_markdown, lm_eval_rows, markdown_table, plot_accuracy_vs_length, write_json
 
 RESULTS = {  # the shape lm-eval's simple_evaluate returns (trimmed)
     "results": {

@@ -8,6 +8,7 @@ pytest.importorskip("triton")
 
 from helpers import randomized, small_config  # noqa: E402
 from hymba import HymbaForCausalLM  # noqa: E402
+from hymba.engine import new_cache  # noqa: E402
 from hymba.ops.gpu import build_triton_kernels  # noqa: E402
 from hymba.ops.scan import triton_scan  # noqa: E402
 
@@ -55,7 +56,7 @@ def test_cached_decoding_matches_reference(models, monkeypatch):
     ids = torch.randint(0, ref.config.vocab_size, (2, 9))
     logits = []
     for m in (ref, fast):
-        cache = m.new_cache(2, 9)
+        cache = new_cache(m, 2, 9)
         steps = [m(ids[:, :5], cache=cache).logits[:, -1]]
         steps += [m(ids[:, t:t + 1], cache=cache).logits[:, -1] for t in range(5, 9)]
         logits.append(torch.stack(steps, 1))

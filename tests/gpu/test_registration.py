@@ -5,7 +5,7 @@ import importlib
 import pytest
 import torch
 
-from hymba import ops
+from hymba.ops import registry
 from hymba.ops import REFERENCE, Kernels, available_kernels, get_kernels, register_kernels
 
 
@@ -13,7 +13,7 @@ def test_gpu_module_imports_without_cuda_and_registers():
     gpu = importlib.import_module("hymba.ops.gpu")
     assert hasattr(gpu, "build_triton_kernels")
     assert {"triton", "triton-conv"} <= set(available_kernels())
-    assert "triton" in ops._CUDA_PREFERENCE
+    assert "triton" in registry._CUDA_PREFERENCE
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only fallback")
@@ -37,8 +37,8 @@ def test_auto_tries_cuda_backends_best_first(monkeypatch):
         calls.append("working")
         return fake
 
-    monkeypatch.setattr(ops, "_FACTORIES", dict(ops._FACTORIES))
-    monkeypatch.setattr(ops, "_CUDA_PREFERENCE", [])
+    monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
+    monkeypatch.setattr(registry, "_CUDA_PREFERENCE", [])
     register_kernels("working", working, prefer_on_cuda=True)
     register_kernels("broken", broken, prefer_on_cuda=True)  # registered last: tried first
     assert get_kernels("auto", "cuda") is fake
@@ -51,8 +51,8 @@ def test_traceable_auto_skips_bundles_with_graph_breaks(monkeypatch):
     with a graph break (fla-core's conv) for the next registered one; plain "auto" keeps the preferred."""
     members = [lambda *a, **k: None for _ in range(6)]
     breaks, whole = Kernels("breaks", *members, traceable=False), Kernels("whole", *members)
-    monkeypatch.setattr(ops, "_FACTORIES", {"reference": lambda: REFERENCE})
-    monkeypatch.setattr(ops, "_CUDA_PREFERENCE", [])
+    monkeypatch.setattr(registry, "_FACTORIES", {"reference": lambda: REFERENCE})
+    monkeypatch.setattr(registry, "_CUDA_PREFERENCE", [])
     register_kernels("breaks", lambda: breaks, prefer_on_cuda=True)
     register_kernels("whole", lambda: whole)
     assert get_kernels("auto", "cuda") is breaks

@@ -7,7 +7,7 @@ import torch
 
 from helpers import randomized, small_config
 from hymba import HymbaForCausalLM
-from hymba.engine.cache import CacheFullError
+from hymba.modeling.cache import CacheFullError
 from hymba.engine.cuda_graph import CUDAGraphDecoder, StaticHybridCache
 
 

@@ -32,7 +32,7 @@ def test_prepare_then_train_from_the_command_line(tmp_path, capsys):
 
 
 def test_prepare_with_a_checkpoint_tokenizer(tmp_path, shared_dir):
-    from hymba.engine.tokenizer import load_tokenizer
+    from hymba.tokenizer import load_tokenizer
     from hymba.training.data import load_manifest, open_shards
 
     corpus = write_corpus(str(tmp_path), n_docs=3)

@@ -8,7 +8,7 @@ import sysconfig
 import torch
 
 from hymba import HymbaConfig, HymbaForCausalLM
-from hymba.engine.cache import cache_bytes
+from hymba.modeling.cache import cache_bytes
 from hymba.training import demo
 from hymba.training.config import TrainConfig
 

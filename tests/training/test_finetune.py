@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hymba import HymbaConfig, HymbaForCausalLM
-from hymba.engine.tokenizer import load_tokenizer
+from hymba.tokenizer import load_tokenizer
 from hymba.training import checkpointing as C
 from hymba.training.config import LoraSection, TrainConfig
 from hymba.training.dpo import dpo_loss, sequence_logps

@@ -13,6 +13,7 @@ from training_helpers import tiny_config
 from hymba import HymbaForCausalLM
 from hymba.training import checkpointing as C
 from hymba.training.metrics import read_metrics
+from hymba.engine import generate
 from hymba.training.trainer import Trainer, TrainingError
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -95,7 +96,7 @@ def test_resume_after_sigkill_is_bit_identical(prepared, tmp_path):
 
 def test_a_mid_run_checkpoint_loads_and_generates(prepared, tmp_path, capsys):
     from hymba.cli import main
-    from hymba.engine.tokenizer import load_tokenizer
+    from hymba.tokenizer import load_tokenizer
 
     cfg = tiny_config(prepared, str(tmp_path / "run"), train={"max_steps": 6, "save_interval": 3, "keep_last": 5})
     Trainer(cfg, print_fn=lambda s: None).fit()
@@ -106,7 +107,7 @@ def test_a_mid_run_checkpoint_loads_and_generates(prepared, tmp_path, capsys):
     model = HymbaForCausalLM.from_pretrained(mid)
     tok = load_tokenizer(mid)
     ids = torch.tensor([tok.encode("the cat saw")])
-    out = model.generate(ids, max_new_tokens=5, do_sample=True, temperature=1.0, seed=0)
+    out = generate(model, ids, max_new_tokens=5, do_sample=True, temperature=1.0, seed=0)
     assert out.shape[1] > ids.shape[1] and int(out.max()) < model.config.vocab_size
     # the weights are the step-3 weights: resuming from this checkpoint reloads the same tensors
     state = C.read_state(mid)

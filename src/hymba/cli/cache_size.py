@@ -15,6 +15,12 @@ import os
 import sys
 from dataclasses import dataclass
 
+import torch
+
+from ..config import PRESETS, ConfigError, HymbaConfig
+from ..modeling.cache import cache_bytes, paper_cache_bytes
+from ..utils import atomic_path, atomic_write_text
+
 MB = 1e6  # the paper's unit: 10^6 bytes
 
 
@@ -53,8 +59,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_config(spec: str):
     """A preset name, a checkpoint directory or a path to a config.json."""
-    from ..config import PRESETS, HymbaConfig
-
     if os.path.exists(spec):
         return HymbaConfig.from_json(spec), os.path.basename(os.path.normpath(spec)) or spec
     if spec in PRESETS:
@@ -65,15 +69,11 @@ def load_config(spec: str):
 
 def hymba_figures(config, seq_len: int, batch: int, dtype) -> dict:
     """Bytes per component of the true footprint, its total, and the paper's count (x batch)."""
-    from ..engine.cache import cache_bytes, paper_cache_bytes
-
     parts = cache_bytes(config, batch, seq_len, dtype=dtype)
     return dict(components=parts, total=sum(parts.values()), paper=batch * paper_cache_bytes(config, seq_len, dtype))
 
 
 def compute(config, name: str, seq_len: int, batch: int, dtype_name: str) -> dict:
-    import torch
-
     dtype = getattr(torch, dtype_name)
     esize = torch.tensor([], dtype=dtype).element_size()
     h = hymba_figures(config, seq_len, batch, dtype)
@@ -121,9 +121,6 @@ def plot(config, name: str, seq_len: int, batch: int, dtype_name: str, path: str
         import matplotlib.pyplot as plt
     except ImportError:
         raise ValueError("--plot needs matplotlib (pip install 'hymba[eval]')") from None
-    import torch
-
-    from ..utils import atomic_path
 
     dtype = getattr(torch, dtype_name)
     esize = torch.tensor([], dtype=dtype).element_size()
@@ -146,8 +143,6 @@ def plot(config, name: str, seq_len: int, batch: int, dtype_name: str, path: str
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-
     try:
         if args.seq_len < 1 or args.batch < 1:
             raise ValueError(f"--seq-len ({args.seq_len}) and --batch ({args.batch}) must be >= 1")
@@ -158,8 +153,6 @@ def run(args: argparse.Namespace) -> int:
             plot(config, name, args.seq_len, args.batch, args.dtype, args.plot)
             print(f"plot written to {args.plot}")
         if args.json:
-            from ..utils import atomic_write_text
-
             atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
             print(f"figures written to {args.json}")
     except (ValueError, FileNotFoundError, ConfigError) as e:

@@ -11,7 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .generate import add_model_arguments, add_sampling_arguments
+import torch
+
+from ..config import ConfigError
+from ..engine.generate import generate
+from ..engine.streaming import TextStreamer
+from ..tokenizer import TokenizerError
+from .generate import add_model_arguments, add_sampling_arguments, generation_kwargs, load_model
 
 HELP = "commands: /reset (forget the conversation), /exit (leave; so does Ctrl-D)"
 
@@ -23,13 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from ..engine.tokenizer import TokenizerError
-    from .generate import generation_kwargs, load_model_and_tokenizer
-
     try:
         kwargs = generation_kwargs(args)
-        model, tokenizer = load_model_and_tokenizer(args)
+        model, tokenizer = load_model(args)
         if tokenizer.chat_template is None:
             raise ValueError(f"the tokenizer in {args.tokenizer or args.model} has no chat_template "
                              "(tokenizer_config.json): chat needs an instruct checkpoint; use `hymba generate` "
@@ -86,11 +88,6 @@ class ChatSession:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
 
     def reply(self, text: str, file=None):
-        import torch
-
-        from ..engine.generate import generate
-        from ..engine.streaming import TextStreamer
-
         self.messages.append({"role": "user", "content": text})
         ids = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=True)
         streamer = TextStreamer(self.tokenizer, prompt_ids=ids, stop_strings=self.generate_kwargs.get("stop_strings"),

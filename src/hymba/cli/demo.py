@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..training.demo import run_demo
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default: runs/demo)")
@@ -16,8 +18,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.demo import run_demo
-
     try:
         run_demo(out=args.out, minutes=args.minutes, device=args.device, seed=args.seed)
     except (ValueError, RuntimeError, OSError) as e:

@@ -8,6 +8,9 @@ import logging
 import os
 import sys
 
+from ..evaluation.results import CHANCE, lm_eval_markdown, write_json
+from ..utils import atomic_write_text
+
 # --tasks all: every shipped task, MMLU as its group.
 ALL_TASKS = ["arc_easy", "arc_challenge", "boolq", "copa", "hellaswag", "lambada_openai", "openbookqa", "piqa",
              "siqa_2way", "winogrande", "mmlu"]
@@ -47,8 +50,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"hymba eval needs lm-evaluation-harness ({e}); install it with: pip install 'hymba[eval]'",
               file=sys.stderr)
         return 2
-    from ..evaluation.results import CHANCE, lm_eval_markdown, write_json
-
     if args.list_tasks:
         catalog = task_catalog()
         print("tasks:", ", ".join(t for t in catalog["tasks"] if not t.startswith("mmlu_")))
@@ -86,7 +87,6 @@ def run(args: argparse.Namespace) -> int:
         header = (f"# lm-eval results: {os.path.basename(os.path.abspath(args.model))}\n\n"
                   f"limit: {limit if limit is not None else 'none'}, few-shot: {args.num_fewshot or 0}, "
                   f"parameters: {results['config'].get('model_num_parameters'):,}\n\n")
-        from ..utils import atomic_write_text
 
         atomic_write_text(md, header + table)
         print(f"wrote {args.out} and {md}", file=sys.stderr)

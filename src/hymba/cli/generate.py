@@ -6,8 +6,14 @@ Shared with `hymba chat`: the model/tokenizer/sampling arguments and the loader 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+import torch
+
+from ..config import ConfigError
+from ..engine import generate, load_model_and_tokenizer
+from ..engine.streaming import TextStreamer
+from ..tokenizer import TokenizerError
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,44 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no statistics line on stderr")
 
 
-def resolve_device_dtype(device: str, dtype: str):
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"--device {device!r} is not a device ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-    if dtype == "auto":
-        dtype = "bfloat16" if dev.type == "cuda" else "float32"
-    return dev, getattr(torch, dtype)
-
-
-def load_model_and_tokenizer(args: argparse.Namespace):
-    """The checkpoint and its tokenizer, with errors that say which file or directory is wrong."""
-    from ..engine.tokenizer import load_tokenizer
-    from ..modeling import HymbaForCausalLM
-
-    model_dir = args.model
-    if not os.path.isdir(model_dir):
-        raise ValueError(f"--model {model_dir}: no such directory (expected a checkpoint: config.json + "
-                         "model.safetensors)")
-    if not os.path.exists(os.path.join(model_dir, "config.json")):
-        raise ValueError(f"--model {model_dir}: no config.json there; is it a checkpoint directory?")
-    tok_dir = args.tokenizer or model_dir
-    if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
-        hint = "" if args.tokenizer else "; pass --tokenizer DIR to use another directory's tokenizer"
-        raise ValueError(f"no tokenizer.json in {tok_dir}{hint}")
-    device, dtype = resolve_device_dtype(args.device, args.dtype)
-    tokenizer = load_tokenizer(tok_dir)
-    model = HymbaForCausalLM.from_pretrained(model_dir, dtype=dtype, device=device)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f"the tokenizer in {tok_dir} has {tokenizer.vocab_size} tokens but the model in "
-                         f"{model_dir} only {model.config.vocab_size} (vocab_size): they do not belong together")
-    return model, tokenizer
+def load_model(args: argparse.Namespace):
+    """The checkpoint of --model and the tokenizer of --tokenizer (default: the same directory)."""
+    return load_model_and_tokenizer(args.model, args.tokenizer, device=args.device, dtype=args.dtype)
 
 
 def generation_kwargs(args: argparse.Namespace) -> dict:
@@ -109,12 +80,12 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
-def report(out, stream=sys.stderr) -> None:
-    """One line of statistics for a GenerateOutput of batch 1."""
+def report(out, stream=None) -> None:
+    """One line of statistics for a GenerateOutput of batch 1 (to standard error by default)."""
     n = out.num_new_tokens[0]
     rate = (n - 1) / out.decode_seconds if n > 1 and out.decode_seconds > 0 else float("nan")
     print(f"[{n} tokens ({out.finish_reasons[0]}); prefill {out.prefill_seconds:.2f} s, "
-          f"decode {rate:.1f} tokens/s]", file=stream)
+          f"decode {rate:.1f} tokens/s]", file=stream or sys.stderr)
 
 
 def _read_prompt(args: argparse.Namespace) -> str:
@@ -130,15 +101,10 @@ def _read_prompt(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from ..engine.generate import generate
-    from ..engine.streaming import TextStreamer
-    from ..engine.tokenizer import TokenizerError
-
     try:
         kwargs = generation_kwargs(args)
         prompt = _read_prompt(args)
-        model, tokenizer = load_model_and_tokenizer(args)
+        model, tokenizer = load_model(args)
         if args.chat:
             messages = ([{"role": "system", "content": args.system}] if args.system else [])
             messages.append({"role": "user", "content": prompt})
@@ -150,8 +116,6 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, ConfigError, TokenizerError) as e:
         print(f"hymba generate: error: {e}", file=sys.stderr)
         return 2
-
-    import torch
 
     streamer = TextStreamer(tokenizer, prompt_ids=ids, stop_strings=kwargs["stop_strings"])
     out = generate(model, torch.tensor([ids]), tokenizer=tokenizer, streamer=streamer, return_dict=True, **kwargs)

@@ -8,6 +8,11 @@ import os
 
 import torch
 
+from ..config import HymbaConfig
+from ..modeling import HymbaForCausalLM
+from ..modeling.cache import cache_bytes, paper_cache_bytes
+from ..tokenizer import load_tokenizer
+
 SAMPLE_TEXT = (
     "Hymba runs attention heads and state-space heads side by side in every layer. The attention heads recall "
     "exact tokens; the SSM heads summarise the context in a fixed-size state. Meta tokens prepended to every "
@@ -25,10 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import HymbaConfig
-    from ..engine.cache import cache_bytes, paper_cache_bytes
-    from ..modeling import HymbaForCausalLM
-
     torch.manual_seed(args.seed)
     if args.model:
         model = HymbaForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -65,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
 def _tokenize(text: str, model_dir: str | None, vocab_size: int) -> torch.Tensor:
     """The checkpoint's tokenizer when it has one, else UTF-8 bytes (ids < 256) for a fresh preset."""
     if model_dir and os.path.exists(os.path.join(model_dir, "tokenizer.json")):
-        from ..engine.tokenizer import load_tokenizer
-
         return torch.tensor([load_tokenizer(model_dir).encode(text)])
     if vocab_size < 256:
         raise SystemExit(f"vocabulary of {vocab_size} is too small for byte-level scoring (needs >= 256)")

@@ -6,10 +6,12 @@ import argparse
 import contextlib
 import sys
 
+from ..evaluation.perplexity import text_perplexity
+from ..evaluation.results import write_json
+from .generate import add_model_arguments, load_model
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .generate import add_model_arguments
-
     add_model_arguments(p)
     p.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text file (CRLF line ends are read as LF)")
     p.add_argument("--max-length", type=int, default=None,
@@ -33,10 +35,6 @@ def progress_bar(desc: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.perplexity import text_perplexity
-    from ..evaluation.results import write_json
-    from .generate import load_model_and_tokenizer
-
     try:
         with open(args.text, encoding="utf-8") as f:
             text = f.read()
@@ -47,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"hymba perplexity: --text {args.text} is not UTF-8 text ({e})", file=sys.stderr)
         return 2
     try:
-        model, tokenizer = load_model_and_tokenizer(args)
+        model, tokenizer = load_model(args)
         model.eval()
         with progress_bar("windows") as update:
             result = text_perplexity(model, tokenizer, text, max_length=args.max_length, stride=args.stride,

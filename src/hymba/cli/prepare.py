@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..training.data import DEFAULT_INCLUDE, DataError, prepare_dataset
+from ..training.tokenizer_train import parse_tokenizer_spec
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", nargs="+", required=True, metavar="PATH",
@@ -32,9 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.data import DEFAULT_INCLUDE, DataError, prepare_dataset
-    from ..training.tokenizer_train import parse_tokenizer_spec
-
     try:
         tokenizer = parse_tokenizer_spec(args.tokenizer)
         prepare_dataset(args.input, args.out, tokenizer, val_inputs=args.val_input, val_fraction=args.val_fraction,

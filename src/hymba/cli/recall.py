@@ -6,7 +6,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+
+from ..engine.loading import resolve_device_dtype
+from ..evaluation import recall
+from ..evaluation.recall import evaluate_recall
+from ..evaluation.results import markdown_table, plot_accuracy_vs_length, write_json
+from ..modeling import HymbaForCausalLM
+from ..utils import atomic_write_text
+from .generate import add_model_arguments, load_model
+from .perplexity import progress_bar
 
 
 def _ints(text: str) -> list[int]:
@@ -27,8 +37,6 @@ def _fractions(text: str) -> list[float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .generate import add_model_arguments
-
     add_model_arguments(p)
     p.add_argument("--task", required=True, choices=["mqar", "needle", "kv-pairs"])
     p.add_argument("--token-level", action="store_true",
@@ -59,12 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _load(args):
     if not args.token_level:
-        from .generate import load_model_and_tokenizer
-
-        model, tokenizer = load_model_and_tokenizer(args)
-        return model.eval(), tokenizer
-    from ..modeling import HymbaForCausalLM
-    from .generate import resolve_device_dtype
+        return load_model(args)
 
     if not os.path.exists(os.path.join(args.model, "config.json")):
         raise ValueError(f"--model {args.model}: no config.json there; is it a checkpoint directory?")
@@ -74,8 +77,6 @@ def _load(args):
 
 def _samples(args, model, tokenizer):
     """(samples, the info keys to group by) for the chosen task."""
-    from ..evaluation import recall
-
     vocab = model.config.vocab_size
     if args.task == "mqar":
         n = args.samples or 100
@@ -92,8 +93,6 @@ def _samples(args, model, tokenizer):
                                                seed=args.seed), ["context_length", "depth"]
         sentences = None
         if args.haystack_file:
-            import re
-
             with open(args.haystack_file, encoding="utf-8") as f:
                 sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", f.read()) if len(s.strip()) > 1]
         return recall.needle_text_samples(tokenizer, context_lengths=args.context_lengths, depths=args.depths,
@@ -106,10 +105,6 @@ def _samples(args, model, tokenizer):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.recall import evaluate_recall
-    from ..evaluation.results import markdown_table, plot_accuracy_vs_length, write_json
-    from .perplexity import progress_bar
-
     try:
         model, tokenizer = _load(args)
         samples, by = _samples(args, model, tokenizer)
@@ -133,7 +128,6 @@ def run(args: argparse.Namespace) -> int:
         stem = os.path.join(args.out, f"recall_{args.task.replace('-', '_')}")
         options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
         write_json(stem + ".json", {"task": args.task, "options": options, **summary})
-        from ..utils import atomic_write_text
 
         atomic_write_text(stem + ".md", f"# {title}\n\naccuracy: {summary['accuracy']:.4f} "
                                         f"({summary['answers']} answers)\n\n{table}")

@@ -9,7 +9,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+
+from ..training import distributed
+from ..training.config import TrainConfig, TrainConfigError
+from ..training.data import DataError
+from ..training.trainer import Trainer, TrainingError
 
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,10 +67,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace, task: str):
     """The config file (or defaults), then the command-line flags, then the key=value overrides."""
-    from ..training.config import TrainConfig
-
-    from ..training.config import TrainConfigError
-
     cfg = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
     if args.config and cfg.task != task:
         command = {"pretrain": "train"}.get(cfg.task, cfg.task)
@@ -91,17 +93,11 @@ def _quote(item: str) -> str:
     key, value = item.split("=", 1)
     if key in ("model.init_from", "data.path", "data.val_path", "train.out_dir", "model.preset",
                "dpo.reference") and value != "null":
-        import json
-
         value = json.dumps(value)
     return f"{key}={value}"
 
 
 def run_training(args: argparse.Namespace, task: str) -> int:
-    from ..training.config import TrainConfigError
-    from ..training.data import DataError
-    from ..training.trainer import Trainer, TrainingError
-
     try:
         cfg = build_config(merge_options(args), task)
         result = Trainer(cfg, resume=args.resume_from or args.resume).fit()
@@ -109,8 +105,6 @@ def run_training(args: argparse.Namespace, task: str) -> int:
         print(f"hymba {task if task != 'pretrain' else 'train'}: error: {e}", file=sys.stderr)
         return 2
     finally:
-        from ..training import distributed
-
         distributed.teardown()
     return 0 if result.steps else 1
 

@@ -1,10 +1,11 @@
-"""Inference: the hybrid cache, generation (sampling, padding, chunked prefill), tokenizer and chat."""
+"""Inference: caches for a batch of requests, batched generation (sampling, padding, chunked prefill,
+streaming, stop strings), CUDA-graph decoding, and loading a checkpoint with its tokenizer."""
 
-from .cache import CacheFullError, HybridCache
+from .cache import new_cache, prefill
 from .generate import GenerateOutput, generate
+from .loading import load_model_and_tokenizer
 from .sampling import SamplingParams
 from .streaming import IncrementalDecoder, StopStringMatcher, TextStreamer
-from .tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
-__all__ = ["CacheFullError", "GenerateOutput", "HybridCache", "IncrementalDecoder", "SamplingParams",
-           "StopStringMatcher", "TextStreamer", "Tokenizer", "TokenizerError", "generate", "load_tokenizer"]
+__all__ = ["GenerateOutput", "IncrementalDecoder", "SamplingParams", "StopStringMatcher", "TextStreamer", "generate",
+           "load_model_and_tokenizer", "new_cache", "prefill"]

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import torch
 
-from .cache import CacheFullError, HybridCache, prefill
+from ..modeling.cache import CacheFullError, HybridCache
+from .cache import prefill
 
 
 class StaticHybridCache(HybridCache):
@@ -54,11 +55,13 @@ class StaticHybridCache(HybridCache):
                                                             device=device)
         self.length_t = torch.zeros(1, dtype=torch.long, device=device)  # == self.length, on the device
         self._step: tuple | None = None
+        # The bookkeeping runs eagerly inside a compiled step: it reads and advances Python ints, which
+        # torch.compile would otherwise bake into the graph and recompile for at every step. (Wrapped here
+        # rather than decorated: the decorator would import torch._dynamo with the package.)
+        self.begin_chunk = torch.compiler.disable(self.begin_chunk)
+        self.end_chunk = torch.compiler.disable(self.end_chunk)
 
     # ---- the decode step: device-side indices, whole buffers ----------------------------------------------
-    # (both bookkeeping methods run eagerly inside a compiled step: they read and advance Python ints, which
-    # torch.compile would otherwise bake into the graph and recompile for at every step)
-    @torch.compiler.disable
     def begin_chunk(self, positions: torch.Tensor):
         if positions.shape[1] != 1:
             self._step = None
@@ -92,7 +95,6 @@ class StaticHybridCache(HybridCache):
         V.index_copy_(2, where, v.to(V.dtype))
         return K, V
 
-    @torch.compiler.disable
     def end_chunk(self, T: int, n_valid) -> None:
         super().end_chunk(T, n_valid)
         self.length_t += T

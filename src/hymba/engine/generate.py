@@ -1,6 +1,6 @@
 """Batched generation with the hybrid cache.
 
-    prompts [B, L] (left padded) -> cache = model.new_cache(B, L + max_new_tokens)   (meta prefix copied in)
+    prompts [B, L] (left padded) -> cache = new_cache(model, B, L + max_new_tokens)   (meta prefix copied in)
         -> prefill chunk by chunk (peak activation memory bounded by the chunk, not the prompt)
         -> decode: pick a token per row, feed it back, until every row has finished
 
@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cache import prefill
+from .cache import new_cache, prefill
+from .cuda_graph import CUDAGraphDecoder
 from .sampling import SamplingParams, apply_repetition_penalty, select_next_tokens, suppress_tokens
 from .streaming import IncrementalDecoder, StopStringMatcher, Streamer
 
@@ -149,8 +150,6 @@ class _StaticSteps:
 def _static_decoder(model, batch_size: int, max_length: int, compile_step: bool | str = False):
     if model.device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs the model on a CUDA device (it is on {model.device})")
-    from .cuda_graph import CUDAGraphDecoder
-
     return CUDAGraphDecoder(model, batch_size, max_length, compile=compile_step)
 
 
@@ -269,7 +268,7 @@ def generate(
             logits = decoder.prefill(ids, mask if has_pads else None, prefill_chunk_size)
             steps_fn = _StaticSteps(decoder, pad_token_id)
     if steps_fn is None:
-        cache = model.new_cache(B, ids.shape[1] + max_new_tokens)
+        cache = new_cache(model, B, ids.shape[1] + max_new_tokens)
         logits = prefill(model, cache, ids, mask if has_pads else None, prefill_chunk_size)
         steps_fn = _CacheSteps(model, cache)
     prefill_seconds = time.perf_counter() - t0

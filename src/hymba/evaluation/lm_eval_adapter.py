@@ -11,14 +11,20 @@ once this module is imported.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from .scoring import load_model_and_tokenizer, score_targets
+from ..engine import generate, load_model_and_tokenizer
+from .scoring import score_targets
+from .task_data import resolve_data_dir
+from .tasks import TASKS_DIR
 
 OFFLINE_ENV = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_EVALUATE_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -33,8 +39,14 @@ def go_offline() -> None:
 
 go_offline()
 
-from lm_eval.api.model import TemplateLM  # noqa: E402  (after the offline switches)
+# lm-eval after the offline switches
+from lm_eval import simple_evaluate  # noqa: E402
+from lm_eval.api.model import TemplateLM  # noqa: E402
 from lm_eval.api.registry import register_model  # noqa: E402
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs  # noqa: E402
+from lm_eval.tasks import TaskManager  # noqa: E402
+from lm_eval.tasks._index import Kind, TaskIndex  # noqa: E402
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noqa: E402
 
 
 @register_model("hymba")
@@ -115,8 +127,6 @@ class HymbaLM(TemplateLM):
     # ---- loglikelihood ----------------------------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """requests: [((context, continuation) or None, context ids, continuation ids), ...]."""
-        from tqdm import tqdm
-
         scored: list[tuple[list[int], int]] = []
         where: list[int] = []
         results: list[tuple[float, bool] | None] = [None] * len(requests)
@@ -146,8 +156,6 @@ class HymbaLM(TemplateLM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Each string scored whole, with no truncation: disjoint windows of up to max_length tokens, each token
         predicted once, the first conditioned on the BOS token (lm-eval's rolling-window rule)."""
-        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-
         windows, owner = [], []
         for n, (string,) in enumerate(req.args for req in requests):
             tokens = self.tok_encode(string, add_special_tokens=False)
@@ -167,11 +175,6 @@ class HymbaLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Batched greedy (or sampled, if a task asks) generation, stopped at the task's `until` strings or EOS;
         the returned text ends before the first stop string."""
-        import json
-
-        from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
-        from tqdm import tqdm
-
         groups: dict[str, list[int]] = defaultdict(list)
         for n, req in enumerate(requests):
             groups[json.dumps(req.args[1], sort_keys=True, default=str)].append(n)
@@ -215,7 +218,7 @@ class HymbaLM(TemplateLM):
         if do_sample:
             kwargs.update({k: v for k, v in sampling.items() if v is not None})
         with torch.no_grad():
-            result = self.model.generate(ids.to(self.model.device), attention_mask=mask.to(self.model.device),
+            result = generate(self.model, ids.to(self.model.device), attention_mask=mask.to(self.model.device),
                                          **kwargs)
         texts = []
         for row in range(len(prompts)):
@@ -244,11 +247,6 @@ def _positive_int(value, name: str, default: int) -> int:
 
 def task_manager(data_dir: str | None):
     """lm-eval's TaskManager over the shipped task folder only (fast, and no built-in task that would download)."""
-    from lm_eval.tasks import TaskManager
-
-    from .task_data import resolve_data_dir
-    from .tasks import TASKS_DIR
-
     return TaskManager(include_path=TASKS_DIR, include_defaults=False,
                        metadata={"data_dir": resolve_data_dir(data_dir)})
 
@@ -256,12 +254,6 @@ def task_manager(data_dir: str | None):
 def task_catalog() -> dict[str, list[str]]:
     """The shipped names by kind: "tasks" (MMLU subjects included), "groups" (mmlu and its four categories) and
     "tags" (names standing for several tasks, e.g. ai2_arc)."""
-    from pathlib import Path
-
-    from lm_eval.tasks._index import Kind, TaskIndex
-
-    from .tasks import TASKS_DIR
-
     buckets = {Kind.TASK: "tasks", Kind.PY_TASK: "tasks", Kind.GROUP: "groups", Kind.TAG: "tags"}
     catalog: dict[str, list[str]] = {"tasks": [], "groups": [], "tags": []}
     for name, entry in TaskIndex.build([Path(TASKS_DIR)]).items():
@@ -284,8 +276,6 @@ def evaluate(model: str | HymbaLM, tasks: list[str], data_dir: str | None = None
     Returns lm-eval's results dictionary (results, groups, configs, n-samples, ...). `limit` caps the items per
     task (a fraction if < 1). `bootstrap_iters` is for the standard errors of non-mean metrics (perplexity).
     `apply_chat_template` wraps each prompt (few-shot examples as earlier turns) in the tokenizer's chat template."""
-    from lm_eval import simple_evaluate
-
     known = set(available_tasks())
     unknown = [t for t in tasks if t not in known]
     if unknown:

@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .scoring import score_targets
+from ..utils import atomic_write_text
+from .scoring import encode_pair, score_targets
+from .task_data import read_jsonl, resolve_data_dir
 
 
 @dataclass
@@ -329,9 +331,6 @@ def kv_pairs_samples(tokenizer, data_dir: str, positions: Sequence[str] = ("begi
                      limit: int | None = None) -> list[RecallSample]:
     """The key-value retrieval sets (JSON of 38 UUID pairs; the asked key at the beginning, middle or end):
     the UUID answer after "Corresponding Value: " is scored (context and answer split as lm-eval does)."""
-    from .scoring import encode_pair
-    from .task_data import read_jsonl, resolve_data_dir
-
     root = resolve_data_dir(data_dir)
     samples = []
     for where in positions:
@@ -393,8 +392,6 @@ def describe(samples: Sequence[RecallSample]) -> dict[str, Any]:
 
 def save_samples(samples: Sequence[RecallSample], path: str) -> None:
     """JSON lines (tokens, spans, info), written atomically: a recall set to train or evaluate on elsewhere."""
-    from ..utils import atomic_write_text
-
     atomic_write_text(path, "".join(json.dumps({"tokens": s.tokens, "spans": s.spans, "info": s.info}) + "\n"
                                     for s in samples))
 

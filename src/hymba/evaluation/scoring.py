@@ -118,14 +118,3 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     whole = tokenizer.encode(context + continuation)
     ctx = tokenizer.encode(context)
     return ctx, whole[len(ctx):]
-
-
-def load_model_and_tokenizer(model_dir: str, tokenizer_dir: str | None = None, device: str = "auto",
-                             dtype: str = "auto"):
-    """A checkpoint in eval mode and its tokenizer (the same rules and errors as `hymba generate`)."""
-    from argparse import Namespace
-
-    from ..cli.generate import load_model_and_tokenizer as load
-
-    model, tokenizer = load(Namespace(model=model_dir, tokenizer=tokenizer_dir, device=device, dtype=dtype))
-    return model.eval(), tokenizer

@@ -34,7 +34,7 @@ class ForwardContext:
     cos: torch.Tensor | None  # rotary tables [B, T, head_dim]
     sin: torch.Tensor | None
     masks: dict[bool, Any]  # is_global -> backend mask
-    cache: Any = None  # engine.cache.HybridCache, or None for a plain forward
+    cache: Any = None  # cache.HybridCache, or None for a plain forward
     conv_order: torch.Tensor | None = None  # padding: per-row permutation putting pads first (see _conv)
     conv_inverse: torch.Tensor | None = None
 

@@ -4,7 +4,7 @@
               -> final norm -> drop the meta positions -> lm_head (fp32 logits)
 
 Layers of a K/V group attend with the K/V of the group's first layer (passed along, never recomputed).
-An optional cache (engine.cache.HybridCache) is threaded through; the modules themselves hold no state.
+An optional cache (`cache.HybridCache`) is threaded through; the modules themselves hold no state.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..checkpoint import load_pretrained, save_pretrained
 from ..config import HymbaConfig
 from ..ops import Kernels, get_kernels
+from .cache import HybridCache
 from .layers import Experts, RMSNorm, RotaryEmbedding
 from .loss import linear_cross_entropy, pad_vocab_for_matmul
 from .mixer import ForwardContext, HymbaMixer
@@ -162,8 +164,6 @@ class HymbaModel(nn.Module):
     def meta_prefix(self):
         """A batch-1 cache holding the meta tokens' K/V and the conv/SSM states after them: the same for every
         request, so it is computed once per (weights, device, dtype) and reused."""
-        from ..engine.cache import HybridCache
-
         p = self.embed_tokens.weight
         key = (p.device, p.dtype, _weights_version(self))
         cached = getattr(self, "_meta_prefix", None)
@@ -275,12 +275,6 @@ class HymbaForCausalLM(nn.Module):
         weight = self.lm_head.weight
         return F.linear(hidden, pad_vocab_for_matmul(weight, hidden))[..., :weight.shape[0]]
 
-    def generate(self, *args, **kwargs):
-        """Batched generation with the hybrid cache; see `hymba.engine.generate.generate`."""
-        from ..engine.generate import generate
-
-        return generate(self, *args, **kwargs)
-
     # ---- conveniences -----------------------------------------------------------------------------------------
     def set_kernels(self, choice: str | Kernels) -> "HymbaForCausalLM":
         self.model.set_kernels(choice)
@@ -305,14 +299,6 @@ class HymbaForCausalLM(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.model.embed_tokens.weight.dtype
-
-    def new_cache(self, batch_size: int, max_length: int):
-        """A cache for `batch_size` sequences of up to `max_length` text tokens, meta prefix already in."""
-        from ..engine.cache import HybridCache
-
-        cache = HybridCache(self.config, batch_size, max_length, device=self.device, dtype=self.dtype)
-        cache.fill_from_prefix(self.model.meta_prefix())
-        return cache
 
     @torch.no_grad()
     def init_weights(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
@@ -350,11 +336,7 @@ class HymbaForCausalLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | str | None = "auto",
                         device: torch.device | str = "cpu", kernels: str = "auto") -> "HymbaForCausalLM":
-        from ..checkpoint import load_pretrained
-
         return load_pretrained(cls, path, dtype=dtype, device=device, kernels=kernels)
 
     def save_pretrained(self, path: str | os.PathLike, max_shard_size: int | str = "5GB") -> None:
-        from ..checkpoint import save_pretrained
-
         save_pretrained(self, path, max_shard_size=max_shard_size)

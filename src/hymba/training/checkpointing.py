@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..utils import replace_dir
+from ..modeling import HymbaForCausalLM
+from ..utils import atomic_dir, atomic_write_text, replace_dir
 from . import distributed as D
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -127,8 +128,6 @@ def _make_readable(path: str) -> None:
 def publish_model(checkpoint: str, dest: str) -> None:
     """`OUT/model`: the final model without the trainer state, as hard links into the checkpoint (no copy of
     the weights; it outlives the checkpoint's pruning). Replaced whole, atomically."""
-    from ..utils import atomic_dir
-
     def link(src: str, dst: str) -> None:
         try:
             os.link(src, dst)
@@ -150,8 +149,6 @@ def publish_model(checkpoint: str, dest: str) -> None:
 # ---- pieces of a checkpoint -----------------------------------------------------------------------------------------
 def export_pretrained(state: dict[str, torch.Tensor], config, directory: str, tokenizer_dir: str | None) -> None:
     """Write a full state dict as a released-format model directory (+ the tokenizer files)."""
-    from ..modeling import HymbaForCausalLM
-
     with torch.device("meta"):
         model = HymbaForCausalLM(config, init=False)
     state = dict(state)
@@ -213,8 +210,6 @@ def load_rng(directory: str, rank: int) -> bool:
 
 
 def write_state(directory: str, state: dict[str, Any]) -> None:
-    from ..utils import atomic_write_text
-
     os.makedirs(os.path.join(directory, "trainer"), exist_ok=True)
     atomic_write_text(os.path.join(directory, STATE_FILE), json.dumps(state, indent=2) + "\n")
 

@@ -17,6 +17,7 @@ continues with exactly the batches the interrupted one would have seen.
 from __future__ import annotations
 
 import bisect
+import fnmatch
 import gzip
 import json
 import os
@@ -28,6 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+
+from ..tokenizer import load_tokenizer
+from ..utils import atomic_dir, atomic_write_text
+from .tokenizer_train import train_bpe_tokenizer
 
 MANIFEST = "manifest.json"
 FORMAT = "hymba-token-shards"
@@ -119,8 +125,6 @@ def iter_documents(path: str, text_field: str = "text", separator: str | None = 
 
 def expand_inputs(paths: Iterable[str], include: Iterable[str] = DEFAULT_INCLUDE) -> list[str]:
     """Files as given, and the files under directories that match `include` (sorted, recursive)."""
-    import fnmatch
-
     include = tuple(include)
     out: list[str] = []
     for p in paths:
@@ -222,10 +226,6 @@ def prepare_dataset(inputs: list[str], out: str, tokenizer: str | int, *, val_in
     on the training documents (at most `tokenizer_sample_chars` of them). val_fraction: the share of input
     documents (chosen by a seeded coin) kept for validation; when it picks none, the tail of the last
     document is used instead. val_inputs: files that go to validation whole."""
-    from ..engine.tokenizer import load_tokenizer
-    from ..utils import atomic_dir, atomic_write_text
-    from .tokenizer_train import train_bpe_tokenizer
-
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if shard_tokens < 1:
@@ -458,8 +458,6 @@ class PackedLoader:
         self.schedule = BatchSchedule(len(dataset), global_batch, rank, world_size, seed, shuffle)
 
     def next_batch(self) -> dict[str, Any]:
-        import torch
-
         return {"tokens": torch.from_numpy(self.dataset.batch(self.schedule.next_indices()))}
 
     def state_dict(self) -> dict[str, int]:

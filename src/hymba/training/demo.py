@@ -22,15 +22,27 @@ import time
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import torch
+
+from ..config import BASELINES, HymbaConfig
+from ..modeling import HymbaForCausalLM
+from ..modeling.cache import cache_bytes
+from ..tokenizer import load_tokenizer
+from ..utils import atomic_write_text
+from .config import TrainConfig, _yaml
+from .data import PackedDataset, open_shards, prepare_dataset, unigram_cross_entropy
+from .distributed import DistInfo, resolve_device
+from .metrics import read_metrics
+from .task import even_shards
+from .trainer import Trainer
+from ..engine import generate
 
 SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "turtledemo"}
 
 
 def demo_settings() -> tuple[dict[str, Any], dict[str, Any]]:
     """(the demo's own settings, the training config as a dict) from the packaged demo.yaml."""
-    from .config import _yaml
-
     yaml = _yaml()
     text = resources.files("hymba.training").joinpath("demo.yaml").read_text(encoding="utf-8")
     data = yaml.safe_load(text)
@@ -62,9 +74,6 @@ def stdlib_sources() -> tuple[str, list[str]]:
 def attention_only_twin(config, target_params: int):
     """A Llama-style transformer (the paper's attention-only baseline) as wide and deep as `config`, its MLP
     widened until it has about as many parameters."""
-    from ..config import BASELINES
-    from ..modeling import HymbaForCausalLM
-
     def params(ffn: int) -> tuple[int, Any]:
         c = config.replace(**BASELINES["attention-only"], intermediate_size=ffn)
         with torch.device("meta"):
@@ -86,15 +95,6 @@ def _say(text: str) -> None:
 
 def run_demo(out: str = "runs/demo", minutes: float | None = None, device: str = "auto", seed: int = 0,
              log=_say) -> dict[str, Any]:
-    from ..config import HymbaConfig
-    from ..engine.cache import cache_bytes
-    from ..engine.tokenizer import load_tokenizer
-    from ..modeling import HymbaForCausalLM
-    from .config import TrainConfig
-    from .data import PackedDataset, open_shards, prepare_dataset
-    from .distributed import DistInfo, resolve_device
-    from .trainer import Trainer, even_shards
-
     t_all = time.perf_counter()
     demo, cfg_dict = demo_settings()
     dev = resolve_device(device)
@@ -179,7 +179,7 @@ def run_demo(out: str = "runs/demo", minutes: float | None = None, device: str =
     prompt = demo["prompt"]
     ids = torch.tensor([tok.encode(prompt)], device=dev)
     with torch.no_grad():
-        seqs = model.generate(ids, max_new_tokens=demo["sample_tokens"], min_new_tokens=demo["sample_tokens"],
+        seqs = generate(model, ids, max_new_tokens=demo["sample_tokens"], min_new_tokens=demo["sample_tokens"],
                               do_sample=True, temperature=demo["temperature"], top_k=demo["top_k"], seed=seed)
     continuation = tok.decode(seqs[0, ids.shape[1]:].tolist())
     log(f"[4/4] sampled continuation (temperature {demo['temperature']}, top-k {demo['top_k']}):")
@@ -202,7 +202,6 @@ def run_demo(out: str = "runs/demo", minutes: float | None = None, device: str =
         "sample": {"prompt": prompt, "continuation": continuation},
         "wall_seconds": time.perf_counter() - t_all,
     }
-    from ..utils import atomic_write_text
 
     atomic_write_text(os.path.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
     log(f"outputs in {shown}/: model/ (try: hymba generate --model {shown}/model --prompt 'import os'), loss.png, "
@@ -212,16 +211,10 @@ def run_demo(out: str = "runs/demo", minutes: float | None = None, device: str =
 
 def _unigram_on(train_shards, val, windows: list[int], vocab_size: int) -> float:
     """The unigram model's loss on exactly the validation targets the trainer scores."""
-    import numpy as np
-
-    from .data import unigram_cross_entropy
-
     targets = [val[i][1:] for i in windows] or [np.concatenate([np.asarray(s) for s in val.shards])]
     return unigram_cross_entropy(train_shards, targets, vocab_size)
 
 
 def _first_loss(out: str) -> float:
-    from .metrics import read_metrics
-
     losses = [r["loss"] for r in read_metrics(out) if r.get("kind") == "train"]
     return losses[0] if losses else math.nan

@@ -7,6 +7,7 @@ through `torch.distributed.checkpoint` (sharded: each rank writes and reads its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -14,7 +15,18 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+from ..modeling.model import HymbaDecoderLayer
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -99,11 +111,8 @@ def wrap_model(model: nn.Module, strategy: str, info: DistInfo) -> nn.Module:
     if not info.distributed:
         return model
     if strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
-    from torch.distributed.fsdp import fully_shard
 
     # Layers hand their K/V (views of the input projection) to the next layers of their group; nothing
     # modifies them in place, which is the case this warning is about.
@@ -115,8 +124,6 @@ def wrap_model(model: nn.Module, strategy: str, info: DistInfo) -> nn.Module:
 
 
 def _decoder_layers(model: nn.Module) -> list[nn.Module]:
-    from ..modeling.model import HymbaDecoderLayer
-
     return [m for m in model.modules() if isinstance(m, HymbaDecoderLayer)]
 
 
@@ -127,8 +134,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def set_gradient_sync(model: nn.Module, enabled: bool):
     """Skip the gradient all-reduce on accumulation micro-batches but the last (a context manager)."""
-    import contextlib
-
     if hasattr(model, "no_sync") and not enabled:  # DDP
         return model.no_sync()
     if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
@@ -139,9 +144,6 @@ def set_gradient_sync(model: nn.Module, enabled: bool):
 # ---- sharded state ----------------------------------------------------------------------------------------------
 def save_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, path: str) -> None:
     """Model and optimizer state through torch.distributed.checkpoint (every rank calls this)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process.*")
@@ -149,9 +151,6 @@ def save_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, path:
 
 
 def load_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, path: str) -> None:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     with warnings.catch_warnings():
@@ -163,8 +162,6 @@ def load_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, path:
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole (unsharded) state dict on the CPU, on rank 0 (other ranks get an empty dict); every rank
     must call this when the model is sharded."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     inner = unwrap(model)
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return {k: v.detach().cpu() for k, v in inner.state_dict().items()}

@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modeling import HymbaForCausalLM
 from . import distributed as D
 from .config import TrainConfig
 from .data import DataError
+from .lora import adapters_disabled
 from .sft import IGNORE, ChatDataTask, check_messages, tokenize_chat
-from .trainer import Batch, TrainingError
+from .task import Batch, TrainingError
 
 Example = tuple[list[int], list[int]]  # (ids, labels)
 
@@ -101,8 +103,6 @@ class DPOTask(ChatDataTask):
 
     def attach(self, model: nn.Module, cfg: TrainConfig, info: D.DistInfo) -> None:
         """Fix the reference before training starts."""
-        from ..modeling import HymbaForCausalLM
-
         if cfg.dpo.reference:
             self.reference = HymbaForCausalLM.from_pretrained(cfg.dpo.reference, dtype=torch.float32,
                                                               device=info.device)
@@ -137,7 +137,6 @@ class DPOTask(ChatDataTask):
         with torch.no_grad():
             if self.reference is not None:
                 return model_sequence_logps(self.reference, ids, mask, labels)
-            from .lora import adapters_disabled
 
             inner = D.unwrap(model)
             with adapters_disabled(inner):

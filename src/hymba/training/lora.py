@@ -16,8 +16,10 @@ import os
 import re
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..utils import atomic_path, atomic_write_text
 from .config import LoraSection
 
 ADAPTER_NAME = "default"
@@ -101,10 +103,6 @@ def adapter_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_adapter(state: dict[str, torch.Tensor], cfg: LoraSection, directory: str,
                  base_model: str | None = None) -> None:
-    from safetensors.torch import save_file
-
-    from ..utils import atomic_path, atomic_write_text
-
     tensors = adapter_state(state)
     if not tensors:
         raise ValueError("no LoRA tensors in the model state")
@@ -119,8 +117,6 @@ def save_adapter(state: dict[str, torch.Tensor], cfg: LoraSection, directory: st
 
 def load_adapter(model: nn.Module, directory: str) -> nn.Module:
     """Inject the adapter saved in `directory` into `model` (a plain HymbaForCausalLM) and load its weights."""
-    from safetensors.torch import load_file
-
     with open(os.path.join(directory, "adapter_config.json"), encoding="utf-8") as f:
         saved = json.load(f)
     cfg = LoraSection(enabled=True, r=saved["r"], alpha=saved["lora_alpha"], dropout=saved.get("lora_dropout", 0.0),

@@ -13,6 +13,8 @@ import os
 import time
 from typing import Any
 
+from ..utils import atomic_path, atomic_write_text
+
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 
@@ -61,7 +63,6 @@ class RunLogger:
         path = os.path.join(out_dir, METRICS_FILE)
         if resume_step is not None:
             kept = [r for r in read_metrics(path) if r.get("step", 0) <= resume_step]
-            from ..utils import atomic_write_text
 
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         elif os.path.exists(path):
@@ -171,8 +172,6 @@ def plot_loss_curve(out_dir: str, title: str = "", baselines: dict[str, float] |
         return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..utils import atomic_path
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     if train:

@@ -12,7 +12,7 @@ from torch import nn
 from . import distributed as D
 from .config import TrainConfig
 from .data import DataError, PackedDataset, PackedLoader, load_manifest
-from .trainer import Batch, TrainingError, even_shards
+from .task import Batch, TrainingError, even_shards
 
 
 class PretrainTask:

@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..tokenizer import load_tokenizer
 from . import distributed as D
 from .config import TrainConfig
 from .data import BatchSchedule, DataError, iter_jsonl
-from .trainer import Batch, TrainingError, even_shards, pad_batch
+from .task import Batch, TrainingError, even_shards, pad_batch
 
 IGNORE = -100
 
@@ -98,8 +99,6 @@ def tokenize_chat(tokenizer, messages: list[dict[str, str]], eos_after_assistant
 
 def load_tokenizer_for(cfg: TrainConfig):
     """The tokenizer of data.tokenizer, else of model.init_from."""
-    from ..engine.tokenizer import load_tokenizer
-
     directory = cfg.data.tokenizer or cfg.model.init_from
     if not directory or not os.path.exists(os.path.join(directory, "tokenizer.json")):
         raise TrainingError("fine-tuning needs a tokenizer: set model.init_from to a checkpoint that has "

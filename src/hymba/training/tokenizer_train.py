@@ -1,7 +1,7 @@
 """Training a byte-level BPE tokenizer from scratch with the `tokenizers` library.
 
 The result is an ordinary checkpoint tokenizer (tokenizer.json + tokenizer_config.json, read by
-`hymba.engine.tokenizer.load_tokenizer`). Special tokens come first, at the ids the release uses for them
+`hymba.tokenizer.load_tokenizer`). Special tokens come first, at the ids the release uses for them
 (pad 0, bos 1, eos 2), then three chat-role markers, the 256 byte symbols and the learned merges. Every
 string round-trips exactly: byte-level BPE has no unknown token.
 """
@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+
+from tokenizers import Tokenizer as Backend
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from ..tokenizer import Tokenizer
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -34,12 +39,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: in
                         show_progress: bool = False):
     """Learn a byte-level BPE vocabulary of `vocab_size` ids (special tokens and bytes included) from `texts`.
 
-    Returns a `hymba.engine.tokenizer.Tokenizer` that adds BOS when encoding with special tokens."""
-    from tokenizers import Tokenizer as Backend
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    from ..engine.tokenizer import Tokenizer
-
+    Returns a `hymba.tokenizer.Tokenizer` that adds BOS when encoding with special tokens."""
     minimum = len(SPECIAL_TOKENS) + 256
     if vocab_size < minimum:
         raise ValueError(f"vocab_size {vocab_size} is too small for a byte-level BPE: it needs at least {minimum} "

@@ -15,61 +15,26 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..modeling import compile_layers
+from ..config import HymbaConfig
+from ..modeling import HymbaForCausalLM, compile_layers
+from ..utils import atomic_write_text
 from . import checkpointing as C
 from . import distributed as D
 from .config import TrainConfig
+from .cpu_threads import ThreadTuner
+from .dpo import DPOTask
+from .lora import apply_lora, merge_lora_state, save_adapter
 from .metrics import RunLogger, plot_loss_curve
 from .optim import LRSchedule, build_optimizer, set_lr
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (diverged, misconfigured data/model pairing, ...)."""
-
-
-Batch = dict[str, Any]
-
-
-class Task(Protocol):
-    """What a kind of training brings to the loop."""
-
-    name: str
-    tokenizer_dir: str | None  # copied into every checkpoint
-
-    def prepare(self, cfg: TrainConfig, info: D.DistInfo) -> None:
-        """Load data (and tokenizer); called before the model is built."""
-
-    def model_overrides(self) -> dict[str, Any]:
-        """HymbaConfig fields the data dictates for a fresh model (vocab size, special token ids)."""
-
-    def check_model(self, model: nn.Module) -> None:
-        """Raise if the model cannot be trained on this data."""
-
-    def attach(self, model: nn.Module, cfg: TrainConfig, info: D.DistInfo) -> None:
-        """Last set-up with the (unwrapped, LoRA-adapted) model, e.g. a DPO reference."""
-
-    def train_loader(self, global_batch: int, info: D.DistInfo, seed: int):
-        """An object with next_batch() -> Batch (this rank's part), state_dict(), load_state_dict()."""
-
-    def val_batches(self, micro_batch: int, info: D.DistInfo, max_items: int) -> Iterator[Batch]:
-        """This rank's validation micro-batches over the first `max_items` items (0: all), the same number on
-        every rank (see `even_shards`); empty if there is no validation data."""
-
-    def count(self, batch: Batch) -> int:
-        """The units the loss is averaged over (target tokens, preference pairs)."""
-
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(sum of the loss over the batch's units, other metrics as sums over the same units)."""
-
-    def tokens(self, batch: Batch) -> int:
-        """Tokens processed (for tokens/s)."""
+from .pretrain import PretrainTask
+from .sft import SFTTask
+from .task import Batch, Task, TrainingError
 
 
 def split_batch(batch: Batch, size: int) -> list[Batch]:
@@ -77,34 +42,6 @@ def split_batch(batch: Batch, size: int) -> list[Batch]:
     n = next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
     return [{k: (v[i:i + size] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
             for i in range(0, n, size)]
-
-
-def pad_batch(rows: list[list[int]], pad_value: int) -> torch.Tensor:
-    """Right-pad lists of ints to a [len(rows), longest] tensor."""
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), pad_value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
-
-
-def even_shards(num_items: int, micro_batch: int, info: D.DistInfo, max_items: int = 0) -> list[list[int]]:
-    """Item indices of this rank's validation micro-batches. The first `max_items` items (0: all) are dealt in
-    steps of micro_batch x world_size items, so every rank runs the same number of forwards (FSDP needs every
-    rank in every one) and the items scored do not depend on the world size (when max_items is a multiple of
-    the step, as batch_size multiples are)."""
-    world = info.world_size
-    per_step = micro_batch * world
-    n = min(num_items, max_items) if max_items else num_items
-    steps = n // per_step
-    if steps == 0:
-        per_rank = n // world
-        if per_rank == 0:
-            return []
-        start = info.rank * per_rank
-        return [list(range(start, start + per_rank))]
-    return [list(range(s * per_step + info.rank * micro_batch, s * per_step + (info.rank + 1) * micro_batch))
-            for s in range(steps)]
 
 
 @dataclass
@@ -168,22 +105,9 @@ class Trainer:
     def _build_task(self) -> Task:
         if self.task is not None:
             return self.task
-        if self.cfg.task == "pretrain":
-            from .pretrain import PretrainTask
-
-            return PretrainTask()
-        if self.cfg.task == "sft":
-            from .sft import SFTTask
-
-            return SFTTask()
-        from .dpo import DPOTask
-
-        return DPOTask()
+        return {"pretrain": PretrainTask, "sft": SFTTask, "dpo": DPOTask}[self.cfg.task]()
 
     def build_model(self, task: Task, device: torch.device) -> nn.Module:
-        from ..config import HymbaConfig
-        from ..modeling import HymbaForCausalLM
-
         m = self.cfg.model
         if m.init_from:
             if m.config:
@@ -254,8 +178,6 @@ class Trainer:
 
         model = self.build_model(task, info.device)
         if cfg.lora.enabled:
-            from .lora import apply_lora
-
             model = apply_lora(model, cfg.lora)
         task.attach(model, cfg, info)
         if cfg.model.gradient_checkpointing:
@@ -280,8 +202,6 @@ class Trainer:
                    loader=task.train_loader(t.batch_size, info, t.seed), micro=micro,
                    precision=self._precision(info.device))
         if t.adaptive_threads and info.device.type == "cpu":
-            from .cpu_threads import ThreadTuner
-
             run.tuner = ThreadTuner()
 
         resume_from = C.resolve_resume(self.resume, t.out_dir)
@@ -298,8 +218,6 @@ class Trainer:
             run.last_saved = run.step
             C.load_rng(resume_from, info.rank)
         if info.is_main:
-            from ..utils import atomic_write_text
-
             os.makedirs(t.out_dir, exist_ok=True)
             atomic_write_text(os.path.join(t.out_dir, "config.yaml"), cfg.to_yaml())
             C.remove_stale(C.checkpoint_root(t.out_dir))
@@ -453,8 +371,6 @@ class Trainer:
         lora = self.cfg.lora
         config = model.config
         if lora.enabled:
-            from .lora import merge_lora_state, save_adapter
-
             if lora.save in ("adapter", "both"):
                 save_adapter(state, lora, os.path.join(directory, "adapter"), base_model=self.cfg.model.init_from)
             if lora.save == "adapter":  # the adapter alone: the base model is model.init_from

@@ -26,8 +26,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
+import torch._dynamo
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask
+from torch.nn.attention.flex_attention import flex_attention as flex
 
+from ..gpu.device import capability
 from .masks import visible
 from .sdpa import build_sdpa_mask, sdpa_attention
 
@@ -53,7 +57,6 @@ def kernel_options(q: torch.Tensor, v: torch.Tensor) -> dict | None:
     flex-decoding kernel instead, whose blocks these options are not for (our padded lengths never are)."""
     if q.device.type != "cuda" or q.dtype not in (torch.bfloat16, torch.float16) or q.shape[-2] < 128:
         return None
-    from ..gpu.device import capability
 
     return FLEX_KERNEL_OPTIONS.get((capability(q.device), q.shape[-1], v.shape[-1]))
 
@@ -101,8 +104,6 @@ def aligned(n: int) -> int:
 def flex_block_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, num_meta: int):
     """The block mask of the position rule for these positions (any device), over lengths padded to
     multiples of FLEX_BLOCK with queries and keys at ALIGNMENT_PAD."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     q_pos, k_pos = (F.pad(p.to(torch.int32), (0, aligned(p.shape[1]) - p.shape[1]), value=ALIGNMENT_PAD)
                     for p in (q_pos, k_pos))
     mod = positions_mask_mod(q_pos, k_pos, window, num_meta)
@@ -118,8 +119,6 @@ def _plain_block_mask(T: int, window: int | None, num_meta: int, device: str):
 
 @lru_cache(maxsize=32)
 def _plain_block_mask_aligned(T: int, window: int | None, num_meta: int, device: str):
-    from torch.nn.attention.flex_attention import create_block_mask
-
     return create_block_mask(_plain_mask_mod(window, num_meta), None, None, T, T, device=device)
 
 
@@ -151,8 +150,6 @@ def build_flex_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None
 def _blocked_flex(q, k, v, block_mask, scale: float, kernel_options: dict | None):
     """flex_attention on [B, H, n, FLEX_BLOCK, d] inputs: the lengths it sees are FLEX_BLOCK * n. (Inductor's
     CPU template takes 4-d inputs only: there they come as [B, H, T, d].)"""
-    from torch.nn.attention.flex_attention import flex_attention as flex
-
     if q.dim() == 5:
         q, k, v = (t.flatten(2, 3) for t in (q, k, v))
     return flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
@@ -168,8 +165,6 @@ def _flex():
     (dtypes, mask kinds and the first lengths before they are traced as dynamic each take a variant)."""
     global _compiled_flex
     if _compiled_flex is None:
-        import torch._dynamo
-
         cfg = torch._dynamo.config
         name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
         setattr(cfg, name, max(getattr(cfg, name), FLEX_RECOMPILE_LIMIT))

@@ -8,7 +8,7 @@ reference kernels.
 
 from __future__ import annotations
 
-from .. import Kernels, register_kernels
+from ..registry import Kernels, register_kernels
 
 
 def build_triton_kernels(conv: str = "auto", require_cuda: bool = True) -> Kernels:

@@ -12,7 +12,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
+
+import torch
+from jinja2 import TemplateError
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer as Backend
+from tokenizers.processors import TemplateProcessing
+
+from .utils import atomic_path, atomic_write_text
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -62,8 +72,6 @@ class Tokenizer:
     def _set_post_processor(self, bos: bool, eos: bool) -> None:
         """Make `encode(add_special_tokens=True)` add exactly what add_bos_token/add_eos_token say, whatever
         tokenizer.json's own post-processor does (the rule transformers applies to Llama tokenizers)."""
-        from tokenizers.processors import TemplateProcessing
-
         for flag, key in ((bos, "bos_token"), (eos, "eos_token")):
             if flag and self._tokens[key] is None:
                 raise TokenizerError(f"{self.source}: add_{key} is true but no {key} is set")
@@ -124,8 +132,6 @@ class Tokenizer:
         """Encode a batch and pad it to its longest member: (ids [B, L] int64, attention_mask [B, L] int64).
 
         Padding uses pad_token (else eos_token); generation needs padding_side="left"."""
-        import torch
-
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         if isinstance(texts, str):
@@ -176,8 +182,6 @@ class Tokenizer:
     def save(self, directory: str | os.PathLike) -> None:
         """Write tokenizer.json and tokenizer_config.json (loadable here and by transformers' AutoTokenizer).
         Keys of the original tokenizer_config.json that this class does not interpret are kept."""
-        from ..utils import atomic_path, atomic_write_text
-
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         config = dict(self._config)
@@ -200,12 +204,6 @@ def _compile_template(source: str):
     """Jinja2 in a sandbox, with the conventions chat templates are written for (those of transformers):
     trim_blocks, lstrip_blocks, loop controls, `raise_exception`, `strftime_now` and a `tojson` that keeps
     non-ASCII text."""
-    from datetime import datetime
-
-    from jinja2 import TemplateError
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
     def raise_exception(message: str):
         raise TemplateError(message)
 
@@ -224,8 +222,6 @@ def _compile_template(source: str):
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     """Load `tokenizer.json` and `tokenizer_config.json` (optional) from a checkpoint directory."""
-    from tokenizers import Tokenizer as Backend
-
     directory = os.fspath(directory)
     path = os.path.join(directory, TOKENIZER_FILE)
     if not os.path.isdir(directory):

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from hymba.engine.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+from hymba.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 
 def test_hymba_ids_special_tokens_and_vocabulary(llama_tokenizer):
