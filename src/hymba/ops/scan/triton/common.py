@@ -174,7 +174,6 @@ def _delta(dtr, bias, t, L, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST
     return tl.where(t < L, dt, 0.0), dtr
 
 
-
 # ---- host helpers -----------------------------------------------------------------------------------------
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
     """The kernels need unit stride on the last axis; rows may be strided (views into a projection)."""

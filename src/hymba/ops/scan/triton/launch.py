@@ -66,7 +66,6 @@ def _segment_layout(n_chunks: int, count: int) -> tuple[int, int]:
     return seg_chunks, max(1, triton.cdiv(n_chunks, seg_chunks))
 
 
-
 def _fwd_segments(batch: int, d: int, n_chunks: int, device: torch.device, cfg: dict) -> int:
     """The forward's time segments (`scan_fwd`): one, unless at least FWD_MIN_SEGMENTS fill the SMs."""
     k = _segment_count(FWD_PROGRAMS_PER_SM, FWD_MIN_SEGMENT_CHUNKS, batch, d, n_chunks, device, cfg)
