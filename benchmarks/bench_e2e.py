@@ -2,8 +2,7 @@
 
 All models get random bf16 weights (the speed of a forward does not depend on the values). Measured:
 
-- prefill tokens/s at 8k (batch 1): Hymba through its cache (FlexAttention, Triton scan; also with the scan's
-  time segmentation off), Llama with SDPA;
+- prefill tokens/s at 8k (batch 1): Hymba through its cache (FlexAttention, Triton scan), Llama with SDPA;
 - decode tokens/s at 8k context with the paper's protocol: batch 128, halved on out-of-memory. Hymba decodes
   with its model step as a CUDA graph over a static cache; Llama with transformers' StaticCache, its step
   also captured as a CUDA graph when that works (else eager, and the table says so). The context is
@@ -234,15 +233,6 @@ def run_hymba(args) -> dict:
     with torch.no_grad():
         r["prefill"] = hymba_prefill(model, args.context)
         print(f"hymba prefill {args.context}: {r['prefill']['tokens_per_s']:.0f} tok/s", flush=True)
-        from hymba.ops.scan import triton_scan
-
-        # the same prefill with the scan in time segments only one way or the other, and in one pass
-        for key, rows, kernel in (("prefill_rows_segmented_scan", None, 1), ("prefill_kernel_segmented_scan", 1, None),
-                                  ("prefill_unsegmented_scan", 1, 1)):
-            with triton_scan.forced_segments(rows), triton_scan.forced_configs(fwd_segments=kernel):
-                r[key] = hymba_prefill(model, args.context)
-            print(f"hymba prefill {args.context}, {key.removeprefix('prefill_').replace('_', ' ')}: "
-                  f"{r[key]['tokens_per_s']:.0f} tok/s", flush=True)
         b, r["decode"] = halving(args.batch, lambda b: hymba_decode(model, b, args.context, args.steps))
         r["decode"]["batch"] = b
         print(f"hymba decode (graph) batch {b}: {r['decode']['tokens_per_s']:.0f} tok/s "

@@ -6,13 +6,13 @@ over the device-to-device copy bandwidth measured in the same run (bytes read + 
 is compared with the same forward floor (the issue's target: within 3x).
 
     python benchmarks/bench_scan.py [--out benchmarks/results] [--quick]
-    python benchmarks/bench_scan.py --segments     # time segments side by side: training and prefill shapes
+    python benchmarks/bench_scan.py --fwd-segments # the forward in time segments side by side, few rows
+    python benchmarks/bench_scan.py --bwd-segments # the backward in time segments side by side, few rows
     python benchmarks/bench_scan.py --model-layout # the forward on a training step's strided inputs
     python benchmarks/bench_scan.py --conv         # only the causal conv (conv.json)
 
-`--segments` times the scan at the shapes the model runs it with few rows (a batch-4 x 2k training step:
-forward + backward; a batch-1 8k prefill: forward) for several segment counts (ops/scan/segmented.py), next
-to the count the launch heuristic picks; it writes scan_segments.json.
+Launch configurations and segment counts are passed to scan_fwd / scan_bwd explicitly (`config=`,
+`segments=`), next to what the launch heuristics pick.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from hymba.ops.scan import selective_scan_chunked  # noqa: E402
-from hymba.ops.scan import triton_scan  # noqa: E402
+from hymba.ops.scan.triton import launch, op, scan_bwd, scan_bytes, scan_fwd  # noqa: E402
 from hymba.utils import atomic_write_text  # noqa: E402
 
 
@@ -90,51 +90,8 @@ def bench_conv(batch, L, d, bw) -> dict:
 SHAPE = (8, 4096, 3200, 16)  # the issue's: batch, L, d_inner, N
 
 # Launch configurations timed beside the defaults (warm_kernels.py compiles them ahead, in parallel).
-FWD_VARIANTS = [triton_scan.FWD_SPLIT]  # each channel's states over two lanes (what few rows run)
+FWD_VARIANTS = [launch.FWD_SPLIT]  # each channel's states over two lanes (what few rows run)
 BWD_VARIANTS = [dict(BD=32, S=1)]  # one lane per channel (the default backward splits over two)
-
-
-SEGMENT_SHAPES = {  # name: (batch, L, d, N, with gradients, segment counts to time)
-    "prefill 1x8320": (1, 8320, 3200, 16, False, (1, 4, 10, 13, 16, 20)),
-    "prefill 2x8320": (2, 8320, 3200, 16, False, (1, 4, 5, 8)),
-    "prefill 4x8320": (4, 8320, 3200, 16, False, (1, 2, 4)),
-    "training 4x2176": (4, 2176, 3200, 16, True, (1, 2)),
-}
-
-
-def segment_sweep(out_dir: str) -> dict:
-    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, shapes={})
-    for name, (batch, L, d, N, grad, counts) in SEGMENT_SHAPES.items():
-        picked = triton_scan._segments(batch, L, d, torch.device("cuda"), training=grad)
-        x = inputs(batch, L, d, N, requires_grad=grad)
-        dy = torch.randn(batch, L, d, device="cuda", dtype=torch.bfloat16)
-
-        def run():
-            if not grad:
-                with torch.no_grad():
-                    return triton_scan.selective_scan_triton(**x)
-            for v in x.values():
-                v.grad = None
-            y, _ = triton_scan.selective_scan_triton(**x)
-            y.backward(dy)
-        row = dict(batch=batch, L=L, d=d, N=N, gradients=grad, heuristic=picked, ms={})
-        for P in counts:
-            with triton_scan.forced_segments(P):
-                t = time.time()
-                run()
-                torch.cuda.synchronize()
-                compile_s = time.time() - t
-                ms = bench(run)
-            row["ms"][P] = ms
-            print(f"{name:<16} {'fwd+bwd' if grad else 'fwd':<8} segments {P:>2}: {ms:8.3f} ms"
-                  f"  (first call {compile_s:.0f} s)", flush=True)
-        best = min(row["ms"], key=row["ms"].get)
-        print(f"{name:<16} best {best} segments ({row['ms'][1] / row['ms'][best]:.2f}x over 1); heuristic picks "
-              f"{picked}", flush=True)
-        res["shapes"][name] = row
-        torch.cuda.empty_cache()
-    atomic_write_text(os.path.join(out_dir, "scan_segments.json"), json.dumps(res, indent=1))
-    return res
 
 
 def count_sweep(label: str, counts, run) -> tuple[dict, dict]:
@@ -166,14 +123,14 @@ def bwd_segment_sweep(out_dir: str, d: int = 3200, N: int = 16, counts=(1, 2, 3,
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, d=d, N=N, shapes={})
     for batch, L in BWD_SEGMENT_SHAPES:
         x = inputs(batch, L, d, N)
-        _, _, ckpt = triton_scan.scan_fwd(**x, save_states=True)
+        _, _, ckpt = scan_fwd(**x, save_states=True)
         dy = torch.randn(batch, L, d, device="cuda", dtype=torch.bfloat16)
         args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-        n_chunks = -(-L // triton_scan.CHUNK)
-        picked = triton_scan._bwd_segments(batch, d, n_chunks, torch.device("cuda"), triton_scan.BWD_CONFIG)
+        n_chunks = -(-L // launch.CHUNK)
+        picked = launch._bwd_segments(batch, d, n_chunks, torch.device("cuda"), launch.BWD_CONFIG)
         label = f"bwd {batch}x{L:<5}"
         ms, diff = count_sweep(label, sorted(set(counts) | {picked}),
-                               lambda k: triton_scan.scan_bwd(*args, True, ckpt, dy, segments=k))
+                               lambda k: scan_bwd(*args, True, ckpt, dy, segments=k))
         report_best(label, ms, picked)
         res["shapes"][f"{batch}x{L}"] = dict(batch=batch, L=L, heuristic=picked, ms=ms, max_rel_diff=diff)
         x = ckpt = dy = args = None  # free the shape's tensors before the next one
@@ -189,24 +146,17 @@ FWD_SEGMENT_SHAPES = ((1, 8320, False), (2, 8320, False), (1, 8320, True), (1, 2
 
 def fwd_segment_sweep(out_dir: str, d: int = 3200, N: int = 16, counts=(1, 2, 4, 6, 8, 10, 12, 16)) -> dict:
     """The forward in 1, 2, ... time segments side by side (scan_fwd's `segments`), against `_fwd_segments`'
-    pick and, for inference, against the older way: the rows cut into segments scanned twice
-    (segmented.py, what `_segments` picks); outputs and checkpoints of each count against one pass's."""
+    pick; outputs and checkpoints of each count against one pass's."""
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, d=d, N=N, shapes={})
     for batch, L, save in FWD_SEGMENT_SHAPES:
         x = inputs(batch, L, d, N)
-        cfg = dict(triton_scan.FWD_CONFIG, **triton_scan._forward_split(batch, d, torch.device("cuda")))
-        picked = triton_scan._fwd_segments(batch, d, -(-L // triton_scan.CHUNK), torch.device("cuda"), cfg)
+        cfg = dict(launch.FWD_CONFIG, **launch._forward_split(batch, d, torch.device("cuda")))
+        picked = launch._fwd_segments(batch, d, -(-L // launch.CHUNK), torch.device("cuda"), cfg)
         name = f"{batch}x{L} {'training' if save else 'inference'}"
         label = f"fwd {name:<20}"
         ms, diff = count_sweep(label, sorted(set(counts) | {picked}),
-                               lambda k: triton_scan.scan_fwd(**x, save_states=save, segments=k))
+                               lambda k: scan_fwd(**x, save_states=save, segments=k))
         row = dict(batch=batch, L=L, save_states=save, heuristic=picked, ms=ms, max_rel_diff=diff)
-        if not save:
-            rows = triton_scan._segments(batch, L, d, torch.device("cuda"))
-            with torch.no_grad(), triton_scan.forced_segments(rows), triton_scan.forced_configs(fwd_segments=1):
-                row["rows_segmented"] = dict(segments=rows, ms=bench(lambda: triton_scan.selective_scan_triton(**x)))
-            print(f"{label} as {rows} rows scanned twice (segmented.py): {row['rows_segmented']['ms']:7.3f} ms",
-                  flush=True)
         report_best(label, ms, picked)
         res["shapes"][name] = row
         x = None
@@ -225,18 +175,18 @@ def model_layout(out_dir: str, batch: int = 4, text_len: int = 2048) -> dict:
         model = HymbaForCausalLM(config)
     model.set_kernels("triton-conv")
     captured = {}
-    original = triton_scan._scan_fwd_op
+    original = op._scan_fwd_op
 
     def capture(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states):
         captured.update(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
         return original(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states)
-    triton_scan._scan_fwd_op = capture
+    op._scan_fwd_op = capture  # what selective_scan_triton calls
     try:
         ids = torch.randint(0, config.vocab_size, (batch, text_len), device="cuda")
         with torch.autocast("cuda", dtype=torch.bfloat16):
             model(ids, labels=ids).loss.backward()
     finally:
-        triton_scan._scan_fwd_op = original
+        op._scan_fwd_op = original
     x = {k: v.detach() for k, v in captured.items()}
     res = dict(device=torch.cuda.get_device_name(), shape=list(x["u"].shape),
                layout={k: dict(dtype=str(v.dtype), stride=list(v.stride()), offset=v.storage_offset())
@@ -248,7 +198,7 @@ def model_layout(out_dir: str, batch: int = 4, text_len: int = 2048) -> dict:
     variants["all contiguous"] = {k: v.contiguous() for k, v in x.items()}
     for label, swap in variants.items():
         args = {**x, **swap}
-        ms = bench(lambda: triton_scan.scan_fwd(**args, save_states=True))
+        ms = bench(lambda: scan_fwd(**args, save_states=True))
         res["forward_ms"][label] = ms
         print(f"fwd (saving states) {label:<26} {ms:8.3f} ms", flush=True)
     atomic_write_text(os.path.join(out_dir, "scan_model_layout.json"), json.dumps(res, indent=1))
@@ -260,7 +210,6 @@ def main():
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     ap.add_argument("--shape", default=",".join(map(str, SHAPE)), help="batch,L,d_inner,N")
     ap.add_argument("--quick", action="store_true", help="only the default launch configurations")
-    ap.add_argument("--segments", action="store_true", help="only the segment-count sweep (scan_segments.json)")
     ap.add_argument("--fwd-segments", action="store_true",
                     help="only the forward's time-segment sweep (scan_fwd_segments.json)")
     ap.add_argument("--bwd-segments", action="store_true",
@@ -269,9 +218,6 @@ def main():
     ap.add_argument("--model-layout", action="store_true",
                     help="only the forward on a training step's own input layout (scan_model_layout.json)")
     args = ap.parse_args()
-    if args.segments:
-        segment_sweep(args.out)
-        return
     if args.fwd_segments:
         fwd_segment_sweep(args.out)
         return
@@ -292,7 +238,7 @@ def main():
 
     dev_name = torch.cuda.get_device_name()
     bw = copy_bandwidth()
-    floor_bytes = triton_scan.scan_bytes(batch, L, d, N, torch.bfloat16)
+    floor_bytes = scan_bytes(batch, L, d, N, torch.bfloat16)
     floor_ms = floor_bytes / bw * 1e3
     print(f"{dev_name}: copy bandwidth {bw / 1e12:.2f} TB/s; forward floor {floor_bytes / 1e9:.3f} GB -> "
           f"{floor_ms:.3f} ms", flush=True)
@@ -301,14 +247,14 @@ def main():
                forward={}, forward_backward={}, reference={})
 
     x = inputs(batch, L, d, N)
-    fwd_variants = [dict(triton_scan.FWD_CONFIG)] + ([] if args.quick else FWD_VARIANTS)
+    fwd_variants = [dict(launch.FWD_CONFIG)] + ([] if args.quick else FWD_VARIANTS)
     for cfg in fwd_variants:
-        cfg = dict(triton_scan.FWD_CONFIG, **cfg)
+        cfg = dict(launch.FWD_CONFIG, **cfg)
         key = "BD={BD} S={S} warps={num_warps} PF={PF} PB={PB}".format(**cfg)
         if key in res["forward"]:
             continue
         t = time.time()
-        fn = lambda: triton_scan.scan_fwd(**x, save_states=False, config=cfg)  # noqa: E731
+        fn = lambda: scan_fwd(**x, save_states=False, config=cfg)  # noqa: E731
         fn()
         torch.cuda.synchronize()
         compile_s = time.time() - t
@@ -318,35 +264,32 @@ def main():
               f"  (compile {compile_s:.0f} s)", flush=True)
     best_fwd = min(res["forward"].values(), key=lambda r: r["ms"])["ms"]
     # forward with the checkpoints the backward needs (what training runs)
-    ms = bench(lambda: triton_scan.scan_fwd(**x, save_states=True))
+    ms = bench(lambda: scan_fwd(**x, save_states=True))
     res["forward_saving_states_ms"] = ms
     print(f"fwd  saving states (training)           {ms:8.3f} ms", flush=True)
 
-    xg = inputs(batch, L, d, N, requires_grad=True)
     dy = torch.randn(batch, L, d, device="cuda", dtype=torch.bfloat16)
-    bwd_variants = [dict(triton_scan.BWD_CONFIG)] + ([] if args.quick else BWD_VARIANTS)
+    scan_args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    bwd_variants = [dict(launch.BWD_CONFIG)] + ([] if args.quick else BWD_VARIANTS)
     for cfg in bwd_variants:
-        cfg = dict(triton_scan.BWD_CONFIG, **cfg)
+        cfg = dict(launch.BWD_CONFIG, **cfg)
         key = "BD={BD} S={S} warps={num_warps} PF={PF} PB={PB}".format(**cfg)
         if key in res["forward_backward"]:
             continue
 
-        def step():
-            for v in xg.values():
-                v.grad = None
-            y, _ = triton_scan.selective_scan_triton(**xg)
-            y.backward(dy)
-        with triton_scan.forced_configs(bwd=cfg):
-            try:
-                t = time.time()
-                step()
-                torch.cuda.synchronize()
-                compile_s = time.time() - t
-                ms = bench(step)
-            except Exception as e:  # a configuration that does not compile or run is reported, not fatal
-                print(f"fwd+bwd {key}: failed: {e!r}", flush=True)
-                res["forward_backward"][key] = dict(error=repr(e))
-                continue
+        def step():  # what training runs: the forward saving its checkpoints, then the backward
+            _, _, ckpt = scan_fwd(**x, save_states=True)
+            return scan_bwd(*scan_args, True, ckpt, dy, config=cfg)
+        try:
+            t = time.time()
+            step()
+            torch.cuda.synchronize()
+            compile_s = time.time() - t
+            ms = bench(step)
+        except Exception as e:  # a configuration that does not compile or run is reported, not fatal
+            print(f"fwd+bwd {key}: failed: {e!r}", flush=True)
+            res["forward_backward"][key] = dict(error=repr(e))
+            continue
         res["forward_backward"][key] = dict(ms=ms, x_forward_floor=ms / floor_ms, compile_s=compile_s)
         print(f"fwd+bwd {key:<37} {ms:8.3f} ms  {ms / floor_ms:5.2f}x the forward floor  (compile {compile_s:.0f} s)",
               flush=True)

@@ -8,10 +8,10 @@ each query really sees (causal in global layers, window + meta elsewhere), times
 the scan, norms and elementwise work are not counted (they are bandwidth, not FLOPs). MFU is against the
 H100 SXM dense bf16 peak (989 TFLOP/s) and, in brackets, against the matmul rate measured in the same run.
 
-    python benchmarks/bench_train.py [--out benchmarks/results] [--modes eager,compiled] [--segments auto,1]
+    python benchmarks/bench_train.py [--out benchmarks/results] [--modes eager,compiled]
 
-`--segments` times each mode with the scan cut into that many time segments (ops/scan/segmented.py;
-"auto": the launch heuristic's choice, reported in the output).
+The scan runs with the library's launch choices; the time segments its heuristics pick for the forward and
+the backward are reported (bench_scan.py times the scan's alternatives on their own).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from hymba import HymbaConfig, HymbaForCausalLM  # noqa: E402
 from hymba.modeling import compile_layers  # noqa: E402
-from hymba.ops.scan import triton_scan  # noqa: E402
+from hymba.ops.scan.triton import launch  # noqa: E402
 from hymba.utils import atomic_write_text  # noqa: E402
 from bench_e2e import cuda_time, free_memory  # noqa: E402  (scripts in this folder share these helpers)
 
@@ -102,11 +102,18 @@ def train_steps(config, batch, text_len, compiled: bool, steps: int):
     losses = []
     sec = cuda_time(lambda: losses.append(step()), steps)
     loss = losses[-1]
-    segments = triton_scan.SEGMENTS or triton_scan._segments(batch, text_len + config.num_memory_tokens,
-                                                              config.d_inner, ids.device, training=True)
     out = dict(step_s=sec, warmup_s=warm, loss=loss.item(), peak_memory_GB=torch.cuda.max_memory_allocated() / 1e9,
-               kernels=model.model.kernels_for(ids.device).name, scan_segments=segments)
+               kernels=model.model.kernels_for(ids.device).name)
     return out
+
+
+def scan_segments(batch: int, L: int, d: int, N: int, device: torch.device) -> dict:
+    """The time segments the scan's launch heuristics pick for a training step's forward and backward."""
+    n_chunks = -(-L // launch.CHUNK)
+    fwd = launch._lanes_for(dict(launch.FWD_CONFIG, **launch._forward_split(batch, d, device)), N)
+    bwd = launch._lanes_for(dict(launch.BWD_CONFIG), N)
+    return dict(forward=launch._fwd_segments(batch, d, n_chunks, device, fwd),
+                backward=launch._bwd_segments(batch, d, n_chunks, device, bwd))
 
 
 def main():
@@ -116,51 +123,39 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--modes", default="eager,compiled", help="eager, compiled (torch.compile per layer)")
-    ap.add_argument("--segments", default="auto", help="comma list of scan segment counts, or auto")
-    ap.add_argument("--bwd-segments", default="auto",
-                    help="comma list of the scan backward's time-segment counts, or auto (the library's choice)")
-    ap.add_argument("--scan-backward", default=None, metavar="JSON",
-                    help='launch configuration of the scan backward, e.g. \'{"BD": 32, "S": 1}\' '
-                         "(default: the library's)")
     args = ap.parse_args()
-    bwd = json.loads(args.scan_backward) if args.scan_backward else None
     config = HymbaConfig.from_preset("hymba-1.5b")
     rate = matmul_rate()
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, context=args.context,
                measured_matmul_TFLOPs=rate / 1e12, peak_TFLOPs=PEAK_BF16 / 1e12, runs={})
     print(f"{res['device']}: bf16 matmul {rate / 1e12:.0f} TFLOP/s measured", flush=True)
-    runs = [(mode, seg, bseg) for mode in args.modes.split(",") for seg in args.segments.split(",")
-            for bseg in args.bwd_segments.split(",")]
-    for mode, seg, bseg in runs:
-        key = mode + ("" if seg == "auto" else f" segments={seg}") + ("" if bseg == "auto" else f" bwd={bseg}")
+    for mode in args.modes.split(","):
+        key = mode
         batch = args.batch
-        with triton_scan.forced_segments(None if seg == "auto" else int(seg)), triton_scan.forced_configs(
-                bwd=bwd, bwd_segments=None if bseg == "auto" else int(bseg)):
-            while batch >= 1:
-                try:
-                    r = train_steps(config, batch, args.context, mode == "compiled", args.steps)
-                    break
-                except torch.OutOfMemoryError:
-                    smaller = batch - 2 if batch > 4 else batch // 2
-                    print(f"  {key} batch {batch}: out of memory, trying {smaller}", flush=True)
-                # The failed attempt's tensors live as long as the exception: train_steps resets the peak
-                # once they are gone. (Reset inside `except`, as before the eighth session, the peak reported
-                # after an out-of-memory could be the failed attempt's: 78.8 GB at batch 6 in that session.)
-                batch = smaller
+        while batch >= 1:
+            try:
+                r = train_steps(config, batch, args.context, mode == "compiled", args.steps)
+                break
+            except torch.OutOfMemoryError:
+                smaller = batch - 2 if batch > 4 else batch // 2
+                print(f"  {key} batch {batch}: out of memory, trying {smaller}", flush=True)
+            # The failed attempt's tensors live as long as the exception: train_steps resets the peak
+            # once they are gone. (Reset inside `except`, as before the eighth session, the peak reported
+            # after an out-of-memory could be the failed attempt's: 78.8 GB at batch 6 in that session.)
+            batch = smaller
         if batch < 1:
             continue
         flops = model_flops(config, batch, args.context)
-        n_chunks = -(-(args.context + config.num_memory_tokens) // triton_scan.CHUNK)
-        r["scan_bwd_segments"] = (int(bseg) if bseg != "auto" else triton_scan._bwd_segments(
-            batch, config.d_inner, n_chunks, torch.device("cuda"), dict(triton_scan.BWD_CONFIG, **(bwd or {}))))
-        r.update(scan_backward=dict(triton_scan.BWD_CONFIG, **(bwd or {})), batch=batch,
+        r["scan_segments"] = scan_segments(batch, args.context + config.num_memory_tokens, config.d_inner,
+                                           config.mamba_d_state, torch.device("cuda"))
+        r.update(scan_backward=dict(launch.BWD_CONFIG), batch=batch,
                  tokens_per_s=batch * args.context / r["step_s"], flops=flops,
                  mfu=flops["total"] / r["step_s"] / PEAK_BF16, mfu_vs_measured=flops["total"] / r["step_s"] / rate)
         res["runs"][key] = r
         print(f"{key:<9} batch {batch}: {r['step_s'] * 1e3:.0f} ms/step, {r['tokens_per_s']:.0f} tok/s, "
               f"MFU {r['mfu']:.1%} ({r['mfu_vs_measured']:.1%} of measured matmul), "
-              f"peak {r['peak_memory_GB']:.1f} GB, scan segments {r['scan_segments']} "
-              f"(backward {r['scan_bwd_segments']}), "
+              f"peak {r['peak_memory_GB']:.1f} GB, scan segments {r['scan_segments']['forward']} "
+              f"(backward {r['scan_segments']['backward']}), "
               f"warm-up {r['warmup_s']:.0f} s", flush=True)
         gc.collect()
         torch.cuda.empty_cache()

@@ -105,9 +105,31 @@ def scan_inputs(batch, L, d, N, dtype, dev) -> dict:
     return cast_inputs(x, dtype)
 
 
+SCAN_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def scan_kernels_vs(x: dict, fwd_config: dict | None = None, segments: int | None = None) -> dict[str, float]:
+    """Like `grads_vs` for the scan kernels launched directly: scan_fwd (saving its checkpoints) with `fwd_config`
+    and `segments` (None: the launch heuristics' choice), then scan_bwd, against the chunked reference in
+    float64 through autograd."""
+    from hymba.ops.scan.triton import scan_bwd, scan_fwd
+
+    ref_in = {k: v.detach().double().requires_grad_(True) for k, v in x.items()}
+    refs = selective_scan_chunked(**ref_in)
+    y, final, ckpt = scan_fwd(**x, save_states=True, config=fwd_config, segments=segments)
+    errors = dict(y=rel(y, refs[0]), final=rel(final, refs[1]))
+    wy, wf = (torch.randn_like(r) for r in refs)
+    ((refs[0] * wy).sum() + (refs[1] * wf).sum()).backward()
+    # the gradients autograd would hand the op: cast to the outputs' dtypes
+    grads = scan_bwd(*(x[k] for k in SCAN_ARGS), True, ckpt, wy.to(y.dtype), wf.to(final.dtype), segments=segments)
+    for k, g in zip(SCAN_ARGS + ("initial_state",), grads):
+        if k in x:
+            errors["d" + k] = rel(g, ref_in[k].grad)
+    return errors
+
+
 def check_scan(dev):
-    from hymba.ops.scan import triton_scan
-    from hymba.ops.scan.triton_scan import selective_scan_triton, ssm_step_triton
+    from hymba.ops.scan.triton import launch, ssm_step_triton
 
     for dtype in (torch.float32, torch.bfloat16):
         for i, (batch, L, d, N) in enumerate(SIZES["scan"]):
@@ -115,25 +137,12 @@ def check_scan(dev):
                 continue
             x = scan_inputs(batch, L, d, N, dtype, dev)
             # the forward with each channel on one lane and split over two (the launch picks by the rows)
-            for lanes, below in (("1 lane", 0), ("2 lanes", 10**9)):
-                with triton_scan.forced_configs(split_below=below):
-                    errors = grads_vs(lambda **a: selective_scan_triton(**a),
-                                      lambda **a: selective_scan_chunked(**a), x, out_names=("y", "final"))
+            for lanes, cfg in (("1 lane", {}), ("2 lanes", launch.FWD_SPLIT)):
+                errors = scan_kernels_vs(x, fwd_config=cfg)
                 record(f"scan fwd ({lanes}) + bwd {str(dtype)[6:]} B={batch} L={L} d={d} N={N}", errors,
                        TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
         if not SHARD.mine(0):
             continue
-        # inference over one row in time segments side by side (what a batch-1 prefill runs), forced here
-        x = scan_inputs(*SIZES["scan"][-1], dtype, dev)
-        L = x["u"].shape[1]
-        with torch.no_grad():
-            one = {k: (v[:1] if k not in ("A", "D", "delta_bias") else v) for k, v in x.items()}
-            want = selective_scan_chunked(**{k: v.double() for k, v in one.items()})
-            with triton_scan.forced_segments(5):
-                got = selective_scan_triton(**one)
-        record(f"scan segmented (5) inference {str(dtype)[6:]} B=1 L={L}",
-               dict(y=rel(got[0], want[0]), final=rel(got[1], want[1])),
-               TOL[dtype] * (2 if dtype == torch.bfloat16 else 1))
         # decode step, in place
         d, N = SIZES["scan"][0][2:]
         state = torch.randn(4, d, N, device=dev)
@@ -149,19 +158,15 @@ def check_scan(dev):
 def check_scan_segments(dev):
     """The scan with time segments inside the kernels (what few rows run), forced here: 1000 steps are 63
     chunks, so 4 segments of 16 chunks and a ragged last one; the entering states and adjoints stitched."""
-    from hymba.ops.scan import triton_scan
-    from hymba.ops.scan.triton_scan import selective_scan_triton
+    from hymba.ops.scan.triton import scan_fwd
 
     for dtype in (torch.float32, torch.bfloat16):
         tol = TOL[dtype] * (2 if dtype == torch.bfloat16 else 1)
         x = scan_inputs(*SIZES["scan"][0], dtype, dev)
         B, L = x["u"].shape[:2]
-        with triton_scan.forced_configs(fwd_segments=4, bwd_segments=4):
-            errors = grads_vs(lambda **a: selective_scan_triton(**a), lambda **a: selective_scan_chunked(**a), x,
-                              out_names=("y", "final"))
-            record(f"scan fwd + bwd in 4 time segments {str(dtype)[6:]} B={B} L={L}", errors, tol)
-            with torch.no_grad():
-                got = selective_scan_triton(**x)
+        errors = scan_kernels_vs(x, segments=4)
+        record(f"scan fwd + bwd in 4 time segments {str(dtype)[6:]} B={B} L={L}", errors, tol)
+        got = scan_fwd(**x, segments=4)
         want = selective_scan_chunked(**{k: v.double() for k, v in x.items()})
         record(f"scan inference in 4 time segments {str(dtype)[6:]} B={B} L={L}",
                dict(y=rel(got[0], want[0]), final=rel(got[1], want[1])), tol)

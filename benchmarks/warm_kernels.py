@@ -23,18 +23,23 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 sys.path.insert(0, os.path.dirname(__file__))
 
 
-def scan_job(shape: str, segments: int):
-    """One call of the scan at a bench_scan.SEGMENT_SHAPES shape, forced to `segments` segments."""
+SCAN_SHAPES = {  # name: (batch, L, d, N, with gradients), the few-rows shapes the model runs the scan at
+    "training 4x2176": (4, 2176, 3200, 16, True),
+    "prefill 1x8320": (1, 8320, 3200, 16, False),
+}
+
+
+def scan_job(shape: str):
+    """One call of the scan at a SCAN_SHAPES shape, with the library's launch choices."""
     import torch
 
-    from bench_scan import SEGMENT_SHAPES, inputs
-    from hymba.ops.scan import triton_scan
+    from bench_scan import inputs
+    from hymba.ops.scan.triton import selective_scan_triton
 
-    batch, L, d, N, grad, _ = SEGMENT_SHAPES[shape]
-    triton_scan.SEGMENTS = segments
+    batch, L, d, N, grad = SCAN_SHAPES[shape]
     x = inputs(batch, L, d, N, requires_grad=grad)
     with torch.set_grad_enabled(grad):
-        y, _ = triton_scan.selective_scan_triton(**x)
+        y, _ = selective_scan_triton(**x)
     if grad:
         y.float().sum().backward()
 
@@ -44,27 +49,25 @@ def variant_job(kind: str, index: int):
     import torch
 
     from bench_scan import BWD_VARIANTS, FWD_VARIANTS, SHAPE, inputs
-    from hymba.ops.scan import triton_scan
+    from hymba.ops.scan.triton import launch, scan_bwd, scan_fwd
 
+    x = inputs(*SHAPE)
     if kind == "forward":
-        triton_scan.scan_fwd(**inputs(*SHAPE), config=dict(triton_scan.FWD_CONFIG, **FWD_VARIANTS[index]))
+        scan_fwd(**x, config=dict(launch.FWD_CONFIG, **FWD_VARIANTS[index]))
         return
-    x = inputs(*SHAPE, requires_grad=True)
-    with triton_scan.forced_configs(bwd=BWD_VARIANTS[index]):
-        y, _ = triton_scan.selective_scan_triton(**x)
-        y.float().sum().backward()
+    y, _, ckpt = scan_fwd(**x, save_states=True)
+    args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    scan_bwd(*args, True, ckpt, torch.ones_like(y), config=BWD_VARIANTS[index])
     torch.cuda.synchronize()
 
 
-def model_job(kind: str, segments: int | None):
+def model_job(kind: str):
     """A 3-layer model of hymba-1.5b's widths: a bf16-autocast training step (kind="train", what bench_train
     runs) or a prefill and a few decode steps in bf16 (kind="decode", what bench_e2e and check_gpu run)."""
     import torch
 
     from hymba import HymbaConfig, HymbaForCausalLM
-    from hymba.ops.scan import triton_scan
 
-    triton_scan.SEGMENTS = segments
     config = HymbaConfig.from_preset("hymba-1.5b", num_hidden_layers=3, global_attn_idx=[0],
                                      kv_reuse_group=[[1, 2]])
     with torch.device("cuda"):
@@ -91,10 +94,9 @@ def _variant_jobs():
 
 
 JOBS = {
-    "scan": [(scan_job, ("training 4x2176", 1)), (scan_job, ("training 4x2176", 2)),
-             (scan_job, ("prefill 1x8320", 1)), (scan_job, ("prefill 1x8320", 4))],
-    "model": [(model_job, ("train", 1)), (model_job, ("train", 2))],
-    "decode": [(model_job, ("decode", 1)), (model_job, ("decode", 4))],
+    "scan": [(scan_job, ("training 4x2176",)), (scan_job, ("prefill 1x8320",))],
+    "model": [(model_job, ("train",))],
+    "decode": [(model_job, ("decode",))],
     "variants": _variant_jobs(),
 }
 

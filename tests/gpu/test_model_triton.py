@@ -10,14 +10,16 @@ from helpers import randomized, small_config  # noqa: E402
 from hymba import HymbaForCausalLM  # noqa: E402
 from hymba.engine import new_cache  # noqa: E402
 from hymba.ops.gpu import build_triton_kernels  # noqa: E402
-from hymba.ops.scan import triton_scan  # noqa: E402
+from hymba.ops.scan.triton import launch  # noqa: E402
 
 
 @pytest.fixture
 def models(monkeypatch):
-    monkeypatch.setattr(triton_scan, "CHUNK", 8)
-    monkeypatch.setitem(triton_scan.FWD_CONFIG, "PF", 4)
-    monkeypatch.setitem(triton_scan.FWD_CONFIG, "PB", 2)
+    # The model calls the scan through its kernel bundle, which takes no launch parameters: shorter chunks
+    # (several in these short sequences) and prefetch depths set on the module for this test.
+    monkeypatch.setattr(launch, "CHUNK", 8)
+    monkeypatch.setitem(launch.FWD_CONFIG, "PF", 4)
+    monkeypatch.setitem(launch.FWD_CONFIG, "PB", 2)
     torch.manual_seed(0)
     ref = randomized(HymbaForCausalLM(small_config(num_hidden_layers=3, global_attn_idx=[0],
                                                    kv_reuse_group=[[1, 2]])))

@@ -12,16 +12,20 @@ pytest.importorskip("triton")
 from hymba.ops.conv import causal_conv1d_ref, causal_conv1d_step_ref  # noqa: E402
 from hymba.ops.conv import triton_conv  # noqa: E402
 from hymba.ops.scan import selective_scan_naive, selective_state_step  # noqa: E402
-from hymba.ops.scan import triton_scan  # noqa: E402
+from hymba.ops.scan.triton import launch, scan_bwd, scan_fwd, selective_scan_triton, ssm_step_triton  # noqa: E402
+from hymba.ops.scan.triton.common import _packed_bc  # noqa: E402
+from hymba.ops.scan.triton.segments import _stitch  # noqa: E402
+
+# Small tiles, so that 20 channels make two forward and two backward programs, the ragged one included.
+FWD = dict(BD=16, PF=4, PB=2)
+BWD = dict(BD=16)
 
 
 @pytest.fixture(autouse=True)
 def _small_tiles(monkeypatch):
-    monkeypatch.setattr(triton_scan, "CHUNK", 8)
-    monkeypatch.setitem(triton_scan.FWD_CONFIG, "BD", 16)
-    monkeypatch.setitem(triton_scan.FWD_CONFIG, "PF", 4)
-    monkeypatch.setitem(triton_scan.FWD_CONFIG, "PB", 2)
-    monkeypatch.setitem(triton_scan.BWD_CONFIG, "BD", 16)
+    # The checkpoint interval is shared by the forward, the backward and the op's fake: a module constant with
+    # no parameter. Short chunks put several of them (and a ragged last one) into these short sequences.
+    monkeypatch.setattr(launch, "CHUNK", 8)
     monkeypatch.setattr(triton_conv, "BL", 8)
     monkeypatch.setattr(triton_conv, "BD", 16)
 
@@ -38,12 +42,31 @@ def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
+ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+GRADS = ARGS + ("initial_state",)  # scan_bwd's gradients, in order
+
+
+def _kernel_grads(x, gy, gf, fwd=FWD, bwd=BWD, segments=None):
+    """The forward (saving its checkpoints) and the backward launched directly with the given configurations and
+    time segments, as the autograd op runs them: (y, final state, {input: gradient} for the inputs given)."""
+    y, final, ckpt = scan_fwd(**x, save_states=True, config=fwd, segments=segments)
+    grads = scan_bwd(*(x.get(k) for k in ARGS), True, ckpt, gy, gf, config=bwd, segments=segments)
+    return y, final, {k: g for k, g in zip(GRADS, grads) if x.get(k) is not None}
+
+
+def _naive_grads(x, gy, gf):
+    """The same in float64 through autograd over the naive recurrence."""
+    ref = {k: v.double().requires_grad_(True) for k, v in x.items() if v is not None}
+    y, final = selective_scan_naive(**ref)
+    ((y * gy.double()).sum() + (final * gf.double()).sum()).backward()
+    return y, final, {k: v.grad for k, v in ref.items()}
+
+
 @pytest.mark.parametrize("S", [1, 2])  # lanes per channel in the forward
 @pytest.mark.parametrize("opts", [dict(), dict(z=None, D=None, delta_bias=None, initial_state=None)])
-def test_scan_forward_matches_naive(opts, S, monkeypatch):
-    monkeypatch.setitem(triton_scan.FWD_CONFIG, "S", S)
+def test_scan_forward_matches_naive(opts, S):
     x = {**_scan_inputs(), **opts}
-    y, final = triton_scan.selective_scan_triton(**x)
+    y, final, _ = scan_fwd(**x, config=dict(FWD, S=S))
     y_ref, final_ref = selective_scan_naive(**{k: (v.double() if v is not None else None) for k, v in x.items()})
     assert _rel(y, y_ref) < 1e-5 and _rel(final, final_ref) < 1e-5
 
@@ -51,10 +74,10 @@ def test_scan_forward_matches_naive(opts, S, monkeypatch):
 def test_scan_padding_is_an_exact_no_op():
     x = _scan_inputs(batch=1, L=12)
     x["delta"][0, 4:9] = float("-inf")
-    y, final = triton_scan.selective_scan_triton(**x)
+    y, final, _ = scan_fwd(**x, config=FWD)
     keep = [0, 1, 2, 3, 9, 10, 11]
     short = {k: v[:, keep] if k in ("u", "delta", "B", "C", "z") else v for k, v in x.items()}
-    y_short, final_short = triton_scan.selective_scan_triton(**short)
+    y_short, final_short, _ = scan_fwd(**short, config=FWD)
     assert torch.equal(final, final_short)
     assert torch.equal(y[:, keep], y_short)
 
@@ -62,20 +85,29 @@ def test_scan_padding_is_an_exact_no_op():
 # (N, BD channels a backward program, S lanes a channel): dB and dC by the reduce-scatter where 2N/S == BD
 # (N=8 rows), else by separate sums; S=2 splits each channel's states over two lanes; an odd N runs on one.
 @pytest.mark.parametrize("N, BD, S", [(4, 16, 1), (8, 16, 1), (4, 16, 2), (8, 8, 2), (3, 16, 2)])
-def test_scan_gradients_match_naive(N, BD, S, monkeypatch):
-    monkeypatch.setitem(triton_scan.BWD_CONFIG, "BD", BD)
-    monkeypatch.setitem(triton_scan.BWD_CONFIG, "S", S)
+def test_scan_gradients_match_naive(N, BD, S):
     x = _scan_inputs(N=N)
     x["delta"][1, 3:6] = float("-inf")
+    gy, gf = torch.randn(2, 19, 20), torch.randn(2, 20, N)
+    _, _, grads = _kernel_grads(x, gy, gf, bwd=dict(BD=BD, S=S))
+    _, _, want = _naive_grads(x, gy, gf)
+    for k in x:
+        assert _rel(grads[k], want[k]) < 1e-5, k
+
+
+def test_autograd_runs_the_kernels():
+    """selective_scan_triton's backward (the custom ops' autograd) hands each input the gradient that scan_bwd
+    gives for the forward's checkpoints, with the default launch configurations; and they match float64."""
+    x = _scan_inputs()
     leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}
-    y, final = triton_scan.selective_scan_triton(**leaves)
+    y, final = selective_scan_triton(**leaves)
     gy, gf = torch.randn_like(y), torch.randn_like(final)
     ((y * gy).sum() + (final * gf).sum()).backward()
-    ref = {k: v.double().requires_grad_(True) for k, v in x.items()}
-    y_ref, final_ref = selective_scan_naive(**ref)
-    ((y_ref * gy.double()).sum() + (final_ref * gf.double()).sum()).backward()
+    _, _, grads = _kernel_grads(x, gy, gf, fwd=None, bwd=None)
+    _, _, want = _naive_grads(x, gy, gf)
     for k in x:
-        assert _rel(leaves[k].grad, ref[k].grad) < 1e-5, k
+        assert torch.equal(leaves[k].grad, grads[k]), k
+        assert _rel(leaves[k].grad, want[k]) < 1e-5, k
 
 
 @pytest.mark.parametrize("segments, opts", [(3, dict()), (5, dict(z=None, D=None, delta_bias=None, initial_state=None))])
@@ -86,27 +118,20 @@ def test_scan_in_time_segments(segments, opts):
     2 (+ a ragged last one) or 1 chunk; padding inside. (Slow under the interpreter: two cases.)"""
     x = {**_scan_inputs(L=37, N=8), **opts}
     x["delta"][1, 3:6] = float("-inf")
-    given = [k for k, v in x.items() if v is not None]
-    leaves = {k: x[k].clone().requires_grad_(True) for k in given}
-    with triton_scan.forced_configs(fwd_segments=segments, bwd_segments=segments):
-        y, final = triton_scan.selective_scan_triton(**{**x, **leaves})
-        gy, gf = torch.randn_like(y), torch.randn_like(final)
-        ((y * gy).sum() + (final * gf).sum()).backward()
-    assert triton_scan.FWD_SEGMENTS is None and triton_scan.BWD_SEGMENTS is None  # restored
-    ref = {k: x[k].double().requires_grad_(True) for k in given}
-    y_ref, final_ref = selective_scan_naive(**{**x, **ref})
-    ((y_ref * gy.double()).sum() + (final_ref * gf.double()).sum()).backward()
+    gy, gf = torch.randn(2, 37, 20), torch.randn(2, 20, 8)
+    y, final, grads = _kernel_grads(x, gy, gf, segments=segments)
+    y_ref, final_ref, want = _naive_grads(x, gy, gf)
     assert _rel(y, y_ref) < 1e-5 and _rel(final, final_ref) < 1e-5
-    for k in given:
-        assert _rel(leaves[k].grad, ref[k].grad) < 1e-5, k
-    _, _, ckpt = triton_scan.scan_fwd(**x, save_states=True)
-    for a, b in zip(triton_scan.scan_fwd(**x, save_states=True, segments=segments), (y, final, ckpt)):
+    for k in grads:
+        assert _rel(grads[k], want[k]) < 1e-5, k
+    _, _, ckpt = scan_fwd(**x, save_states=True, config=FWD, segments=1)
+    for a, b in zip(scan_fwd(**x, save_states=True, config=FWD, segments=segments), (y, final, ckpt)):
         assert _rel(a, b) < 1e-6
-    args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    one = triton_scan.scan_bwd(*args, True, ckpt, gy, gf, segments=1)
-    split = triton_scan.scan_bwd(*args, True, ckpt, gy, None if opts else gf, segments=segments)
+    args = [x[k] for k in ARGS]
+    one = scan_bwd(*args, True, ckpt, gy, gf, config=BWD, segments=1)
+    split = scan_bwd(*args, True, ckpt, gy, None if opts else gf, config=BWD, segments=segments)
     if opts:  # without the final state's gradient: the last segment starts from a zero adjoint
-        one = triton_scan.scan_bwd(*args, True, ckpt, gy, None, segments=1)
+        one = scan_bwd(*args, True, ckpt, gy, None, config=BWD, segments=1)
     for a, b in zip(split, one):
         if b is not None:
             assert _rel(a, b) < 1e-6
@@ -123,7 +148,7 @@ def test_stitch_chains_the_segments_like_the_recurrence(reverse, with_first):
     dt_sum = torch.rand(nseg - 1, batch, d, generator=g) * 3
     a2 = -torch.rand(d, N, generator=g) * 2
     first = torch.randn(batch, d, N, generator=g) if with_first else None
-    out = triton_scan._stitch(first, loc, dt_sum, a2, reverse)
+    out = _stitch(first, loc, dt_sum, a2, reverse)
     want = [first.double() if with_first else torch.zeros(batch, d, N, dtype=torch.float64)]
     for k in (range(nseg - 2, -1, -1) if reverse else range(nseg - 1)):
         want.append(torch.exp2(dt_sum[k, ..., None].double() * a2.double()) * want[-1] + loc[k].double())
@@ -132,31 +157,34 @@ def test_stitch_chains_the_segments_like_the_recurrence(reverse, with_first):
 
 def test_forward_segments_fill_the_sms(monkeypatch):
     dev, cfg = torch.device("cuda", 0), dict(BD=16, S=2, num_warps=1)
-    monkeypatch.setattr(triton_scan, "sm_count", lambda device: 132)
-    assert triton_scan._fwd_segments(1, 3200, 520, dev, cfg) == 10  # 200 programs, 16 an SM in all
-    assert triton_scan._fwd_segments(2, 3200, 520, dev, cfg) == 5
-    assert triton_scan._fwd_segments(1, 3200, 136, dev, cfg) == 4  # segments of at least 32 chunks
-    assert triton_scan._fwd_segments(1, 3200, 100, dev, cfg) == 1  # 3 segments: slower than one pass
-    assert triton_scan._fwd_segments(4, 3200, 136, dev, cfg) == 1
-    assert triton_scan._fwd_segments(6, 3200, 136, dev, cfg) == 1
-    assert triton_scan._fwd_segments(1, 3200, 520, torch.device("cpu"), cfg) == 1
-    with triton_scan.forced_configs(fwd_segments=7):
-        assert triton_scan._fwd_segments(6, 3200, 3, dev, cfg) == 3  # never more segments than chunks
-    assert triton_scan.FWD_SEGMENTS is None
+    monkeypatch.setattr(launch, "sm_count", lambda device: 132)  # an H100, without one
+    assert launch._fwd_segments(1, 3200, 520, dev, cfg) == 10  # 200 programs, 16 an SM in all
+    assert launch._fwd_segments(2, 3200, 520, dev, cfg) == 5
+    assert launch._fwd_segments(1, 3200, 136, dev, cfg) == 4  # segments of at least 32 chunks
+    assert launch._fwd_segments(1, 3200, 100, dev, cfg) == 1  # 3 segments: slower than one pass
+    assert launch._fwd_segments(4, 3200, 136, dev, cfg) == 1
+    assert launch._fwd_segments(6, 3200, 136, dev, cfg) == 1
+    assert launch._fwd_segments(1, 3200, 520, torch.device("cpu"), cfg) == 1
 
 
 def test_backward_segments_fill_the_sms(monkeypatch):
     dev, cfg = torch.device("cuda", 0), dict(BD=16, S=2, num_warps=1)
-    monkeypatch.setattr(triton_scan, "sm_count", lambda device: 132)
-    assert triton_scan._bwd_segments(4, 3200, 136, dev, cfg) == 2  # 800 programs; 16 fit on an SM
-    assert triton_scan._bwd_segments(6, 3200, 136, dev, cfg) == 1  # 1,200: two segments would not fit
-    assert triton_scan._bwd_segments(1, 3200, 520, dev, cfg) == 10
-    assert triton_scan._bwd_segments(1, 3200, 136, dev, cfg) == 4  # segments of at least 32 chunks
-    assert triton_scan._bwd_segments(1, 3200, 40, dev, cfg) == 1
-    assert triton_scan._bwd_segments(1, 3200, 520, torch.device("cpu"), cfg) == 1
-    with triton_scan.forced_configs(bwd_segments=4):
-        assert triton_scan._bwd_segments(6, 3200, 136, torch.device("cpu"), cfg) == 4
-        assert triton_scan._bwd_segments(6, 3200, 3, dev, cfg) == 3  # never more segments than chunks
+    monkeypatch.setattr(launch, "sm_count", lambda device: 132)
+    assert launch._bwd_segments(4, 3200, 136, dev, cfg) == 2  # 800 programs; 16 fit on an SM
+    assert launch._bwd_segments(6, 3200, 136, dev, cfg) == 1  # 1,200: two segments would not fit
+    assert launch._bwd_segments(1, 3200, 520, dev, cfg) == 10
+    assert launch._bwd_segments(1, 3200, 136, dev, cfg) == 4  # segments of at least 32 chunks
+    assert launch._bwd_segments(1, 3200, 40, dev, cfg) == 1
+    assert launch._bwd_segments(1, 3200, 520, torch.device("cpu"), cfg) == 1
+
+
+def test_segment_layout_never_has_empty_segments():
+    """What scan_fwd / scan_bwd make of a segment count (the heuristic's or the caller's): (chunks a segment,
+    segments), never more segments than chunks, the last one ragged."""
+    assert launch._segment_layout(136, 4) == (34, 4)
+    assert launch._segment_layout(5, 3) == (2, 3)  # 2 + 2 + 1 chunks
+    assert launch._segment_layout(3, 7) == (1, 3)  # never more segments than chunks
+    assert launch._segment_layout(3, 0) == (3, 1)
 
 
 def test_scan_bf16_packed_inputs_forward_and_gradients():
@@ -164,9 +192,9 @@ def test_scan_bf16_packed_inputs_forward_and_gradients():
     same rounded values: only the rounding of the bf16 outputs remains (fp32 parameters stay exact)."""
     x = _scan_inputs(N=8)
     x = {k: v.bfloat16() if k in ("u", "delta", "B", "C", "z") else v for k, v in x.items()}
-    assert triton_scan._packed_bc(x["B"], x["C"], 8)[2]
+    assert _packed_bc(x["B"], x["C"], 8)[2]
     leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}
-    y, final = triton_scan.selective_scan_triton(**leaves)
+    y, final = selective_scan_triton(**leaves)
     gy, gf = torch.randn_like(y), torch.randn_like(final)  # gy in bf16: what autograd hands the backward
     ((y.float() * gy.float()).sum() + (final * gf).sum()).backward()
     ref = {k: v.double().requires_grad_(True) for k, v in x.items()}
@@ -180,10 +208,10 @@ def test_scan_bf16_packed_inputs_forward_and_gradients():
 def test_scan_without_grad_saves_nothing_and_backward_refuses_if_needed():
     x = _scan_inputs(L=9)
     with torch.no_grad():
-        y, _ = triton_scan.selective_scan_triton(**x)
-    y2, _, ckpt = triton_scan.scan_fwd(**x, save_states=False)
+        y, _ = selective_scan_triton(**x)
+    y2, _, ckpt = scan_fwd(**x, save_states=False)
     assert ckpt is None and torch.equal(y, y2)
-    _, _, ckpt = triton_scan.scan_fwd(**x, save_states=True)
+    _, _, ckpt = scan_fwd(**x, save_states=True)
     assert ckpt.shape == (2, 2, 4, 20)  # 9 steps in chunks of 8; the state at the start of each
     torch.testing.assert_close(ckpt[:, 0], x["initial_state"].transpose(1, 2))
 
@@ -191,21 +219,21 @@ def test_scan_without_grad_saves_nothing_and_backward_refuses_if_needed():
 def test_scan_rejects_bad_shapes():
     x = _scan_inputs()
     with pytest.raises(ValueError, match="B must have shape"):
-        triton_scan.selective_scan_triton(**{**x, "B": x["B"][:, :, :3]})
+        selective_scan_triton(**{**x, "B": x["B"][:, :, :3]})
     with pytest.raises(ValueError, match="A must be"):
-        triton_scan.selective_scan_triton(**{**x, "A": x["A"].t()})
+        selective_scan_triton(**{**x, "A": x["A"].t()})
 
 
 def test_ssm_step_updates_state_in_place():
     x = _scan_inputs(batch=3, L=1, d=20, N=4)
     step = {k: (v[:, 0] if k in ("u", "delta", "B", "C", "z") else v) for k, v in x.items() if k != "initial_state"}
     s1, s2 = x["initial_state"].clone(), x["initial_state"].clone()
-    y1 = triton_scan.ssm_step_triton(s1, **step)
+    y1 = ssm_step_triton(s1, **step)
     y2 = selective_state_step(s2, **step)
     torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(s1, s2, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="float32"):
-        triton_scan.ssm_step_triton(s1.double(), **step)
+        ssm_step_triton(s1.double(), **step)
 
 
 @pytest.mark.parametrize("L,with_state,with_bias", [(21, True, True), (2, True, False), (17, False, True)])
@@ -238,71 +266,15 @@ def test_conv_step_updates_state_in_place():
     torch.testing.assert_close(s1, s2, rtol=0, atol=0)
 
 
-def test_segmented_scan_on_the_kernels(monkeypatch):
-    """Few rows run as time segments side by side (forced here: the CPU has no SMs to fill), for inference and
-    for training: same outputs, final state and gradients as the sequential kernel, padding inside and a
-    ragged last segment included."""
-    x = _scan_inputs(batch=1, L=23)
-    x["delta"][0, 3:6] = float("-inf")
-    want_y, want_h = selective_scan_naive(**{k: v.double() for k, v in x.items()})
-    calls = []
-    original = triton_scan.segmented_scan
-    monkeypatch.setattr(triton_scan, "segmented_scan", lambda *a, **k: calls.append(k["segments"]) or original(*a, **k))
-    monkeypatch.setattr(triton_scan, "SEGMENTS", 4)
-    with torch.no_grad():
-        y, h = triton_scan.selective_scan_triton(**x)
-    assert calls == [4]
-    assert _rel(y, want_y) < 1e-5 and _rel(h, want_h) < 1e-5
-
-    wy, wh = torch.randn_like(y), torch.randn_like(h)
-    grads = {}
-    for segments in (1, 4):
-        monkeypatch.setattr(triton_scan, "SEGMENTS", segments)
-        leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}
-        y, h = triton_scan.selective_scan_triton(**leaves)
-        assert _rel(y, want_y) < 1e-5 and _rel(h, want_h) < 1e-5
-        ((y * wy).sum() + (h * wh).sum()).backward()
-        grads[segments] = {k: v.grad for k, v in leaves.items()}
-    assert calls == [4, 4]
-    for k in x:
-        assert _rel(grads[4][k], grads[1][k]) < 1e-5, k
-
-
-def test_segments_are_chosen_only_for_underfilled_gpus(monkeypatch):
-    dev = torch.device("cuda", 0)
-    monkeypatch.setattr(triton_scan, "sm_count", lambda device: 132)
-    monkeypatch.setitem(triton_scan.FWD_CONFIG, "BD", 32)
-    assert triton_scan._segments(1, 8320, 3200, dev) == 1  # off by default: the kernels segment time themselves
-    monkeypatch.setitem(triton_scan.SEGMENT_PROGRAMS_PER_SM, "inference", 8)
-    assert triton_scan._segments(1, 8320, 3200, dev) == 10  # the best count measured (H100) when it was on
-    monkeypatch.setitem(triton_scan.SEGMENT_PROGRAMS_PER_SM, "inference", 6)
-    # 100 programs of 32 channels, 6 per SM wanted: up to 7 segments, and 5 is the most that divides 8320
-    assert triton_scan._segments(1, 8320, 3200, dev) == 5
-    assert triton_scan._segments(1, 8316, 3200, dev) == 7  # 7 divides 8316
-    assert triton_scan._segments(1, 8321, 3200, dev) == 7  # no divisor above 3: padded
-    assert triton_scan._segments(1, 700, 3200, dev) == 1  # too short to split
-    assert triton_scan._segments(2, 8320, 3200, dev) == 1  # 200 programs: more than the SMs already
-    assert triton_scan._segments(8, 8320, 3200, dev) == 1  # 800 programs already
-    assert triton_scan._segments(1, 8320, 3200, torch.device("cpu")) == 1
-    assert triton_scan._segments(1, 8320, 3200, dev, training=True) == 1  # off for training (measured slower)
-    monkeypatch.setitem(triton_scan.SEGMENT_PROGRAMS_PER_SM, "training", 12)
-    assert triton_scan._segments(1, 2176, 3200, dev, training=True) == 4
-    assert triton_scan._segments(4, 2176, 3200, dev, training=True) == 1
-    with triton_scan.forced_segments(3):  # the override the benchmarks use, restored after the block
-        assert triton_scan._segments(8, 8320, 3200, dev) == 3
-    assert triton_scan.SEGMENTS is None and triton_scan._segments(8, 8320, 3200, dev) == 1
-
-
 def test_forward_splits_states_only_for_few_rows(monkeypatch):
     dev = torch.device("cuda", 0)
-    monkeypatch.setattr(triton_scan, "sm_count", lambda device: 132)
-    monkeypatch.setitem(triton_scan.FWD_CONFIG, "BD", 32)
+    monkeypatch.setattr(launch, "sm_count", lambda device: 132)
+    assert launch.FWD_CONFIG["BD"] == 32 and launch.FWD_SPLIT_BELOW == 4  # the defaults these counts assume
     # a training step's 4 x 3200 channels are 400 one-lane warps, under 4 per SM: two lanes per channel
-    assert triton_scan._forward_split(4, 3200, dev) == dict(BD=16, S=2)
-    assert triton_scan._forward_split(8, 3200, dev) == {}  # 800 warps: one lane per channel measured faster
-    assert triton_scan._forward_split(1, 3200, torch.device("cpu")) == {}
-    with triton_scan.forced_configs(split_below=0):  # the checks' way to force one lane, restored after
-        assert triton_scan._forward_split(1, 3200, dev) == {}
-    assert triton_scan.FWD_SPLIT_BELOW == 4 and triton_scan._forward_split(1, 3200, dev) == dict(BD=16, S=2)
-    monkeypatch.setitem(triton_scan.FWD_CONFIG, "S", 2)  # a configuration that already splits is left alone
-    assert triton_scan._forward_split(1, 3200, dev) == {}
+    assert launch._forward_split(4, 3200, dev) == dict(BD=16, S=2)
+    assert launch._forward_split(8, 3200, dev) == {}  # 800 warps: one lane per channel measured faster
+    assert launch._forward_split(1, 3200, torch.device("cpu")) == {}
+    assert launch._forward_split(1, 3200, dev, below=0) == {}
+    assert launch._forward_split(1, 3200, dev) == dict(BD=16, S=2)
+    # a configuration that already splits is left alone
+    assert launch._forward_split(1, 3200, dev, config=dict(launch.FWD_CONFIG, S=2)) == {}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hymba.ops.scan import segmented_scan, selective_scan_chunked, selective_scan_naive, selective_state_step
+from hymba.ops.scan import selective_scan_chunked, selective_scan_naive, selective_state_step
 
 
 def random_scan_inputs(batch=2, L=37, d=5, N=4, dtype=torch.float64, seed=0):
@@ -108,43 +108,3 @@ def test_low_precision_inputs_keep_fp32_state():
     assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
     y64, _ = selective_scan_naive(**{k: v.double() for k, v in x.items()})
     assert (y.double() - y64).norm() / y64.norm() < 1e-2
-
-
-@pytest.mark.parametrize("L, segments", [(40, 4), (37, 5), (9, 4), (5, 4)])
-@pytest.mark.parametrize("with_state", [False, True])
-def test_segmented_scan_equals_the_whole_scan(L, segments, with_state):
-    """Segments scanned side by side and stitched (ragged last segment padded with no-op steps, a padding
-    run inside, an initial state) give the sequential scan's outputs and final state."""
-    x = random_scan_inputs(batch=2, L=L, seed=L)
-    if with_state:
-        x["initial_state"] = torch.randn(2, 5, 4, dtype=torch.float64)
-    x["delta"][1, 2:5] = float("-inf")  # left padding inside row 1
-    want_y, want_h = selective_scan_naive(**x)
-    got_y, got_h = segmented_scan(selective_scan_naive, **x, segments=segments)
-    torch.testing.assert_close(got_y, want_y, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(got_h, want_h, rtol=1e-10, atol=1e-10)
-
-
-@pytest.mark.parametrize("L, segments", [(40, 4), (37, 5)])
-def test_segmented_scan_gradients_equal_the_whole_scans(L, segments):
-    """Differentiated through both passes and the stitch: every input's gradient (the initial state's, and
-    through a padding run inside a row) equals the sequential scan's, for a loss on y and the final state."""
-    x = random_scan_inputs(batch=2, L=L, seed=L)
-    x["initial_state"] = torch.randn(2, 5, 4, dtype=torch.float64)
-    x["delta"][1, 2:5] = float("-inf")
-    wy, wh = torch.randn(2, L, 5, dtype=torch.float64), torch.randn(2, 5, 4, dtype=torch.float64)
-    grads = []
-    for fn in (selective_scan_naive, lambda *a, **k: segmented_scan(selective_scan_naive, *a, **k, segments=segments)):
-        leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}
-        y, h = fn(**leaves)
-        ((y * wy).sum() + (h * wh).sum()).backward()
-        grads.append({k: v.grad for k, v in leaves.items()})
-    for k in x:
-        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-9, atol=1e-9, msg=k)
-    assert torch.isfinite(grads[1]["delta"]).all()
-
-
-def test_segmented_scan_needs_softplus():
-    x = random_scan_inputs(batch=1, L=20, seed=1)
-    with pytest.raises(ValueError, match="delta_softplus"):
-        segmented_scan(selective_scan_naive, **x, delta_softplus=False, segments=4)

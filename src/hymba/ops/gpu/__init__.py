@@ -25,7 +25,7 @@ def build_triton_kernels(conv: str = "auto", require_cuda: bool = True) -> Kerne
 
     from ..attention.flex import build_flex_mask, flex_attention
     from ..conv.triton_conv import causal_conv1d_triton, conv_step_triton, fla_causal_conv1d
-    from ..scan.triton_scan import selective_scan_triton, ssm_step_triton
+    from ..scan.triton import selective_scan_triton, ssm_step_triton
 
     if conv not in ("auto", "fla", "triton"):
         raise ValueError(f"conv must be 'auto', 'fla' or 'triton', got {conv!r}")

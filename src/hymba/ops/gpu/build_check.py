@@ -30,37 +30,37 @@ def kernel_cases():
     """(label, kernel, signature overrides, constexprs, num_warps) for each launch the library makes."""
     from ..attention import decode_triton as dec
     from ..conv import triton_conv as conv
-    from ..scan import triton_scan as scan
+    from ..scan.triton import backward, forward, launch, segments, step
 
     act = {n: "*bf16" for n in ("u_ptr", "dt_ptr", "z_ptr", "dy_ptr", "du_ptr", "ddt_ptr", "dz_ptr", "y_ptr")}
     cases = []
     packed = {False: {"b_ptr": "*bf16", "c_ptr": "*bf16"}, True: {"b_ptr": "*i64", "c_ptr": "*i64"}}
     for v in _variants(PACK=(True, False), HAS_Z=(True, False), SAVE=(True, False), SPLIT=(False, True)):
-        cfg = dict(scan.FWD_CONFIG, **(scan.FWD_SPLIT if v.pop("SPLIT") else {}))
-        const = dict(N=16, BD=cfg["BD"], S=cfg["S"], PF=cfg["PF"], PB=cfg["PB"], CHUNK=scan.CHUNK, HAS_D=True, HAS_BIAS=True,
-                     HAS_H0=True, SOFTPLUS=True, FAST=True, **v)
-        cases.append((f"scan forward S={cfg['S']} {v}", scan._scan_fwd_kernel, dict(act, **packed[v["PACK"]]), const,
-                      cfg["num_warps"]))
+        cfg = dict(launch.FWD_CONFIG, **(launch.FWD_SPLIT if v.pop("SPLIT") else {}))
+        const = dict(N=16, BD=cfg["BD"], S=cfg["S"], PF=cfg["PF"], PB=cfg["PB"], CHUNK=launch.CHUNK, HAS_D=True,
+                     HAS_BIAS=True, HAS_H0=True, SOFTPLUS=True, FAST=True, **v)
+        cases.append((f"scan forward S={cfg['S']} {v}", forward._scan_fwd_kernel, dict(act, **packed[v["PACK"]]),
+                      const, cfg["num_warps"]))
     for v in _variants(PACK=(True, False), HAS_Z=(True, False), HAS_DHT=(True, False)):
-        cfg = scan.BWD_CONFIG
-        const = dict(N=16, BD=cfg["BD"], S=cfg["S"], T=scan.CHUNK, PF=cfg["PF"], PB=cfg["PB"],
+        cfg = launch.BWD_CONFIG
+        const = dict(N=16, BD=cfg["BD"], S=cfg["S"], T=launch.CHUNK, PF=cfg["PF"], PB=cfg["PB"],
                      SCATTER=cfg["BD"] * cfg["S"] == 32,
                      HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, FAST=True, **v)
-        cases.append((f"scan backward {v}", scan._scan_bwd_kernel, dict(act, **packed[v["PACK"]]), const,
+        cases.append((f"scan backward {v}", backward._scan_bwd_kernel, dict(act, **packed[v["PACK"]]), const,
                       cfg["num_warps"]))
     for v in _variants(PACK=(True, False), SPLIT=(False, True)):
-        cfg = dict(scan.FWD_CONFIG, **(scan.FWD_SPLIT if v.pop("SPLIT") else {}))
+        cfg = dict(launch.FWD_CONFIG, **(launch.FWD_SPLIT if v.pop("SPLIT") else {}))
         const = dict(N=16, BD=cfg["BD"], S=cfg["S"], PF=cfg["PF"], HAS_BIAS=True, SOFTPLUS=True, FAST=True, **v)
-        cases.append((f"scan state S={cfg['S']} {v}", scan._scan_state_kernel, dict(act, **packed[v["PACK"]]),
+        cases.append((f"scan state S={cfg['S']} {v}", segments._scan_state_kernel, dict(act, **packed[v["PACK"]]),
                       const, cfg["num_warps"]))
     for v in _variants(PACK=(True, False), HAS_Z=(True, False)):
-        cfg = scan.BWD_CONFIG
+        cfg = launch.BWD_CONFIG
         const = dict(N=16, BD=cfg["BD"], S=cfg["S"], PF=cfg["PF"], HAS_BIAS=True, SOFTPLUS=True, FAST=True, **v)
-        cases.append((f"scan adjoint {v}", scan._scan_adjoint_kernel, dict(act, **packed[v["PACK"]]), const,
+        cases.append((f"scan adjoint {v}", segments._scan_adjoint_kernel, dict(act, **packed[v["PACK"]]), const,
                       cfg["num_warps"]))
     for v in _variants(REVERSE=(False, True), HAS_FIRST=(True, False)):
-        cases.append((f"scan stitch {v}", scan._stitch_kernel, {}, dict(N=16, BLOCK=1024, **v), 4))
-    cases.append(("ssm step", scan._ssm_step_kernel, act, dict(N=16, NP=16, BD=64, HAS_Z=True, HAS_D=True,
+        cases.append((f"scan stitch {v}", segments._stitch_kernel, {}, dict(N=16, BLOCK=1024, **v), 4))
+    cases.append(("ssm step", step._ssm_step_kernel, act, dict(N=16, NP=16, BD=64, HAS_Z=True, HAS_D=True,
                                                               HAS_BIAS=True, SOFTPLUS=True, FAST=True), 4))
     for v in _variants(HAS_BIAS=(True, False), HAS_INIT=(True, False)):
         base = dict(K=4, BD=conv.BD, SILU=True, **v)

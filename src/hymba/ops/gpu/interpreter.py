@@ -6,8 +6,9 @@ import os
 
 
 def use_cpu_interpreter() -> None:
-    """Must run before the kernel modules (hymba.ops.scan.triton_scan, hymba.ops.conv.triton_conv) are
-    imported: Triton decides at definition time whether a kernel is compiled or interpreted.
+    """Must run before the kernel modules (the hymba.ops.scan.triton package, hymba.ops.conv.triton_conv,
+    hymba.ops.attention.decode_triton) are imported: Triton decides at definition time whether a kernel is
+    compiled or interpreted.
 
     Also works around the interpreter turning scalar arguments into 1-element arrays and calling int() on
     them, which NumPy >= 2.4 refuses (a `range(0, L, ...)` loop over a runtime L)."""

@@ -1,8 +1,7 @@
-"""Selective scan (the SSM heads): naive oracle, chunked torch reference, a Triton kernel on CUDA, and time
-segments scanned side by side for long sequences in small batches."""
+"""Selective scan (the SSM heads): naive oracle, chunked torch reference, and Triton kernels for CUDA
+(`hymba.ops.scan.triton`, imported only by the GPU bundle: it needs triton)."""
 
 from .chunked import selective_scan_chunked, selective_state_step
 from .naive import selective_scan_naive
-from .segmented import segmented_scan
 
-__all__ = ["segmented_scan", "selective_scan_chunked", "selective_scan_naive", "selective_state_step"]
+__all__ = ["selective_scan_chunked", "selective_scan_naive", "selective_state_step"]
