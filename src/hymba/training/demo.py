@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..config import BASELINES, HymbaConfig
+from ..engine import generate
 from ..modeling import HymbaForCausalLM
 from ..modeling.cache import cache_bytes
 from ..tokenizer import load_tokenizer
@@ -36,7 +37,6 @@ from .distributed import DistInfo, resolve_device
 from .metrics import read_metrics
 from .task import even_shards
 from .trainer import Trainer
-from ..engine import generate
 
 SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "turtledemo"}
 
