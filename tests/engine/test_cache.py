@@ -80,15 +80,23 @@ def test_left_padded_batch_decodes_each_row_as_alone():
             torch.testing.assert_close(got[r], alone, rtol=1e-4, atol=1e-4)
 
 
-def test_meta_prefix_is_computed_once_per_weights():
+def count_layer_runs(monkeypatch, model) -> list:
+    """Spy on the model's layer stack: one entry per run (the meta prefix is one run over M tokens)."""
+    runs, original = [], model.model.run_layers
+    monkeypatch.setattr(model.model, "run_layers", lambda x, *a, **k: runs.append(x.shape[1]) or original(x, *a, **k))
+    return runs
+
+
+def test_meta_prefix_is_computed_once_per_weights(monkeypatch):
     model = HymbaForCausalLM(HymbaConfig.from_preset("tiny")).eval()
+    runs = count_layer_runs(monkeypatch, model)
     for _ in range(3):
         new_cache(model, 2, 10)
-    assert model.model.meta_prefix_computations == 1
+    assert runs == [model.config.num_memory_tokens]
     with torch.no_grad():
         model.model.memory_tokens.add_(1.0)  # new weights: the prefix must follow
     new_cache(model, 1, 10)
-    assert model.model.meta_prefix_computations == 2
+    assert runs == [model.config.num_memory_tokens] * 2
 
 
 def test_cache_holds_exactly_what_the_format_requires():

@@ -153,13 +153,15 @@ def test_chunked_prefill_equals_one_shot(tiny_model, chunk):
     torch.testing.assert_close(chunked.logits, one.logits, atol=1e-4, rtol=0)
 
 
-def test_meta_prefix_is_computed_once_across_calls():
+def test_meta_prefix_is_computed_once_across_calls(monkeypatch):
     model = make(HymbaConfig.from_preset("tiny"), seed=7)
-    assert getattr(model.model, "meta_prefix_computations", 0) == 0
+    runs, original = [], model.model.run_layers
+    monkeypatch.setattr(model.model, "run_layers", lambda x, *a, **k: runs.append(x.shape[1]) or original(x, *a, **k))
     for batch in (1, 3, 2):
         ids = torch.randint(0, 512, (batch, 6))
         generate(model, ids, max_new_tokens=4, prefill_chunk_size=2)
-    assert model.model.meta_prefix_computations == 1
+    # one run over the 8 meta tokens, then per call 3 prefill chunks of 2 and 3 steps
+    assert runs.count(model.config.num_memory_tokens) == 1 and len(runs) == 1 + 3 * (3 + 3)
 
 
 def test_stop_strings_end_a_row_at_the_token_completing_them(checkpoint):

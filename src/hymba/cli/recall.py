@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, choices=["mqar", "needle", "kv-pairs"])
     p.add_argument("--token-level", action="store_true",
                    help="synthetic tokens over the model's vocabulary, no tokenizer (models trained on token-level "
-                        "MQAR, e.g. by benchmarks/recall_gap.py); default: text through the tokenizer")
+                        "MQAR); default: text through the tokenizer")
     p.add_argument("--samples", type=int, default=None,
                    help="mqar: sequences (default 100); needle: samples per length and depth (default 5)")
     p.add_argument("--num-pairs", type=int, default=16, help="mqar: key-value pairs per sequence")

@@ -136,7 +136,7 @@ class StaticDecoder:
 
     This class runs each step eagerly (any device); `CUDAGraphDecoder` replays it as a CUDA graph. `step`
     may return a view of a static buffer: copy it before the next step if you keep it. `compile`: run the
-    step through torch.compile (its first call compiles: 1.5-2.5 minutes for hymba-1.5b on an H100); True, or
+    step through torch.compile (its first call compiles: minutes for a 1.5B model); True, or
     one of STEP_COMPILE_MODES ("max-autotune-no-cudagraphs" also times Triton matmul templates against
     cuBLAS for the step's few-row matmuls: minutes more).
     """

@@ -8,8 +8,9 @@ A row finishes on an end-of-sequence token, on a stop string in its generated te
 `max_new_tokens`. Finished rows are dropped from the cache (so they cost nothing more) and padded with
 `pad_token_id` in the output, which has the shape transformers' `generate` returns: [B, L + steps taken].
 
-On CUDA the decode steps run as one CUDA graph per step over a static cache (`cuda_graph.CUDAGraphDecoder`,
-4x faster at batch 128 than launching each step's ~1,700 kernels from Python). A graph has a fixed batch, so
+On CUDA the decode steps run as one CUDA graph per step over a static cache (`cuda_graph.CUDAGraphDecoder`:
+a step is hundreds of small kernels, which Python cannot launch as fast as the GPU runs them). A graph has a
+fixed batch, so
 there finished rows stay in it, fed padding, and their logits are ignored; tokens are the same either way.
 """
 
@@ -207,7 +208,7 @@ def generate(
     when max_new_tokens >= CUDA_GRAPH_MIN_NEW_TOKENS; falls back to eager steps, with a warning, if the
     capture fails). `compile_step`: the graph replays the step as torch.compile made it (fewer, fused
     kernels); needs the CUDA graph; True or a mode of `cuda_graph.STEP_COMPILE_MODES`. It compiles for each
-    new batch size and total length (1.5-2.5 minutes for hymba-1.5b on an H100), so it pays off for long
+    new batch size and total length (minutes for a 1.5B model), so it pays off for long
     generations at a size that repeats.
     """
     config = model.config

@@ -13,13 +13,11 @@ from ..config import HymbaConfig
 class RMSNorm(nn.Module):
     """Variance in fp32, normalise, cast back to the input dtype, then scale (the release's exact order).
 
-    `F.rms_norm` does the first three steps (one fused kernel on CUDA instead of six elementwise ones, which
-    profiling showed at ~15% of a decode step); on the CPU it is bit-identical to writing them out. When the
-    weight has the input's dtype it scales inside that kernel too: the same bits in fp32, one rounding
-    instead of two in bf16 (within one bf16 step of the release's order, and nearer the exact value); the
-    separate broadcast multiply took ~7 ms (225 launches) of a 123 ms batch-1 8k prefill on an H100. With
-    another dtype (fp32 weights under autocast) the order matters and is kept: the fp32 weight times the
-    bf16 normed x."""
+    `F.rms_norm` does the first three steps (one fused kernel on CUDA instead of six elementwise ones); on the
+    CPU it is bit-identical to writing them out. When the weight has the input's dtype it scales inside that
+    kernel too (no separate broadcast multiply): the same bits in fp32, one rounding instead of two in bf16
+    (within one bf16 step of the release's order, and nearer the exact value). With another dtype (fp32
+    weights under autocast) the order matters and is kept: the fp32 weight times the bf16 normed x."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -90,8 +88,8 @@ def split_last_dim(x: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...
     """x.split(sizes, dim=-1), whose backward concatenates the parts' gradients in one `torch.cat` that
     torch.compile leaves opaque. Traced as usual, inductor fuses the gradients' producers (the rotary's
     backward, the shared-KV sums) into the concatenation: one kernel evaluating every part's index arithmetic
-    and masked loads for every element, 0.63 ms a layer for in_proj's 8960-wide gradient in a hymba-1.5b
-    training step on an H100, against ~0.1 ms of bytes (torch 2.11; torch 2.13 has a setting for it)."""
+    and masked loads for every element, several times slower than the bytes it moves (torch 2.11; torch 2.13
+    has a setting for it)."""
     if not (torch.is_grad_enabled() and x.requires_grad):
         return x.split(sizes, dim=-1)
     return _SplitLastDim.apply(x, list(sizes))

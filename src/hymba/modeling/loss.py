@@ -26,9 +26,8 @@ def pads_vocab(hidden: torch.Tensor) -> bool:
 
 def pad_vocab_for_matmul(weight: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """The LM head's weight with its rows padded to a multiple of 64 when `pads_vocab`: with an odd
-    vocabulary (the release's 32001) cuBLAS falls back to unaligned kernels, 20.6 ms of a hymba-1.5b training
-    step at batch 4 x 2k on an H100 for ~4 ms of FLOPs (benchmarks/profile_train.py). Callers drop the padded
-    columns of the product."""
+    vocabulary (the release's 32001) cuBLAS falls back to unaligned kernels, several times slower than the
+    FLOPs need. Callers drop the padded columns of the product."""
     pad = -weight.shape[0] % 64
     return F.pad(weight, (0, 0, 0, pad)) if pad and pads_vocab(hidden) else weight
 

@@ -177,7 +177,6 @@ class HymbaModel(nn.Module):
                 positions = torch.arange(M, device=p.device)[None]
                 self.run_layers(x, positions, None, prefix)
         self._meta_prefix = (key, prefix)
-        self.meta_prefix_computations = getattr(self, "meta_prefix_computations", 0) + 1
         return prefix
 
 

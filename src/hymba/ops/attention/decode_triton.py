@@ -1,11 +1,11 @@
 """Attention for a few queries against a long cache (decode steps), as one Triton kernel.
 
 A decode step is bandwidth-bound: all it must do is read each cached key and value once. cuDNN's fused SDPA
-would not take Hymba's value head (twice the key head) with grouped K/V and a mask in one call, so the
-value head was attended in two halves, each reading all of K again, with the mask materialised in memory;
-profiling put that at 63% of a batch-128 decode step. This kernel reads K and V once per K/V head, serving
-all G query heads that share it (GQA without repeated K/V), and evaluates the visibility rule
-(`masks.visible`) from the slots' positions on the fly, so no mask is built at all.
+does not take Hymba's value head (twice the key head) with grouped K/V and a mask in one call: it would
+attend the value head in two halves, each reading all of K again, with the mask materialised in memory.
+This kernel reads K and V once per K/V head, serving all G query heads that share it (GQA without repeated
+K/V), and evaluates the visibility rule (`masks.visible`) from the slots' positions on the fly, so no mask
+is built at all.
 
 Grid: one program per (batch row, K/V head, block of G*Tq query rows) and, when that gives too few programs
 to fill the GPU (small batches), per slice of the keys ("split-K"); the slices' partial softmaxes are merged
@@ -83,11 +83,10 @@ def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, o_ptr, m_ptr, l
     tl.store(l_ptr + ml, l_i, mask=row_ok)
 
 
-# The launch configuration (keys per loop iteration, warps, pipeline stages); `launch=` overrides it per call
-# (benchmarks/bench_decode_attention.py sweeps it). Global layers (no window: the whole cache) take
-# LAUNCH_GLOBAL's entries over it: at hymba-1.5b's batch-128, 8k step on an H100 two warps and two stages
-# read a global layer's 2 GB in 0.706 ms (97% of the copy bandwidth) against 0.785 ms with LAUNCH
-# (results/decode_attention.log); the window layers' timings in that sweep were too noisy to change theirs.
+# The launch configuration (keys per loop iteration, warps, pipeline stages); `launch=` overrides it per call.
+# Global layers (no window: the whole cache) take LAUNCH_GLOBAL's entries over it: with gigabytes of K/V per
+# layer, fewer warps and stages per program keep more programs resident and the copy engine busier (the
+# benchmark suite's decode-attention numbers).
 LAUNCH = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 LAUNCH_GLOBAL = {"num_warps": 2, "num_stages": 2}
 

@@ -10,8 +10,8 @@ without repeating K/V and a value head dim twice the query's.
 Lengths go to FlexAttention padded to multiples of its 128-token blocks and shaped [B, H, n, 128, d], so that
 inductor knows every block is whole (its template's `IS_DIVISIBLE`) even when torch.compile traces the
 lengths as dynamic, which it does from the second length it sees (in a process, the meta tokens' 128 are the
-first). With dynamic lengths it could not, and masked every block: 2.5-4x slower at prefill shapes on an H100
-(`benchmarks/bench_flex_prefill.py`). What is added to reach a multiple takes no part.
+first). With dynamic lengths it cannot, and masks every block, several times slower at prefill shapes. What is
+added to reach a multiple takes no part.
 
 Decode steps (a handful of query tokens against a long cache) skip block masks: on CUDA they go through
 our Triton decode kernel (`decode_triton`), which reads each cached K/V once for all the query heads sharing
@@ -42,9 +42,8 @@ FLEX_BLOCK = 128  # FlexAttention's lengths are padded to multiples of its (defa
 ALIGNMENT_PAD = -2  # the position of the queries and keys added to reach a multiple: none sees or is seen
 
 # FlexAttention's Triton options per (GPU capability, key head dim, value head dim), for 16-bit inputs: what
-# inductor's max-autotune picks at a hymba-1.5b training step's shape (benchmarks/bench_flex.py; H100, batch 4
-# x 2176 tokens, 25/5 heads). Inductor's defaults for sm_90 size the backward for the value head (128):
-# forward + backward 1.35 ms (global) and 1.28 ms (window) a layer; with these 1.13 and 1.02 ms.
+# inductor's max-autotune picks at a hymba-1.5b training step's shape (25/5 heads, 2k tokens). Inductor's
+# defaults for sm_90 size the backward's blocks for the value head (128), which is slower here.
 FLEX_KERNEL_OPTIONS = {
     ((9, 0), 64, 128): dict(fwd_BLOCK_M=128, fwd_BLOCK_N=64, fwd_num_warps=4, fwd_num_stages=3,
                             bwd_BLOCK_M1=64, bwd_BLOCK_N1=64, bwd_BLOCK_M2=64, bwd_BLOCK_N2=64,

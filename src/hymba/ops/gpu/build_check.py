@@ -81,7 +81,7 @@ def kernel_cases():
         const = dict(heads, BLOCK_N=launch["BLOCK_N"], **v)
         cases.append((f"decode attention {v} scale {sig['scale']}", dec._decode_attn_kernel, sig, const,
                       launch["num_warps"]))
-    # the other key-block widths benchmarks/bench_decode_attention.py sweeps (bf16, the window rule)
+    # other key-block widths a `launch=` override may ask for (bf16, the window rule)
     for block_n in (32, 128):
         const = dict(heads, BLOCK_N=block_n, HAS_WINDOW=True, IEEE=False)
         cases.append((f"decode attention BLOCK_N={block_n}", dec._decode_attn_kernel, decode_sig("*bf16"), const, 8))
