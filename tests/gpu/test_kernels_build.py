@@ -1,8 +1,8 @@
 """Every Triton kernel, in every variant the library launches, lowers to Triton IR for a Hopper GPU.
 
 The interpreter-run tests beside this one execute kernels as Python, which accepts code the compiler rejects
-(a loop-carried name changing type once cost a GPU session). The check runs in a fresh process: this test
-process defines the kernels interpreted."""
+(e.g. a loop-carried name that changes type), so such a kernel would first fail on a GPU. The check runs
+in a fresh process: this test process defines the kernels interpreted."""
 
 import os
 import subprocess
