@@ -133,8 +133,11 @@ def test_refuses_pickles_and_names_missing_files(tmp_path):
     os.remove(tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         HymbaForCausalLM.from_pretrained(tmp_path)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         HymbaForCausalLM.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(CheckpointError, match="a-file is a file; a checkpoint is a directory"):
+        HymbaForCausalLM.from_pretrained(tmp_path / "a-file")
 
 
 def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):

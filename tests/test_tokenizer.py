@@ -139,9 +139,9 @@ def test_bad_tokenizer_config_is_named(tmp_path, config, message):
 
 
 def test_missing_files_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(TokenizerError, match="does not exist"):
         load_tokenizer(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+    with pytest.raises(TokenizerError, match="no tokenizer.json"):
         load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(TokenizerError, match="not a valid tokenizers file"):

@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from .config import HymbaConfig
+from .errors import HymbaError
 from .utils import atomic_path, atomic_write_text
 
 SINGLE_FILE = "model.safetensors"
@@ -22,7 +24,7 @@ PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt",
 _IGNORABLE = re.compile(r"model\.layers\.\d+\.mamba\.self_attn\.k_norm\.weight")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HymbaError, ValueError):
     """A checkpoint directory that does not match the model its config describes."""
 
 
@@ -35,23 +37,45 @@ def _parse_size(size: int | str) -> int:
     return int(float(m.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}[m.group(2)])
 
 
+def _read_index(index: str) -> dict[str, str]:
+    try:
+        with open(index, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{index} is not a valid safetensors index ({e})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in weight_map.items()):
+        raise CheckpointError(f"{index} is not a valid safetensors index (it needs a \"weight_map\" object of "
+                              "tensor name -> shard file name)")
+    return weight_map
+
+
+def _shard_path(path: str, index: str, name: str, shard: str) -> str:
+    """The shard file an index entry names, which must lie inside the checkpoint directory: no absolute
+    paths, no `..`, no symbolic link leading out of it."""
+    parts = shard.replace("\\", "/").split("/")
+    file = os.path.join(path, shard)
+    root = os.path.realpath(path)
+    if (os.path.isabs(shard) or ".." in parts or not shard
+            or os.path.commonpath([root, os.path.realpath(file)]) != root):
+        raise CheckpointError(f"{index}: the entry for {name!r} names the shard {shard!r}, which is not a file "
+                              f"inside {path}; refusing to read it")
+    return file
+
+
 def checkpoint_files(path: str) -> dict[str, str]:
     """Map every tensor name to the safetensors file holding it."""
     single = os.path.join(path, SINGLE_FILE)
     index = os.path.join(path, INDEX_FILE)
     if os.path.exists(index):
-        with open(index, encoding="utf-8") as f:
-            try:
-                weight_map = json.load(f)["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise CheckpointError(f"{index} is not a valid safetensors index ({e})") from None
-        files = {name: os.path.join(path, shard) for name, shard in weight_map.items()}
-        missing = sorted({f for f in files.values() if not os.path.exists(f)})
+        files = {name: _shard_path(path, index, name, shard) for name, shard in _read_index(index).items()}
+        missing = sorted({f for f in files.values() if not os.path.isfile(f)})
         if missing:
             raise CheckpointError(f"{index} names shard files that do not exist: {', '.join(missing)}")
         return files
     if os.path.exists(single):
-        with safe_open(single, framework="pt") as f:
+        with _open_safetensors(single) as f:
             return {name: single for name in f.keys()}
     pickles = [p for p in PICKLE_FILES if os.path.exists(os.path.join(path, p))]
     if pickles:
@@ -61,20 +85,36 @@ def checkpoint_files(path: str) -> dict[str, str]:
     raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path}")
 
 
+@contextlib.contextmanager
+def _open_safetensors(file: str, device: str = "cpu"):
+    """safe_open, with a damaged file (truncated, garbage, a bad header) reported by name."""
+    try:
+        with safe_open(file, framework="pt", device=device) as f:
+            yield f
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{file} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+
 def read_state_dict(path: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     by_file: dict[str, list[str]] = {}
     for name, file in checkpoint_files(path).items():
         by_file.setdefault(file, []).append(name)
     for file, names in by_file.items():
-        with safe_open(file, framework="pt", device=str(device)) as f:
+        with _open_safetensors(file, str(device)) as f:
+            held = set(f.keys())
+            absent = [n for n in names if n not in held]
+            if absent:
+                raise CheckpointError(f"{file} does not hold {', '.join(absent[:5])}, which the index puts there")
             for name in names:
                 tensors[name] = f.get_tensor(name)
     return tensors
 
 
 def check_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Raise one error naming every missing, unexpected and mis-shaped tensor."""
+    """Raise one error naming every missing, unexpected, mis-shaped and non-floating-point tensor."""
     expected = {n: tuple(p.shape) for n, p in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
@@ -82,13 +122,24 @@ def check_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], source:
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(n for n in set(tensors) - set(expected) if not _IGNORABLE.fullmatch(n))
     misshaped = sorted(n for n in set(expected) & set(tensors) if tuple(tensors[n].shape) != expected[n])
-    if missing or unexpected or misshaped:
+    mistyped = sorted(n for n in set(expected) & set(tensors) if not tensors[n].is_floating_point())
+    if missing or unexpected or misshaped or mistyped:
         lines = [f"{source} does not match the model described by its config.json:"]
         lines += [f"  missing:    {n} (expected shape {list(expected[n])})" for n in missing]
         lines += [f"  unexpected: {n} (shape {list(tensors[n].shape)})" for n in unexpected]
         lines += [f"  mis-shaped: {n}: checkpoint {list(tensors[n].shape)}, model expects {list(expected[n])}"
                   for n in misshaped]
+        lines += [f"  mis-typed:  {n}: {tensors[n].dtype}, a floating-point tensor expected" for n in mistyped]
         raise CheckpointError("\n".join(lines))
+
+
+def check_all_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Raise naming every tensor that holds NaN or infinity (such weights make every output NaN)."""
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise CheckpointError(f"{source} holds non-finite values (NaN or inf) in {', '.join(sorted(bad)[:10])}{more}; "
+                              "the weights are damaged (pass check_finite=False to load them anyway)")
 
 
 def _resolve_dtype(dtype, config_dict: dict, tensors: dict[str, torch.Tensor]) -> torch.dtype:
@@ -105,20 +156,24 @@ def _resolve_dtype(dtype, config_dict: dict, tensors: dict[str, torch.Tensor]) -
     raise ValueError(f"unknown dtype {dtype!r}")
 
 
-def load_pretrained(cls, path, dtype="auto", device="cpu", kernels="auto") -> nn.Module:
+def load_pretrained(cls, path, dtype="auto", device="cpu", kernels="auto", check_finite: bool = True) -> nn.Module:
     """`cls` (HymbaForCausalLM) built on the meta device from the directory's config.json, its weights loaded
-    from the safetensors files (names and shapes checked first), in `dtype` on `device`, in eval mode."""
+    from the safetensors files, in `dtype` on `device`, in eval mode. Everything is checked before the model
+    takes a tensor (names, shapes, dtypes and, with `check_finite`, NaN/inf), so a bad checkpoint raises a
+    CheckpointError naming the file or tensor and nothing is half loaded."""
     path = os.fspath(path)
+    if os.path.isfile(path):
+        raise CheckpointError(f"{path} is a file; a checkpoint is a directory (config.json + model.safetensors)")
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
     config = HymbaConfig.from_json(path)
-    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-        config_dict = json.load(f)
     tensors = read_state_dict(path)
-    dtype = _resolve_dtype(dtype, config_dict, tensors)
+    dtype = _resolve_dtype(dtype, config.extra, tensors)
     with torch.device("meta"):
         model = cls(config, init=False)
     check_state_dict(model, tensors, path)
+    if check_finite:
+        check_all_finite(tensors, path)
     wanted = set(model.state_dict())  # drops the ignorable extras (and lm_head when tied)
     if config.tie_word_embeddings:
         wanted.discard("lm_head.weight")

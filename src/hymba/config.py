@@ -16,6 +16,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .errors import HymbaError
 from .utils import atomic_write_text
 
 # Keys the release carries without effect on the computation (see the format document, section 2). They are
@@ -65,7 +66,7 @@ KQ_NORMS = ("none", "rms")
 MLP_ACTS = ("silu", "relu2")
 
 
-class ConfigError(ValueError):
+class ConfigError(HymbaError, ValueError):
     """A HymbaConfig that cannot describe a working model."""
 
 
@@ -257,6 +258,7 @@ class HymbaConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "HymbaConfig":
+        """A checkpoint directory's config.json (or the file itself); every problem is a ConfigError naming it."""
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
@@ -264,9 +266,11 @@ class HymbaConfig:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except FileNotFoundError:
-            raise FileNotFoundError(f"no config.json at {path}") from None
-        except json.JSONDecodeError as e:
+            raise ConfigError(f"no config.json at {path}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path} is not valid JSON: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: {e.strerror}") from None
         try:
             return cls.from_dict(data)
         except (ConfigError, TypeError) as e:

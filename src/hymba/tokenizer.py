@@ -22,6 +22,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as Backend
 from tokenizers.processors import TemplateProcessing
 
+from .errors import HymbaError
 from .utils import atomic_path, atomic_write_text
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -29,7 +30,7 @@ CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(HymbaError, ValueError):
     """A tokenizer directory that cannot be used as it is."""
 
 
@@ -225,9 +226,9 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     directory = os.fspath(directory)
     path = os.path.join(directory, TOKENIZER_FILE)
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"tokenizer directory {directory} does not exist")
+        raise TokenizerError(f"tokenizer directory {directory} does not exist")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no {TOKENIZER_FILE} in {directory} (a checkpoint's tokenizer lives beside its "
+        raise TokenizerError(f"no {TOKENIZER_FILE} in {directory} (a checkpoint's tokenizer lives beside its "
                                 "config.json; SentencePiece-only tokenizer.model files are not read)")
     try:
         backend = Backend.from_file(path)
@@ -239,7 +240,7 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         try:
             with open(config_path, encoding="utf-8") as f:
                 config = json.load(f)
-        except json.JSONDecodeError as e:
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise TokenizerError(f"{config_path} is not valid JSON: {e}") from None
         if not isinstance(config, dict):
             raise TokenizerError(f"{config_path} must hold a JSON object")

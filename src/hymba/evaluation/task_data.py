@@ -20,10 +20,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import HymbaError
+
 DATA_DIR_ENV = "HYMBA_EVAL_DATA"
 
 
-class TaskDataError(ValueError):
+class TaskDataError(HymbaError, ValueError):
     """A local evaluation file is missing or does not have the expected layout."""
 
 

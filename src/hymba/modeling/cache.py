@@ -17,9 +17,10 @@ from __future__ import annotations
 import torch
 
 from ..config import HymbaConfig
+from ..errors import HymbaError
 
 
-class CacheFullError(RuntimeError):
+class CacheFullError(HymbaError, RuntimeError):
     """More tokens were given than the cache was allocated for."""
 
 

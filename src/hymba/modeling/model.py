@@ -334,8 +334,11 @@ class HymbaForCausalLM(nn.Module):
     # ---- checkpoints ------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | str | None = "auto",
-                        device: torch.device | str = "cpu", kernels: str = "auto") -> "HymbaForCausalLM":
-        return load_pretrained(cls, path, dtype=dtype, device=device, kernels=kernels)
+                        device: torch.device | str = "cpu", kernels: str = "auto",
+                        check_finite: bool = True) -> "HymbaForCausalLM":
+        """A released-format checkpoint directory; `check_finite=False` skips the NaN/inf scan of the weights
+        (a pass over every tensor) for huge models."""
+        return load_pretrained(cls, path, dtype=dtype, device=device, kernels=kernels, check_finite=check_finite)
 
     def save_pretrained(self, path: str | os.PathLike, max_shard_size: int | str = "5GB") -> None:
         save_pretrained(self, path, max_shard_size=max_shard_size)

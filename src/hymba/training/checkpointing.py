@@ -6,8 +6,12 @@ At the end of a run, OUT/model holds the final model alone (hard links into its 
         tokenizer.json, tokenizer_config.json                     the tokenizer the data was made with
         adapter/                                                  LoRA runs: the peft adapter (adapter_config.json, ...)
         trainer/state.json                                        step, tokens, data position, counters, config
-        trainer/dcp/                                              model + optimizer, torch.distributed.checkpoint shards
-        trainer/rng-00000.pt                                      each rank's RNG states
+        trainer/model.safetensors                                 the training model's whole state (LoRA unmerged)
+        trainer/optimizer.safetensors, optimizer.json             the optimizer's whole state and its groups
+        trainer/rng-00000.safetensors, rng-00000.json             each rank's RNG states
+
+Nothing in a checkpoint is unpickled or executed: tensors are safetensors, everything else JSON. The state is
+whole (gathered on rank 0 when sharded), so a run resumes on any number of ranks.
 
 A crash (or SIGKILL) during a save leaves a hidden `.step-*.tmp` directory that is never taken for a
 checkpoint and is removed by the next save or resume; the previous checkpoint is untouched until the new
@@ -27,10 +31,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
+from ..checkpoint import CheckpointError
 from ..modeling import HymbaForCausalLM
 from ..utils import atomic_dir, atomic_write_text, replace_dir
 from . import distributed as D
+
+
+class TrainingCheckpointError(CheckpointError):
+    """A training checkpoint that cannot be resumed from (missing, truncated or corrupted files)."""
+
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = os.path.join("trainer", "state.json")
@@ -58,21 +70,32 @@ def latest_checkpoint(out_dir: str) -> str | None:
     return ckpts[-1][1] if ckpts else None
 
 
-def resolve_resume(resume: str | bool | None, out_dir: str) -> str | None:
-    """`--resume` (True / "auto"): the newest checkpoint of out_dir, if any. A path: that checkpoint, or the
-    newest one of that run directory."""
-    if not resume:
-        return None
-    if resume is True or resume == "auto":
-        return latest_checkpoint(out_dir)
-    path = os.fspath(resume)
+def resume_candidates(resume: str | bool, out_dir: str) -> list[str]:
+    """The checkpoints a resume may take, in order of preference. True: the run directory's checkpoints, newest
+    first. A path: that checkpoint (then the older ones of its run, to name in an error), or the checkpoints of
+    that run directory, newest first. Nothing to resume from is an error."""
+    if resume is True:
+        found = [p for _, p in reversed(list_checkpoints(checkpoint_root(out_dir)))]
+        if not found:
+            raise TrainingCheckpointError(f"--resume: there is no checkpoint in {checkpoint_root(out_dir)} to resume "
+                                    "from (drop --resume to start a new run)")
+        return found
+    path = os.path.abspath(os.fspath(resume))
     if os.path.exists(os.path.join(path, STATE_FILE)):
-        return path
-    latest = latest_checkpoint(path)
-    if latest is None:
-        raise FileNotFoundError(f"--resume {path}: not a training checkpoint (no {STATE_FILE}) and no checkpoints "
-                                "under it")
-    return latest
+        older = [p for step, p in reversed(list_checkpoints(os.path.dirname(path))) if os.path.abspath(p) != path
+                 and step < _step_of(path)]
+        return [path] + older
+    found = [p for _, p in reversed(list_checkpoints(checkpoint_root(path)))]
+    found = found or [p for _, p in reversed(list_checkpoints(path))]
+    if not found:
+        raise TrainingCheckpointError(f"--resume-from {path}: not a training checkpoint (no {STATE_FILE}) and no "
+                                "checkpoints under it")
+    return found
+
+
+def _step_of(path: str) -> int:
+    m = STEP_DIR.match(os.path.basename(path))
+    return int(m.group(1)) if m else -1
 
 
 def remove_stale(root: str) -> None:
@@ -172,41 +195,126 @@ def copy_tokenizer(src: str, dst: str) -> None:
             shutil.copyfile(path, os.path.join(dst, name))
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG's state, as tensors and plain lists (loadable with weights_only=True: no pickled objects)."""
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise TrainingCheckpointError(f"{path} is missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TrainingCheckpointError(f"{path} is not valid JSON ({e})") from None
+
+
+def _read_tensors(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.exists(path):
+        raise TrainingCheckpointError(f"{path} is missing")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TrainingCheckpointError(f"{path} is not a valid safetensors file ({e})") from None
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: str) -> dict[str, str]:
+    """Write tensors as safetensors; a tensor sharing memory with one already written (tied weights) is
+    recorded as an alias of it instead. Returns {alias: name}."""
+    unique: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in tensors.items():
+        t = t.detach().cpu()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        unique[name] = t.contiguous()
+    save_file(unique, path)
+    return aliases
+
+
+def save_trainer_state(directory: str, model_state: dict[str, torch.Tensor], optim_state: dict[str, Any]) -> None:
+    """The model's and the optimizer's whole state (rank 0), as safetensors + JSON."""
+    d = os.path.join(directory, "trainer")
+    os.makedirs(d, exist_ok=True)
+    aliases = _save_tensors(model_state, os.path.join(d, "model.safetensors"))
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for param, entries in optim_state["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{param}/{name}"] = value
+            else:
+                scalars.setdefault(param, {})[name] = value
+    _save_tensors(tensors, os.path.join(d, "optimizer.safetensors"))
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in optim_state["param_groups"]]
+    with open(os.path.join(d, "optimizer.json"), "w", encoding="utf-8") as f:
+        json.dump({"param_groups": groups, "scalars": scalars, "model_aliases": aliases}, f, indent=1)
+
+
+def read_trainer_state(directory: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(model state, optimizer state) written by `save_trainer_state`, checked to be complete; a damaged file
+    raises TrainingCheckpointError naming it. Nothing is unpickled."""
+    d = os.path.join(directory, "trainer")
+    meta_path = os.path.join(d, "optimizer.json")
+    meta = _read_json(meta_path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list):
+        raise TrainingCheckpointError(f"{meta_path} does not describe an optimizer state (no param_groups)")
+    model_state = _read_tensors(os.path.join(d, "model.safetensors"))
+    for alias, name in meta.get("model_aliases", {}).items():
+        if name not in model_state:
+            raise TrainingCheckpointError(f"{meta_path}: {alias} is an alias of {name}, which "
+                                          f"{os.path.join(d, 'model.safetensors')} does not hold")
+        model_state[alias] = model_state[name]
+    state: dict[str, dict[str, Any]] = {}
+    for key, value in _read_tensors(os.path.join(d, "optimizer.safetensors")).items():
+        param, _, name = key.rpartition("/")
+        state.setdefault(param, {})[name] = value
+    for param, entries in meta.get("scalars", {}).items():
+        state.setdefault(param, {}).update(entries)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    return model_state, {"state": state, "param_groups": groups}
+
+
+def save_rng(directory: str, rank: int) -> None:
+    """This rank's RNG states: torch's (CPU, CUDA) as tensors, numpy's and Python's as JSON."""
+    d = os.path.join(directory, "trainer")
+    os.makedirs(d, exist_ok=True)
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, py_gauss = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-        "python": [version, list(internal), py_gauss],
-    }
+    tensors = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64))}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(tensors, os.path.join(d, f"rng-{rank:05d}.safetensors"))
+    with open(os.path.join(d, f"rng-{rank:05d}.json"), "w", encoding="utf-8") as f:
+        json.dump({"numpy": [kind, int(pos), int(has_gauss), float(gauss)], "python": [version, list(internal), py_gauss]},
+                  f)
+
+
+def read_rng(directory: str, rank: int) -> dict[str, Any] | None:
+    """This rank's saved RNG states, or None when the checkpoint has none for it (saved by fewer ranks)."""
+    d = os.path.join(directory, "trainer")
+    path = os.path.join(d, f"rng-{rank:05d}.safetensors")
+    if not os.path.exists(path):
+        return None
+    tensors = _read_tensors(path)
+    meta_path = os.path.join(d, f"rng-{rank:05d}.json")
+    meta = _read_json(meta_path)
+    try:
+        kind, pos, has_gauss, gauss = meta["numpy"]
+        version, internal, py_gauss = meta["python"]
+        return {"torch": tensors["torch"], "cuda": [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")],
+                "numpy": (kind, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss),
+                "python": (version, tuple(internal), py_gauss)}
+    except (KeyError, TypeError, ValueError) as e:
+        raise TrainingCheckpointError(f"{meta_path} / {path}: not the RNG state this library writes ({e})") from None
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, py_gauss = state["python"]
-    random.setstate((version, tuple(internal), py_gauss))
-    if "cuda" in state and torch.cuda.is_available():
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_rng(directory: str, rank: int) -> None:
-    os.makedirs(os.path.join(directory, "trainer"), exist_ok=True)
-    torch.save(rng_state(), os.path.join(directory, "trainer", f"rng-{rank:05d}.pt"))
-
-
-def load_rng(directory: str, rank: int) -> bool:
-    path = os.path.join(directory, "trainer", f"rng-{rank:05d}.pt")
-    if not os.path.exists(path):
-        return False
-    set_rng_state(torch.load(path, weights_only=True))
-    return True
 
 
 def write_state(directory: str, state: dict[str, Any]) -> None:
@@ -215,5 +323,10 @@ def write_state(directory: str, state: dict[str, Any]) -> None:
 
 
 def read_state(directory: str) -> dict[str, Any]:
-    with open(os.path.join(directory, STATE_FILE), encoding="utf-8") as f:
-        return json.load(f)
+    path = os.path.join(directory, STATE_FILE)
+    state = _read_json(path)
+    missing = [k for k in ("task", "step", "tokens", "loader", "skipped_steps", "bad_in_a_row")
+               if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise TrainingCheckpointError(f"{path} lacks {', '.join(missing)}: not a state this library writes")
+    return state

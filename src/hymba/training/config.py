@@ -18,8 +18,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import HymbaError
 
-class TrainConfigError(ValueError):
+
+class TrainConfigError(HymbaError, ValueError):
     """A training configuration that names unknown keys or impossible values."""
 
 

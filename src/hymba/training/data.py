@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import HymbaError
 from ..tokenizer import load_tokenizer
 from ..utils import atomic_dir, atomic_write_text
 from .tokenizer_train import train_bpe_tokenizer
@@ -42,7 +43,7 @@ DOC_SEPARATOR = "<|endoftext|>"  # the Gutenberg shards' book separator (a line 
 DEFAULT_INCLUDE = ("*.txt", "*.txt.gz", "*.jsonl", "*.jsonl.gz", "*.parquet")
 
 
-class DataError(ValueError):
+class DataError(HymbaError, ValueError):
     """Input data or a prepared dataset that cannot be used as it is."""
 
 

@@ -1,6 +1,6 @@
 """Data parallelism for the trainer: process group set-up from torchrun's environment, DDP or FSDP2
-(`fully_shard`) wrapping, collectives that are no-ops in a single process, and the model/optimizer state
-through `torch.distributed.checkpoint` (sharded: each rank writes and reads its own part).
+(`fully_shard`) wrapping, collectives that are no-ops in a single process, and the model/optimizer state as
+whole state dicts gathered on rank 0 (saved) and broadcast and re-sharded from it (resumed).
 
     torchrun --nproc_per_node 2 -m hymba train --config cfg.yaml distributed.strategy=fsdp
 """
@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
@@ -141,22 +141,22 @@ def set_gradient_sync(model: nn.Module, enabled: bool):
     return contextlib.nullcontext()
 
 
-# ---- sharded state ----------------------------------------------------------------------------------------------
-def save_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, path: str) -> None:
-    """Model and optimizer state through torch.distributed.checkpoint (every rank calls this)."""
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process.*")
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+# ---- whole state ------------------------------------------------------------------------------------------------
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's whole state, keyed by parameter name, on the CPU, on rank 0 (other ranks get an empty
+    dict); every rank must call this when the model is sharded."""
+    return get_optimizer_state_dict(unwrap(model), optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, path: str) -> None:
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
-        dcp.load(state, checkpoint_id=path)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict[str, torch.Tensor],
+                    optim_state: dict[str, Any], info: DistInfo) -> None:
+    """Load whole state dicts, read by rank 0 (the other ranks pass empty dicts), into the possibly sharded or
+    replicated model and its optimizer: the saving run's world size does not matter. Every rank calls this."""
+    inner = unwrap(model)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=info.distributed)
+    set_model_state_dict(inner, model_state, options=options)
+    set_optimizer_state_dict(inner, optimizer, optim_state, options=options)
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:

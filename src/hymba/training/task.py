@@ -8,11 +8,12 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..errors import HymbaError
 from . import distributed as D
 from .config import TrainConfig
 
 
-class TrainingError(RuntimeError):
+class TrainingError(HymbaError, RuntimeError):
     """Training cannot go on (diverged, misconfigured data/model pairing, ...)."""
 
 

@@ -15,6 +15,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +96,7 @@ class Trainer:
                  print_fn=None, log_indent: str = ""):
         self.cfg = cfg
         self.task = task
-        self.resume = resume
+        self.resume = True if resume == "auto" else resume
         self.print_fn = print_fn  # receives every log line instead of the terminal (no progress bar)
         self.log_indent = log_indent
         self.model: nn.Module | None = None  # unwrapped (after fit: the trained model)
@@ -204,19 +205,7 @@ class Trainer:
         if t.adaptive_threads and info.device.type == "cpu":
             run.tuner = ThreadTuner()
 
-        resume_from = C.resolve_resume(self.resume, t.out_dir)
-        if resume_from:
-            state = C.read_state(resume_from)
-            if state.get("task") != task.name:
-                raise TrainingError(f"--resume {resume_from}: that checkpoint is from a {state.get('task')!r} run, "
-                                    f"this is {task.name!r}")
-            D.load_sharded_state(wrapped, optimizer, os.path.join(resume_from, "trainer", "dcp"))
-            run.loader.load_state_dict(state["loader"])
-            run.step, run.tokens = state["step"], state["tokens"]
-            run.skipped, run.bad_in_a_row = state["skipped_steps"], state["bad_in_a_row"]
-            run.elapsed_before = state.get("elapsed_s", 0.0)
-            run.last_saved = run.step
-            C.load_rng(resume_from, info.rank)
+        resume_from = self._resume(run, task)
         if info.is_main:
             os.makedirs(t.out_dir, exist_ok=True)
             atomic_write_text(os.path.join(t.out_dir, "config.yaml"), cfg.to_yaml())
@@ -235,6 +224,48 @@ class Trainer:
                             "world_size": world, "task": task.name})
         run.t_start = run.window_t = time.perf_counter()
         return run
+
+    def _resume(self, run: "_Run", task: Task) -> str | None:
+        """Restore the checkpoint `self.resume` names (None: none; True: the newest of the run directory) into
+        `run`; returns its path. Rank 0 reads the whole state and checks it before anything is applied; with
+        True a damaged newest checkpoint is passed over, with a warning, for the newest intact one."""
+        if not self.resume:
+            return None
+        info = run.info
+        chosen = loaded = None
+        if info.is_main:
+            candidates = C.resume_candidates(self.resume, self.cfg.train.out_dir)
+            for i, path in enumerate(candidates):
+                try:
+                    state = C.read_state(path)
+                    if state["task"] != task.name:
+                        raise TrainingError(f"--resume {path}: that checkpoint is from a {state['task']!r} run, "
+                                            f"this is {task.name!r}")
+                    loaded = (state, *C.read_trainer_state(path))
+                    C.read_rng(path, 0)
+                except C.TrainingCheckpointError as e:
+                    older = candidates[i + 1:]
+                    if self.resume is not True or not older:
+                        hint = f"; the previous one is {older[0]}" if older else ""
+                        raise TrainingError(f"cannot resume from {path}: {e}{hint}") from None
+                    warnings.warn(f"checkpoint {path} is damaged ({e}); resuming from {older[0]} instead",
+                                  stacklevel=2)
+                    continue
+                chosen = path
+                break
+        chosen = D.broadcast_object(chosen)
+        state = D.broadcast_object(loaded[0] if loaded else None)
+        model_state, optim_state = loaded[1:] if loaded else ({}, {})
+        D.load_full_state(run.wrapped, run.optimizer, model_state, optim_state, info)
+        run.loader.load_state_dict(state["loader"])
+        run.step, run.tokens = state["step"], state["tokens"]
+        run.skipped, run.bad_in_a_row = state["skipped_steps"], state["bad_in_a_row"]
+        run.elapsed_before = state.get("elapsed_s", 0.0)
+        run.last_saved = run.step
+        rng = C.read_rng(chosen, info.rank)
+        if rng is not None:
+            C.set_rng_state(rng)
+        return chosen
 
     def _train_step(self, run: "_Run", progress: float | None) -> None:
         """One optimizer step over this rank's part of the next global batch (see the module docstring)."""
@@ -305,11 +336,12 @@ class Trainer:
         export: dict[str, Any] = {}
 
         def all_ranks(tmp: str) -> None:
-            D.save_sharded_state(run.wrapped, run.optimizer, os.path.join(tmp, "trainer", "dcp"))
             C.save_rng(tmp, run.info.rank)
             export["state"] = D.full_model_state(run.wrapped)
+            export["optim"] = D.full_optimizer_state(run.wrapped, run.optimizer)
 
         def main(tmp: str) -> None:
+            C.save_trainer_state(tmp, export["state"], export["optim"])
             self._export(run.model, export["state"], tmp, run.task)
             C.write_state(tmp, {
                 "task": run.task.name, "step": run.step, "tokens": run.tokens, "loader": run.loader.state_dict(),
