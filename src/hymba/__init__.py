@@ -2,11 +2,12 @@
 
 from .config import ConfigError, HymbaConfig
 from .engine import GenerateOutput, TextStreamer, generate, load_model_and_tokenizer
+from .errors import GenerationError, HymbaError, InputError
 from .modeling import CausalLMOutput, HymbaForCausalLM, HymbaModel
 from .tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 __version__ = "0.1.0"
 
-__all__ = ["CausalLMOutput", "ConfigError", "GenerateOutput", "HymbaConfig", "HymbaForCausalLM", "HymbaModel",
-           "TextStreamer", "Tokenizer", "TokenizerError", "__version__", "generate", "load_model_and_tokenizer",
-           "load_tokenizer"]
+__all__ = ["CausalLMOutput", "ConfigError", "GenerateOutput", "GenerationError", "HymbaConfig", "HymbaError",
+           "HymbaForCausalLM", "HymbaModel", "InputError", "TextStreamer", "Tokenizer", "TokenizerError", "__version__",
+           "generate", "load_model_and_tokenizer", "load_tokenizer"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
 from ..modeling.cache import CacheFullError, HybridCache
 from .cache import prefill
 
@@ -68,7 +69,7 @@ class StaticHybridCache(HybridCache):
             return super().begin_chunk(positions)
         B = positions.shape[0]
         if B != self.batch_size:
-            raise ValueError(f"cache was made for batch {self.batch_size}, got a batch of {B}")
+            raise InputError(f"cache was made for batch {self.batch_size}, got a batch of {B}")
         if self.length + 1 > self.capacity:
             raise CacheFullError(f"cache holds {self.max_length} text tokens (+{self.num_meta} meta); it is full")
         pos32 = positions.to(torch.int32)
@@ -121,7 +122,7 @@ def _compiled(fn, compile: bool | str):
     if compile is True:
         return torch.compile(fn, dynamic=False)
     if compile not in STEP_COMPILE_MODES:
-        raise ValueError(f"compile={compile!r}: expected True, False or one of {STEP_COMPILE_MODES} (modes that "
+        raise InputError(f"compile={compile!r}: expected True, False or one of {STEP_COMPILE_MODES} (modes that "
                          "capture CUDA graphs themselves would capture inside the decoder's graph)")
     return torch.compile(fn, dynamic=False, mode=compile)
 
@@ -163,7 +164,7 @@ class StaticDecoder:
                 chunk_size: int | None = None) -> torch.Tensor:
         """Run the prompts (left padding allowed) through the cache eagerly; logits [B, V] of the last position."""
         if input_ids.shape[0] != self.batch_size:
-            raise ValueError(f"this decoder was made for batch {self.batch_size}, got {input_ids.shape[0]} prompts")
+            raise InputError(f"this decoder was made for batch {self.batch_size}, got {input_ids.shape[0]} prompts")
         if self.cache.length != self.cache.num_meta:
             self.cache.reset(self._prefix)
         return prefill(self.model, self.cache, input_ids, attention_mask, chunk_size)

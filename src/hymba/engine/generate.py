@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import GenerationError, InputError
 from .cache import new_cache, prefill
 from .cuda_graph import CUDAGraphDecoder
 from .sampling import SamplingParams, apply_repetition_penalty, select_next_tokens, suppress_tokens
@@ -45,7 +46,7 @@ class GenerateOutput:
 def _check_prompts(input_ids, attention_mask, vocab_size: int, pad_token_id: int, device):
     if isinstance(input_ids, (list, tuple)) and input_ids and all(isinstance(r, (list, tuple)) for r in input_ids):
         if attention_mask is not None:
-            raise ValueError("pass prompts as a list of token lists without attention_mask (they are left padded "
+            raise InputError("pass prompts as a list of token lists without attention_mask (they are left padded "
                              "here), or as a padded tensor with its attention_mask")
         input_ids, attention_mask = _left_pad(input_ids, pad_token_id)
     if not isinstance(input_ids, torch.Tensor):
@@ -53,12 +54,12 @@ def _check_prompts(input_ids, attention_mask, vocab_size: int, pad_token_id: int
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
     if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        raise InputError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
     if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-        raise ValueError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
+        raise InputError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
     B, L = input_ids.shape
     if B == 0 or L == 0:
-        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give every row at least one "
+        raise InputError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give every row at least one "
                          "token (e.g. the BOS token)")
     input_ids = input_ids.to(device=device, dtype=torch.long)
     if attention_mask is None:
@@ -68,22 +69,22 @@ def _check_prompts(input_ids, attention_mask, vocab_size: int, pad_token_id: int
         if attention_mask.dim() == 1:
             attention_mask = attention_mask[None]
         if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
+            raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
                              f"{tuple(input_ids.shape)} like input_ids")
         valid = attention_mask.to(device=device) != 0
         empty = (~valid.any(1)).nonzero().flatten().tolist()
         if empty:
-            raise ValueError(f"attention_mask rows {empty} have no tokens at all; every prompt needs at least one")
+            raise InputError(f"attention_mask rows {empty} have no tokens at all; every prompt needs at least one")
         # Left padding: once a row's tokens start, they do not stop (the mask never goes 1 -> 0).
         bad = (valid[:, :-1] & ~valid[:, 1:]).any(1).nonzero().flatten().tolist()
         if bad:
-            raise ValueError(
+            raise InputError(
                 f"attention_mask rows {bad} are not left-padded (a padding position follows a token). Generation "
                 "appends after the last column, so every row's prompt must end there: pad on the left, e.g. "
                 "tokenizer(texts, padding_side='left').")
     real = input_ids[valid]
     if real.numel() and (int(real.min()) < 0 or int(real.max()) >= vocab_size):
-        raise ValueError(f"input_ids hold token ids outside the vocabulary [0, {vocab_size}): "
+        raise InputError(f"input_ids hold token ids outside the vocabulary [0, {vocab_size}): "
                          f"min {int(real.min())}, max {int(real.max())}")
     return input_ids, valid
 
@@ -110,7 +111,7 @@ def _resolve_ids(eos_token_id, pad_token_id, config, tokenizer) -> tuple[list[in
         eos = [int(t) for t in eos_token_id]
     for t in eos:
         if not 0 <= t < config.vocab_size:
-            raise ValueError(f"eos_token_id {t} is outside the vocabulary [0, {config.vocab_size})")
+            raise InputError(f"eos_token_id {t} is outside the vocabulary [0, {config.vocab_size})")
     if pad_token_id is None:
         for candidate in (config.pad_token_id, getattr(tokenizer, "pad_token_id", None), *eos, 0):
             if candidate is not None:
@@ -150,7 +151,7 @@ class _StaticSteps:
 
 def _static_decoder(model, batch_size: int, max_length: int, compile_step: bool | str = False):
     if model.device.type != "cuda":
-        raise ValueError(f"cuda_graph=True needs the model on a CUDA device (it is on {model.device})")
+        raise InputError(f"cuda_graph=True needs the model on a CUDA device (it is on {model.device})")
     return CUDAGraphDecoder(model, batch_size, max_length, compile=compile_step)
 
 
@@ -214,15 +215,15 @@ def generate(
     config = model.config
     device = model.device
     if max_new_tokens < 0 or min_new_tokens < 0:
-        raise ValueError(f"max_new_tokens ({max_new_tokens}) and min_new_tokens ({min_new_tokens}) must be >= 0")
+        raise InputError(f"max_new_tokens ({max_new_tokens}) and min_new_tokens ({min_new_tokens}) must be >= 0")
     if prefill_chunk_size < 1:
-        raise ValueError(f"prefill_chunk_size must be >= 1, got {prefill_chunk_size}")
+        raise InputError(f"prefill_chunk_size must be >= 1, got {prefill_chunk_size}")
     if seed is not None and generator is not None:
-        raise ValueError("pass seed or generator, not both")
+        raise InputError("pass seed or generator, not both")
     if cuda_graph is None:
         cuda_graph = device.type == "cuda" and (max_new_tokens >= CUDA_GRAPH_MIN_NEW_TOKENS or compile_step)
     if compile_step and not cuda_graph:
-        raise ValueError(f"compile_step={compile_step!r} compiles the CUDA graph's step: it needs cuda_graph "
+        raise InputError(f"compile_step={compile_step!r} compiles the CUDA graph's step: it needs cuda_graph "
                          "(and a CUDA device)")
     params = SamplingParams(do_sample, temperature, top_k, top_p, repetition_penalty)
     if not do_sample and (temperature != 1.0 or top_k != 0 or top_p != 1.0):
@@ -231,10 +232,20 @@ def generate(
         stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
         StopStringMatcher(stop_strings)  # validates
         if tokenizer is None:
-            raise ValueError("stop_strings need tokenizer= to turn the generated tokens into text")
+            raise InputError("stop_strings need tokenizer= to turn the generated tokens into text")
     eos, pad_token_id = _resolve_ids(eos_token_id, pad_token_id, config, tokenizer)
     input_ids, valid = _check_prompts(input_ids, attention_mask, config.vocab_size, pad_token_id, device)
     B, L = input_ids.shape
+    longest = int(valid.sum(1).max())
+    limit = config.max_position_embeddings
+    if longest > limit:
+        raise InputError(f"a prompt of {longest} tokens is longer than the model's max_position_embeddings ({limit})")
+    if longest + max_new_tokens > limit:
+        warnings.warn(f"max_new_tokens={max_new_tokens} would take a {longest}-token prompt past the model's "
+                      f"max_position_embeddings ({limit}): at most {limit - longest} new tokens are generated",
+                      stacklevel=2)
+        max_new_tokens = limit - longest
+        min_new_tokens = min(min_new_tokens, max_new_tokens)
     return_dict = return_dict or output_logits
     if generator is None and seed is not None and do_sample:
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -290,6 +301,11 @@ def generate(
     t0 = time.perf_counter()
     steps = 0
     for step in range(max_new_tokens):
+        finite = torch.isfinite(logits).all(-1)
+        if not bool(finite.all()):
+            row = int(rows[int((~finite).nonzero()[0])])
+            raise GenerationError(f"the model's logits for row {row} are not finite (NaN or inf) at step {step} "
+                                  "(0: after the prompt): the weights are damaged or the dtype overflows")
         if all_logits is not None:
             all_logits[rows, step] = logits
         scores = logits

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
+
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """CTRL's penalty (Keskar et al., 2019): every token already in the row (`seen` [B, V] bool) has its logit
@@ -35,7 +37,7 @@ def suppress_tokens(logits: torch.Tensor, token_ids: list[int], rows: torch.Tens
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 for sampling, got {temperature} (use greedy decoding instead)")
+        raise InputError(f"temperature must be > 0 for sampling, got {temperature} (use greedy decoding instead)")
     return logits if temperature == 1.0 else logits / temperature
 
 
@@ -52,7 +54,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     probability reaches p. A token is kept when the probability of the tokens ranked above it is below p, so
     the most likely token always survives."""
     if not 0 < p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {p}")
+        raise InputError(f"top_p must be in (0, 1], got {p}")
     if p == 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -75,14 +77,14 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.do_sample and self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}; "
+            raise InputError(f"temperature must be > 0 when sampling, got {self.temperature}; "
                              "pass do_sample=False for greedy decoding")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+            raise InputError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1.0 disables it), got {self.repetition_penalty}")
+            raise InputError(f"repetition_penalty must be > 0 (1.0 disables it), got {self.repetition_penalty}")
 
 
 def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TextIO
 
+from ..errors import InputError
+
 REPLACEMENT = "\ufffd"  # what a decoder yields for an incomplete UTF-8 sequence
 
 
@@ -70,7 +72,7 @@ class StopStringMatcher:
         stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
         for s in stop_strings:
             if not isinstance(s, str) or not s:
-                raise ValueError(f"stop strings must be non-empty strings, got {s!r}")
+                raise InputError(f"stop strings must be non-empty strings, got {s!r}")
         self.stop_strings = stop_strings
         self.pending = ""
         self.stopped = False

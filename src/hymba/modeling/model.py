@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint import load_pretrained, save_pretrained
 from ..config import HymbaConfig
+from ..errors import InputError
 from ..ops import Kernels, get_kernels
 from .cache import HybridCache
 from .layers import Experts, RMSNorm, RotaryEmbedding
@@ -88,16 +89,23 @@ class HymbaModel(nn.Module):
         pattern). Without a cache the meta tokens are prepended here; a cache already holds them."""
         if inputs_embeds is None:
             if input_ids is None:
-                raise ValueError("pass input_ids or inputs_embeds")
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+                raise InputError("pass input_ids or inputs_embeds")
+            self._check_ids(input_ids)
             inputs_embeds = self.embed_tokens(input_ids)
         B, L, _ = inputs_embeds.shape
         device = inputs_embeds.device
+        text_length = L if cache is None else cache.length - self.config.num_memory_tokens + L
+        if text_length > self.config.max_position_embeddings:
+            raise InputError(f"{text_length} text positions, more than the model's max_position_embeddings "
+                             f"({self.config.max_position_embeddings}); shorten the input")
         if attention_mask is not None:
             if attention_mask.shape != (B, L):
-                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
-                                 f"expected {(B, L)} like input_ids")
+                raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
+                                 f"expected {(B, L)} like the input")
+            if attention_mask.dtype != torch.bool and not _tracing():
+                odd = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+                if odd.numel():
+                    raise InputError(f"attention_mask must hold 0 (padding) and 1 (token), got {odd[0].item()}")
             attention_mask = attention_mask.to(device=device, dtype=torch.bool)
             if bool(attention_mask.all()):
                 attention_mask = None
@@ -117,6 +125,17 @@ class HymbaModel(nn.Module):
         hidden = self.run_layers(x, positions, valid, cache)
         hidden = self.final_layernorm(hidden)
         return hidden[:, M:] if cache is None else hidden
+
+    def _check_ids(self, input_ids: torch.Tensor) -> None:
+        if input_ids.dim() != 2:
+            raise InputError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise InputError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
+        if input_ids.numel() and not _tracing():  # (a host sync; CUDA graphs and compiled steps skip it)
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                raise InputError(f"input_ids hold token ids outside the vocabulary [0, {self.config.vocab_size}): "
+                                 f"min {low}, max {high}")
 
     def run_layers(self, x: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None, cache=None):
         """The layer stack on embeddings x [B, T, d] at `positions`; advances `cache` by T if given."""
@@ -178,6 +197,11 @@ class HymbaModel(nn.Module):
                 self.run_layers(x, positions, None, prefix)
         self._meta_prefix = (key, prefix)
         return prefix
+
+
+def _tracing() -> bool:
+    """Inside a CUDA graph capture or a torch.compile trace, where reading a value back to the host cannot be."""
+    return torch.compiler.is_compiling() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 def _positions(start: torch.Tensor, valid: torch.Tensor | None, T: int, device) -> torch.Tensor:
