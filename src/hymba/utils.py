@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -45,11 +46,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary directory beside `path`; it replaces `path` (whole) only if the block finishes."""
+    """Yield a temporary directory beside `path`; it replaces `path` (whole) only if the block finishes.
+
+    The temporary name carries the writing process's id, so what a killed writer left behind is recognised
+    and removed by the next writer of the same path."""
     path = os.path.abspath(os.fspath(path))
-    parent = os.path.dirname(path)
+    parent, name = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    remove_stale_temporaries(path)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=parent)
     os.chmod(tmp, 0o777 & ~_umask())  # the mode a plain mkdir would give, not mkdtemp's private 0700
     try:
         yield tmp
@@ -57,6 +62,30 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(path: str) -> list[str]:
+    """Delete the temporary directories that writers of `path` (`atomic_dir`) left when they were killed: those
+    whose process is gone. Returns what was removed."""
+    parent, name = os.path.split(os.path.abspath(path))
+    pattern = re.compile(rf"^\.{re.escape(name)}\.(\d+)\.[^.]+\.tmp$")
+    removed = []
+    for entry in os.listdir(parent) if os.path.isdir(parent) else []:
+        m = pattern.match(entry)
+        if m and not _alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            removed.append(os.path.join(parent, entry))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def replace_dir(src: str, dest: str) -> None:

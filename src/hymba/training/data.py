@@ -215,6 +215,26 @@ def _batched(docs: Iterator[_Doc], max_chars: int = 4_000_000) -> Iterator[list[
         yield batch
 
 
+def _check_output(out: str, overwrite: bool) -> None:
+    """`out` may be new, an empty directory, or (with overwrite) a dataset this function made; anything else is
+    refused by name, so that --overwrite never deletes files it did not write."""
+    if os.path.isfile(out):
+        raise DataError(f"--out {out} is a file; prepare writes a directory")
+    if not os.path.isdir(out) or not os.listdir(out):
+        return
+    if not overwrite:
+        raise DataError(f"--out {out} already exists and is not empty (pass --overwrite / overwrite=True to "
+                        "replace a prepared dataset)")
+    try:
+        with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
+            ours = json.load(f).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise DataError(f"refusing to overwrite {out}: it is not a dataset `hymba prepare` made (no {MANIFEST} of "
+                        "its format there); remove it yourself or choose another --out")
+
+
 def prepare_dataset(inputs: list[str], out: str, tokenizer: str | int, *, val_inputs: list[str] = (),
                     val_fraction: float = 0.0, seed: int = 0, shard_tokens: int = 100_000_000,
                     text_field: str = "text", separator: str | None = DOC_SEPARATOR,
@@ -233,8 +253,7 @@ def prepare_dataset(inputs: list[str], out: str, tokenizer: str | int, *, val_in
         raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
     inputs = expand_inputs(inputs, include)
     val_inputs = expand_inputs(val_inputs, include) if val_inputs else []
-    if os.path.exists(out) and os.listdir(out) and not overwrite:
-        raise FileExistsError(f"{out} already exists and is not empty (pass overwrite=True / --overwrite to replace it)")
+    _check_output(out, overwrite)
     t0 = time.time()
 
     if isinstance(tokenizer, int):
