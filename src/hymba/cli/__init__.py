@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import HymbaError
 from . import cache_size, chat, demo, dpo, eval, generate, info, perplexity, prepare, recall, sft, train
 
 # subcommand -> (module with add_arguments(parser) and run(args), one-line help)
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except HymbaError as e:  # what a command did not report itself: one line, not a traceback
+        print(f"hymba {args.command}: error: {e}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 

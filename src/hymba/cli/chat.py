@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        kwargs = generation_kwargs(args)
+        kwargs = generation_kwargs(args, "chat")
         model, tokenizer = load_model(args)
         if tokenizer.chat_template is None:
             raise ValueError(f"the tokenizer in {args.tokenizer or args.model} has no chat_template "

@@ -14,6 +14,7 @@ from ..config import ConfigError
 from ..engine import generate, load_model_and_tokenizer
 from ..engine.streaming import TextStreamer
 from ..tokenizer import TokenizerError
+from .options import non_empty, non_negative_float, non_negative_int, positive_float, positive_int, probability
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,16 +27,17 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sample")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: off)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (1: off)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens)
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 (default): greedy; > 0: sample")
+    p.add_argument("--top-p", type=probability, default=None, help="nucleus sampling mass in (0, 1] (default 1: off)")
+    p.add_argument("--top-k", type=non_negative_int, default=None,
+                   help="sample among the k most likely tokens (default 0: off)")
+    p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="> 1 discourages repeats (1: off)")
     p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
-    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+    p.add_argument("--stop", action="append", type=non_empty, default=None, metavar="TEXT",
                    help=r"stop when the text contains TEXT (repeatable; \n and \t are understood); "
                         "it is not printed")
-    p.add_argument("--prefill-chunk-size", type=int, default=512, help="prompt tokens per prefill step")
+    p.add_argument("--prefill-chunk-size", type=positive_int, default=512, help="prompt tokens per prefill step")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,17 +56,25 @@ def load_model(args: argparse.Namespace):
     return load_model_and_tokenizer(args.model, args.tokenizer, device=args.device, dtype=args.dtype)
 
 
-def generation_kwargs(args: argparse.Namespace) -> dict:
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0 (0: greedy), got {args.temperature}")
+def generation_kwargs(args: argparse.Namespace, command: str) -> dict:
+    """generate()'s settings from the sampling arguments; sampling options given for greedy decoding are
+    ignored, with a warning that says so."""
     sample = args.temperature > 0
+    if not sample:
+        ignored = [flag for flag, value in (("--top-p", args.top_p), ("--top-k", args.top_k), ("--seed", args.seed))
+                   if value is not None]
+        if ignored:
+            warn(command, f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored with --temperature 0 "
+                          "(greedy decoding); give a temperature > 0 to sample")
     return dict(max_new_tokens=args.max_new_tokens, do_sample=sample,
-                temperature=args.temperature if sample else 1.0, top_k=args.top_k if sample else 0,
-                top_p=args.top_p if sample else 1.0, repetition_penalty=args.repetition_penalty,
+                temperature=args.temperature if sample else 1.0, top_k=(args.top_k or 0) if sample else 0,
+                top_p=(args.top_p or 1.0) if sample else 1.0, repetition_penalty=args.repetition_penalty,
                 seed=args.seed if sample else None, stop_strings=[unescape(s) for s in args.stop or []] or None,
                 prefill_chunk_size=args.prefill_chunk_size)
+
+
+def warn(command: str, message: str) -> None:
+    print(f"hymba {command}: warning: {message}", file=sys.stderr)
 
 
 def unescape(text: str) -> str:
@@ -89,20 +99,35 @@ def report(out, stream=None) -> None:
 
 
 def _read_prompt(args: argparse.Namespace) -> str:
+    """The prompt as text; bytes that are not UTF-8 (from the command line, a file or standard input) are an
+    error that says where they came from."""
     if args.prompt is not None:
-        return args.prompt
+        source, text = "--prompt", args.prompt
+        try:  # undecodable command-line bytes arrive as lone surrogates
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"--prompt is not valid UTF-8 text (an undecodable byte at character {e.start})") from None
+        return text
     if args.prompt_file == "-":
-        return sys.stdin.read()
+        source, data = "standard input", sys.stdin.buffer.read()
+    else:
+        source = f"--prompt-file {args.prompt_file}"
+        try:
+            with open(args.prompt_file, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ValueError(f"{source}: {e.strerror}") from None
     try:
-        with open(args.prompt_file, encoding="utf-8") as f:
-            return f.read()
-    except OSError as e:
-        raise ValueError(f"--prompt-file {args.prompt_file}: {e.strerror}") from None
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source} is not valid UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        kwargs = generation_kwargs(args)
+        kwargs = generation_kwargs(args, "generate")
+        if args.system is not None and not args.chat:
+            warn("generate", "--system is ignored without --chat")
         prompt = _read_prompt(args)
         model, tokenizer = load_model(args)
         if args.chat:
