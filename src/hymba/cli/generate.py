@@ -109,6 +109,8 @@ def _read_prompt(args: argparse.Namespace) -> str:
             raise ValueError(f"--prompt is not valid UTF-8 text (an undecodable byte at character {e.start})") from None
         return text
     if args.prompt_file == "-":
+        if not hasattr(sys.stdin, "buffer"):  # a text stream (already decoded)
+            return sys.stdin.read()
         source, data = "standard input", sys.stdin.buffer.read()
     else:
         source = f"--prompt-file {args.prompt_file}"
