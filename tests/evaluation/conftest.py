@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 import torch
-from helpers import SHARED, randomized
 
+from helpers import SHARED, randomized
 from hymba import HymbaConfig, HymbaForCausalLM
 from hymba.tokenizer import load_tokenizer
 

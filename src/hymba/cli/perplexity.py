@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 
 from ..evaluation.perplexity import text_perplexity
 from ..evaluation.results import write_json
 from .generate import add_model_arguments, load_model
+from .progress import progress
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,18 +20,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="new tokens scored per window (default: max-length / 2; max-length: disjoint windows)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     p.add_argument("--out", default=None, metavar="FILE.json", help="also write the numbers as JSON")
-
-
-@contextlib.contextmanager
-def progress_bar(desc: str):
-    """A tqdm bar on a terminal (when tqdm is installed); otherwise nothing. Yields update(n)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        yield lambda n: None
-        return
-    with tqdm(desc=desc, disable=not sys.stderr.isatty()) as bar:
-        yield bar.update
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, tokenizer = load_model(args)
         model.eval()
-        with progress_bar("windows") as update:
+        with progress("windows") as update:
             result = text_perplexity(model, tokenizer, text, max_length=args.max_length, stride=args.stride,
                                      batch_size=args.batch_size, progress=update)
     except (ValueError, FileNotFoundError) as e:

@@ -16,7 +16,7 @@ from ..evaluation.results import markdown_table, plot_accuracy_vs_length, write_
 from ..modeling import HymbaForCausalLM
 from ..utils import atomic_write_text
 from .generate import add_model_arguments, load_model
-from .perplexity import progress_bar
+from .progress import progress
 
 
 def _ints(text: str) -> list[int]:
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         if longest > limit:
             print(f"note: samples reach {longest} tokens, beyond the {limit} the model was configured for "
                   "(max_position_embeddings less meta tokens)", file=sys.stderr)
-        with progress_bar("samples") as update:
+        with progress("samples") as update:
             summary = evaluate_recall(model, samples, by=by, batch_size=args.batch_size, progress=update)
     except (ValueError, FileNotFoundError) as e:
         print(f"hymba recall: {e}", file=sys.stderr)

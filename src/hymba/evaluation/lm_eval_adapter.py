@@ -145,7 +145,7 @@ class HymbaLM(TemplateLM):
             where.append(i)
         with tqdm(total=len(scored), disable=disable_tqdm, desc="loglikelihood") as bar:
             scores = score_targets(self.model, scored, batch_size=self.batch_size, max_length=self.max_length,
-                                   progress=bar.update)
+                                   progress=lambda done, total: bar.update(done - bar.n))
         for i, s in zip(where, scores):
             results[i] = (s.total, s.all_greedy)
         for (key, _, _), answer in zip(requests, results):

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from ..errors import InputError
 from .scoring import score_targets
 
 
@@ -78,8 +79,11 @@ def text_perplexity(model, tokenizer, text: str, max_length: int | None = None, 
     """Perplexity of `text` (CRLF line ends read as LF). Defaults: max_length = the model's context (its
     max_position_embeddings less the meta tokens), stride = max_length // 2."""
     text = text.replace("\r\n", "\n")
+    limit = model.config.max_position_embeddings
     if max_length is None:
-        max_length = model.config.max_position_embeddings - model.config.num_memory_tokens
+        max_length = limit - model.config.num_memory_tokens
+    elif max_length > limit:
+        raise InputError(f"max_length={max_length} is more than the model's max_position_embeddings ({limit})")
     if stride is None:
         stride = max(1, max_length // 2)
     tokens = tokenizer.encode(text)

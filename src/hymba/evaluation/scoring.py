@@ -51,13 +51,15 @@ def score_targets(model, requests: Sequence[tuple[Sequence[int], int]], batch_si
     """Score `requests` [(tokens, first_target), ...] with `model` (a HymbaForCausalLM); results in input order.
 
     The model reads tokens[:-1] and predicts tokens[first_target:]. `max_length` bounds the input positions per
-    request (checked, never truncated here). `progress(n)` is called after each batch with the requests done."""
+    request (checked, never truncated here). `progress(done, total)` is called after each batch with the
+    requests scored so far and their number."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     vocab = model.config.vocab_size
     for tokens, first in requests:
         check_request(tokens, first, vocab, max_length)
-    order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))  # longest first: OOM shows at once
+    order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]))
+    done = 0  # longest first: OOM shows at once
     results: list[TargetScores | None] = [None] * len(requests)
     device = model.device
     for start in range(0, len(order), batch_size):
@@ -94,8 +96,9 @@ def score_targets(model, requests: Sequence[tuple[Sequence[int], int]], batch_si
         for i, n in zip(batch, owners):
             results[i] = TargetScores(logprobs_t[offset:offset + n], greedy_t[offset:offset + n])
             offset += n
+        done += len(batch)
         if progress is not None:
-            progress(len(batch))
+            progress(done, len(requests))
     return results  # type: ignore[return-value]
 
 

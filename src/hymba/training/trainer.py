@@ -122,6 +122,9 @@ class Trainer:
                 model = HymbaForCausalLM(config)
         model.set_kernels(m.kernels)
         task.check_model(model)
+        if self.cfg.data.seq_len > model.config.max_position_embeddings:
+            raise TrainingError(f"data.seq_len={self.cfg.data.seq_len} is more than the model's "
+                                f"max_position_embeddings ({model.config.max_position_embeddings})")
         return model.train()
 
     def _precision(self, device: torch.device):

@@ -18,8 +18,22 @@ import triton
 import triton.language as tl
 
 from . import launch
-from .common import (_LN2, LOG2E, _across_splits, _channels_last, _delta, _f32, _fast, _lane_layout, _load_row,
-                     _load_x, _packed_bc, _row_slice, _sigmoid, _unpack_row)
+from .common import (
+    _LN2,
+    LOG2E,
+    _across_splits,
+    _channels_last,
+    _delta,
+    _f32,
+    _fast,
+    _lane_layout,
+    _load_row,
+    _load_x,
+    _packed_bc,
+    _row_slice,
+    _sigmoid,
+    _unpack_row,
+)
 from .segments import _entering_adjoints
 
 

@@ -18,8 +18,24 @@ import triton
 import triton.language as tl
 
 from . import launch
-from .common import (LOG2E, _across_splits, _channels_last, _check_shapes, _f32, _fast, _lane_layout, _load_row,
-                     _load_x, _packed_bc, _rates_and_bias, _row_slice, _sigmoid, _softplus, _unpack_row, _zeros)
+from .common import (
+    LOG2E,
+    _across_splits,
+    _channels_last,
+    _check_shapes,
+    _f32,
+    _fast,
+    _lane_layout,
+    _load_row,
+    _load_x,
+    _packed_bc,
+    _rates_and_bias,
+    _row_slice,
+    _sigmoid,
+    _softplus,
+    _unpack_row,
+    _zeros,
+)
 from .segments import _entering_states
 
 
