@@ -97,6 +97,7 @@ def test_the_saved_state_round_trips_exactly(run_dir):
 
 
 def test_windows_longer_than_the_models_positions_are_refused(prepared, tmp_path):
-    cfg = tiny_config(prepared, str(tmp_path / "long"), data={"seq_len": 513})  # the tiny preset has 512 positions
+    cfg = tiny_config(prepared, str(tmp_path / "long"))
+    cfg.data.seq_len = 513  # the tiny preset has 512 positions
     with pytest.raises(TrainingError, match="data.seq_len=513 is more than the model's max_position_embeddings .512."):
         Trainer(cfg, print_fn=lambda s: None).fit()
