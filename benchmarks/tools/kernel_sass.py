@@ -3,10 +3,10 @@
 Triton compiles a kernel all the way to an sm_90 cubin on a CPU (its wheel ships ptxas and nvdisasm). The
 inner loop of a scan kernel runs once per time step, so its instruction mix per step (FMA, MUFU, shuffles,
 loads, integer work) says where the issue slots go before any GPU time is spent. This is how the scan kernels
-were tuned (benchmarks/README.md): e.g. it showed softplus' log2 compiling to ~25 instructions a step.
+were tuned (benchmarks/README.md, "scan"): e.g. it showed softplus' log2 compiling to ~25 instructions a step.
 
-    python benchmarks/kernel_sass.py                       # list the kernel variants (build_check's)
-    python benchmarks/kernel_sass.py "scan backward" [--set BD=32 --set S=1] [--aligned] [--dump FILE]
+    python benchmarks/tools/kernel_sass.py                       # list the kernel variants (build_check's)
+    python benchmarks/tools/kernel_sass.py "scan backward" [--set BD=32 --set S=1] [--aligned] [--dump FILE]
 
 Takes the first variant whose label contains the text; `--set` overrides its compile-time constants. Prints
 registers, spills and, for every loop (a backward branch), its length and most frequent opcodes.
@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src"))
 
 _INSTR = re.compile(r"^\s+/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)(.*)")
 
