@@ -1,9 +1,9 @@
 """Where the GPU time goes, kernel by kernel and by kind of work (torch.profiler), for hymba-1.5b with random
 bf16 weights; a diagnostic beside the benchmarks, not one of them (needs a GPU).
 
-    python -m benchmarks.tools.profile decode [--batch 128] [--context 8192] [--compile]
-    python -m benchmarks.tools.profile prefill [--shapes 1x8192,8x2048] [--compiled]
-    python -m benchmarks.tools.profile train [--batch 4] [--context 2048] [--compiled]
+    python -m benchmarks.tools.gpu_profile decode [--batch 128] [--context 8192] [--compile]
+    python -m benchmarks.tools.gpu_profile prefill [--shapes 1x8192,8x2048] [--compiled]
+    python -m benchmarks.tools.gpu_profile train [--batch 4] [--context 2048] [--compiled]
 
 decode: one step of the CUDA-graph decoder over a cache filled directly with random K/V and states (a step
 reads the whole cache whatever it holds), launched eagerly under the profiler, next to the graph's step time
