@@ -102,20 +102,21 @@ def time_ms(fn, device: torch.device, warmup: int = 3, reps: int = 10) -> dict:
 
 
 def copy_bandwidth(device: torch.device, small: bool = False) -> float:
-    """Bytes read + written per second by a large copy (1 GiB on a GPU, 64 MiB on the CPU)."""
+    """Bytes read + written per second by a large copy (1 GiB on a GPU, 64 MiB on the CPU), the best of 10:
+    what the machine can do, the reference of the floors."""
     n = (2**20 if small else 256 * 2**20) if device.type == "cuda" else (2**18 if small else 16 * 2**20)
     a = torch.randn(n, device=device)
     b = torch.empty_like(a)
-    ms = time_ms(lambda: b.copy_(a), device, warmup=2, reps=10)["median_ms"]
+    ms = time_ms(lambda: b.copy_(a), device, warmup=2, reps=10)["min_ms"]
     return 2 * a.nbytes / (ms * 1e-3)
 
 
 def matmul_rate(device: torch.device, small: bool = False) -> float:
-    """FLOP/s of a square matmul: bf16 8192^2 on a GPU, fp32 1024^2 on the CPU (the rate the models use)."""
+    """FLOP/s of a square matmul, the best of 10: bf16 8192^2 on a GPU, fp32 1024^2 on the CPU."""
     n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
     n = 64 if small else n
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    ms = time_ms(lambda: a @ b, device, warmup=2, reps=10)["median_ms"]
+    ms = time_ms(lambda: a @ b, device, warmup=2, reps=10)["min_ms"]
     return 2 * n**3 / (ms * 1e-3)
 
 

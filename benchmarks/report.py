@@ -57,7 +57,8 @@ def _machine(doc: dict) -> str:
     if doc["suite"] == "gpu" and m.get("gpu"):
         where = f"{m['gpu']} ({m.get('gpu_memory_GiB')} GiB)"
     else:
-        where = f"{m.get('cpu', '?')}, {m.get('torch_threads', '?')} torch threads"
+        n = m.get("torch_threads", "?")
+        where = f"{m.get('cpu', '?')}, {n} torch thread{'' if n == 1 else 's'}"
     return f"{where}, {doc.get('date', '?')[:10]}" + (f", `{commit}`" if commit else "")
 
 

@@ -11,7 +11,7 @@ layer ~2 minutes), one kernel at a time per process. So it runs in two phases:
 A benchmark that would start after the budget is spent (or could not finish in what is left, by its
 EST_S) is skipped; one still running when it is spent is stopped. A failure is recorded and the next one
 runs; the exit status is 1 if any benchmark (a check included) failed. Stopped at a time limit counts as
-skipped, not failed.
+skipped, not failed; a skipped benchmark leaves an earlier real measurement's JSON in place.
 """
 
 from __future__ import annotations
@@ -94,6 +94,10 @@ class Child:
 
     def outcome(self) -> dict:
         """{status, error, wall_s, result, machine} once the process has ended."""
+        try:  # whatever it left running (compile workers)
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
         self.reader.join(timeout=5)
         wall_s = round(time.time() - self.start, 1)
         payload = {}
@@ -180,6 +184,16 @@ def _document(member, args, outcome: dict, started: str, jobs: list) -> dict:
         parallel_jobs=[{k: j[k] for k in ("label", "status", "error", "wall_s")} for j in jobs])
 
 
+def _measured(path: str) -> bool:
+    """Whether `path` holds a real (not smoke) measurement, which a skipped run does not replace."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return doc.get("status") == "ok" and not doc.get("smoke")
+
+
 def run(args) -> int:
     members = registry.select(args.suite, args.only)
     out = args.out
@@ -212,7 +226,11 @@ def run(args) -> int:
                     child.stop(f"time budget ({args.budget_s:.0f} s)")
                 outcome = child.outcome()
             doc = _document(m, args, outcome, started, jobs[m.NAME])
-            write_json(os.path.join(out, f"{m.NAME}.json"), doc)
+            path = os.path.join(out, f"{m.NAME}.json")
+            if doc["status"] == "skipped" and _measured(path):
+                print(f"== {m.NAME}: skipped; {path} keeps the last measurement", flush=True)
+                continue
+            write_json(path, doc)
             failed += doc["status"] == "failed"
             why = f" ({doc['error'].strip().splitlines()[-1][:300]})" if doc["error"] else ""
             print(f"== {m.NAME}: {doc['status']}{why}, {doc['wall_s']:.0f} s", flush=True)
