@@ -11,6 +11,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # `benchmarks` is a package at the repository's root, not installed
+    sys.path.insert(0, ROOT)
 README = os.path.join(ROOT, "benchmarks", "README.md")
 FIELDS = {"name", "suite", "description", "status", "error", "date", "wall_s", "smoke", "machine", "args",
           "params", "metrics", "details", "notes", "parallel_jobs"}
