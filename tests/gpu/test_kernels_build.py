@@ -26,12 +26,12 @@ def test_all_kernels_lower_to_triton_ir():
 
 
 def test_scan_backward_compiles_for_hopper_without_spills_and_reduces_by_shuffles():
-    """benchmarks/kernel_sass.py takes the scan backward to sm_90 machine code on the CPU: the default launch
+    """benchmarks/tools/kernel_sass.py takes the scan backward to sm_90 machine code on the CPU: the default launch
     configuration fits in registers (no stack), and its reverse walk sums dB, dC with warp shuffles."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "kernel_sass.py"), "scan backward"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    tool = os.path.join(root, "benchmarks", "tools", "kernel_sass.py")
+    out = subprocess.run([sys.executable, tool, "scan backward"], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     head, *loop_lines = out.stdout.strip().splitlines()
     assert "0 bytes of stack" in head, head
@@ -47,7 +47,7 @@ def test_decode_attention_loads_keys_and_values_as_vectors_when_aligned():
     root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
     sizes = {}
     for flag in ("--aligned", None):
-        cmd = [sys.executable, os.path.join(root, "benchmarks", "kernel_sass.py"),
+        cmd = [sys.executable, os.path.join(root, "benchmarks", "tools", "kernel_sass.py"),
                "decode attention {'HAS_WINDOW': True, 'IEEE': False} scale fp32"] + ([flag] if flag else [])
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]

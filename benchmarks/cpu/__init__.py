@@ -1,0 +1,1 @@
+"""CPU suite: benchmarks that run on any machine."""

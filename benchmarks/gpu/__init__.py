@@ -1,0 +1,1 @@
+"""GPU suite: checks and timed benchmarks (on the CPU under --smoke)."""
