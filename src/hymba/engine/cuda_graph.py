@@ -56,11 +56,7 @@ class StaticHybridCache(HybridCache):
                                                             device=device)
         self.length_t = torch.zeros(1, dtype=torch.long, device=device)  # == self.length, on the device
         self._step: tuple | None = None
-        # The bookkeeping runs eagerly inside a compiled step: it reads and advances Python ints, which
-        # torch.compile would otherwise bake into the graph and recompile for at every step. (Wrapped here
-        # rather than decorated: the decorator would import torch._dynamo with the package.)
-        self.begin_chunk = torch.compiler.disable(self.begin_chunk)
-        self.end_chunk = torch.compiler.disable(self.end_chunk)
+        _keep_bookkeeping_eager()
 
     # ---- the decode step: device-side indices, whole buffers ----------------------------------------------
     def begin_chunk(self, positions: torch.Tensor):
@@ -114,6 +110,17 @@ class StaticHybridCache(HybridCache):
         self.length_t.fill_(self.length)
 
 
+def _keep_bookkeeping_eager() -> None:
+    """The cache's bookkeeping runs eagerly inside a compiled step: it reads and advances Python ints, which
+    torch.compile would otherwise bake into the graph and recompile for at every step. Applied to the class
+    at its first use rather than as decorators, which would import torch._dynamo with the package."""
+    cls = StaticHybridCache
+    if not getattr(cls, "_bookkeeping_eager", False):
+        cls.begin_chunk = torch.compiler.disable(cls.begin_chunk)
+        cls.end_chunk = torch.compiler.disable(cls.end_chunk)
+        cls._bookkeeping_eager = True
+
+
 # torch.compile modes for the decode step: those that leave CUDA graphs to us (the others capture their own)
 STEP_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
@@ -125,6 +132,10 @@ def _compiled(fn, compile: bool | str):
         raise InputError(f"compile={compile!r}: expected True, False or one of {STEP_COMPILE_MODES} (modes that "
                          "capture CUDA graphs themselves would capture inside the decoder's graph)")
     return torch.compile(fn, dynamic=False, mode=compile)
+
+
+def _model_step(model, ids: torch.Tensor, cache) -> torch.Tensor:
+    return model(ids, cache=cache, logits_to_keep=1).logits[:, -1]
 
 
 class StaticDecoder:
@@ -144,7 +155,9 @@ class StaticDecoder:
 
     def __init__(self, model, batch_size: int, max_length: int, compile: bool | str = False):
         self.model = model
-        self._run_step = _compiled(self._eager_step, compile) if compile else self._eager_step
+        # a plain function of the decoder's state, not a bound method: the decoder must not refer to itself (a
+        # cycle would keep its cache, gigabytes on a GPU, alive until the cycle collector runs)
+        self._run_step = _compiled(_model_step, compile) if compile else _model_step
         self.batch_size = batch_size
         self.cache = StaticHybridCache(model.config, batch_size, max_length, device=model.device, dtype=model.dtype)
         self._prefix = model.model.meta_prefix()
@@ -152,12 +165,9 @@ class StaticDecoder:
         self.cache.length_t.fill_(self.cache.length)
         self._ids = torch.zeros(batch_size, 1, dtype=torch.long, device=model.device)
 
-    def _eager_step(self) -> torch.Tensor:
-        return self.model(self._ids, cache=self.cache, logits_to_keep=1).logits[:, -1]
-
     @torch.no_grad()
     def _forward_step(self) -> torch.Tensor:
-        return self._run_step()
+        return self._run_step(self.model, self._ids, self.cache)
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
