@@ -267,7 +267,8 @@ def git_commit() -> dict:
             return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    return dict(commit=git("rev-parse", "HEAD") or None,
+    # BENCH_COMMIT: the commit of a copied working tree whose .git is not its own (a remote run)
+    return dict(commit=os.environ.get("BENCH_COMMIT") or git("rev-parse", "HEAD") or None,
                 dirty=bool(git("status", "--porcelain", "--", "src", "benchmarks", ":!benchmarks/results")))
 
 

@@ -241,11 +241,9 @@ def generate(
     if longest > limit:
         raise InputError(f"a prompt of {longest} tokens is longer than the model's max_position_embeddings ({limit})")
     if longest + max_new_tokens > limit:
-        warnings.warn(f"max_new_tokens={max_new_tokens} would take a {longest}-token prompt past the model's "
-                      f"max_position_embeddings ({limit}): at most {limit - longest} new tokens are generated",
-                      stacklevel=2)
-        max_new_tokens = limit - longest
-        min_new_tokens = min(min_new_tokens, max_new_tokens)
+        warnings.warn(f"max_new_tokens={max_new_tokens} may take a {longest}-token prompt past the model's "
+                      f"max_position_embeddings ({limit}): tokens beyond it are generated at positions the model "
+                      "was not configured for", stacklevel=2)
     return_dict = return_dict or output_logits
     if generator is None and seed is not None and do_sample:
         generator = torch.Generator(device=device).manual_seed(seed)

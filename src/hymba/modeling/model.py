@@ -94,9 +94,8 @@ class HymbaModel(nn.Module):
             inputs_embeds = self.embed_tokens(input_ids)
         B, L, _ = inputs_embeds.shape
         device = inputs_embeds.device
-        text_length = L if cache is None else cache.length - self.config.num_memory_tokens + L
-        if text_length > self.config.max_position_embeddings:
-            raise InputError(f"{text_length} text positions, more than the model's max_position_embeddings "
+        if cache is None and L > self.config.max_position_embeddings:  # (a cache's capacity bounds the rest)
+            raise InputError(f"{L} text positions, more than the model's max_position_embeddings "
                              f"({self.config.max_position_embeddings}); shorten the input")
         if attention_mask is not None:
             if attention_mask.shape != (B, L):
