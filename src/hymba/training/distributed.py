@@ -2,7 +2,7 @@
 (`fully_shard`) wrapping, collectives that are no-ops in a single process, and the model/optimizer state as
 whole state dicts gathered on rank 0 (saved) and broadcast and re-sharded from it (resumed).
 
-    torchrun --nproc_per_node 2 -m hymba train --config cfg.yaml distributed.strategy=fsdp
+    torchrun --nproc_per_node 2 -m hymba.cli train --config cfg.yaml distributed.strategy=fsdp
 """
 
 from __future__ import annotations
