@@ -14,8 +14,7 @@ If they are already imported, it registers at once. `register()` does all three 
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.metadata
+import importlib.util
 import sys
 import warnings
 from collections.abc import Callable
@@ -33,6 +32,8 @@ class TransformersVersionError(HymbaError, ImportError):
 
 def transformers_version() -> tuple[int, ...] | None:
     """The installed transformers' (major, minor), from its metadata (nothing imported); None if absent."""
+    import importlib.metadata  # (here: ~30 ms of email parsing that `import hymba` need not pay)
+
     try:
         version = importlib.metadata.version("transformers")
     except importlib.metadata.PackageNotFoundError:
@@ -101,9 +102,8 @@ def register() -> None:
 
 def install() -> None:
     """Register with each of transformers' Auto modules as soon as it is imported (now, for those already
-    imported). Does nothing, importing nothing, without transformers >= 5."""
-    version = transformers_version()
-    if version is None or version < MIN_TRANSFORMERS:
+    imported). Without transformers this does nothing; its version is checked when a registration runs."""
+    if importlib.util.find_spec("transformers") is None:
         return
     pending = {}
     for name, registration in _REGISTRATIONS.items():
@@ -115,20 +115,26 @@ def install() -> None:
         sys.meta_path.insert(0, _RegisterAfterImport(pending))
 
 
-def _run(registration: Callable[[ModuleType], None], module: ModuleType) -> None:
+def _run(registration: Callable[[ModuleType], None], module: ModuleType) -> bool:
     """A registration that fails warns (naming the transformers version) instead of breaking the user's import
-    of transformers; the test suite checks that none does."""
+    of transformers; the test suite checks that none does. Returns whether it ran."""
     try:
+        check_transformers()
         registration(module)
-    except Exception as e:  # any failure here is an incompatible transformers
+        return True
+    except Exception as e:  # an older or incompatible transformers
+        import importlib.metadata
+
         warnings.warn(f"hymba could not register with transformers {importlib.metadata.version('transformers')} "
                       f"({registration.__name__}: {type(e).__name__}: {e}); AutoModel/AutoTokenizer will not know "
                       "Hymba checkpoints", RuntimeWarning, stacklevel=2)
+        return False
 
 
-class _RegisterAfterImport(importlib.abc.MetaPathFinder):
-    """A meta-path finder that lets the regular finders find the watched modules and wraps their loaders so that
-    the registration runs right after the module has executed; it removes itself once all have run."""
+class _RegisterAfterImport:
+    """A meta-path finder (importlib.abc.MetaPathFinder's protocol, without the base class, whose import costs
+    ~15 ms) that lets the regular finders find the watched modules and wraps their loaders so that the
+    registration runs right after the module has executed; it removes itself once all have run."""
 
     def __init__(self, pending: dict[str, Callable[[ModuleType], None]]):
         self.pending = pending
@@ -151,15 +157,15 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
     def _done(self, fullname: str) -> Callable[[ModuleType], None]:
         def after(module: ModuleType) -> None:
             registration = self.pending.pop(fullname, None)
+            if registration is not None and not _run(registration, module):
+                self.pending.clear()  # (one warning is enough)
             if not self.pending and self in sys.meta_path:
                 sys.meta_path.remove(self)
-            if registration is not None:
-                _run(registration, module)
 
         return after
 
 
-class _LoaderThenRegister(importlib.abc.Loader):
+class _LoaderThenRegister:
     """The module's own loader, then a callback; everything else (source, resources) is the loader's."""
 
     def __init__(self, loader, after: Callable[[ModuleType], None]):
