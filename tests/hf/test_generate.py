@@ -30,6 +30,8 @@ def test_golden_greedy_path_alone_and_in_a_left_padded_batch(golden):
     assert torch.equal(batch[0, 3:], want[0])
     alone = model.generate(other, max_new_tokens=72, do_sample=False)
     assert torch.equal(batch[1], alone[0])
+    embedded = model.generate(inputs_embeds=model.get_input_embeddings()(prompt), max_new_tokens=20, do_sample=False)
+    assert torch.equal(embedded[0], want[0, 10:30])  # (from embeddings: the new tokens only)
 
 
 @pytest.fixture(scope="module")

@@ -141,3 +141,18 @@ def test_from_config_initializes_like_the_package():
     theirs = ours.state_dict()
     assert all(torch.equal(t, theirs[name]) for name, t in model.state_dict().items())
     torch.testing.assert_close(model.model.rotary.inv_freq, rope_inv_freq(hymba_config), rtol=0, atol=0)
+
+
+def test_resized_embeddings_take_the_new_tokens(hf_dir):
+    """Adding a special token and resizing (as fine-tuning recipes do): the new id is accepted."""
+    from transformers import AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|tool|>"]})
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    ids = tokenizer("call <|tool|>", return_tensors="pt")
+    assert ids["input_ids"][0, -1] == 32001
+    with torch.no_grad():
+        assert model(**ids).logits.shape == (1, ids["input_ids"].shape[1], 32002)
+    assert model.to_hymba().config.vocab_size == 32002

@@ -56,8 +56,7 @@ class HymbaHFModel(HymbaModel):
             if kwargs.get(key):
                 raise InputError(f"{key}=True is not supported: Hymba's layers return neither attention weights "
                                  "nor per-layer hidden states")
-        if use_cache is None:
-            use_cache = cache is not None
+        use_cache = bool(use_cache) or cache is not None  # (a cache given is used: its tokens come first)
         if cache is not None and not isinstance(cache, HymbaCache):
             raise InputError(f"Hymba decodes with a HymbaCache (global K/V, window rings with the meta tokens, conv "
                              f"and SSM state), got a {type(cache).__name__}; pass cache=None and let the model make "
@@ -183,6 +182,13 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
 
     def get_decoder(self) -> HymbaHFModel:
         return self.model
+
+    def resize_token_embeddings(self, *args, **kwargs):
+        """transformers' resize (e.g. after adding special tokens); the model's own config follows, since the
+        model checks token ids against its vocab_size."""
+        result = super().resize_token_embeddings(*args, **kwargs)
+        self.hymba_config = self.model.config = self.config.to_hymba()
+        return result
 
     # ---- forward ---------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
