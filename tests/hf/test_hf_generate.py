@@ -4,8 +4,8 @@ strings, and a cache that grows as tokens arrive."""
 
 import pytest
 import torch
-from conftest import small_lm_config
 from helpers import randomized
+from hf_helpers import small_lm_config
 from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from hymba import HymbaForCausalLM

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import RELEASE, small_lm_config
+from hf_helpers import RELEASE, small_lm_config
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
 

@@ -6,7 +6,7 @@ import re
 import shutil
 
 import pytest
-from conftest import RELEASE, TOKENIZER_FILES
+from hf_helpers import RELEASE, TOKENIZER_FILES
 from transformers import AutoTokenizer
 
 from hymba import load_tokenizer
