@@ -41,17 +41,20 @@ class _LayerView:
     supports_early_init = False
 
     def __init__(self, cache: "HymbaCache", layer: int):
+        """Layer `layer` of `cache`."""
         self._cache, self.layer = cache, layer
         c = cache.config
         self.makes_kv = c.makes_kv(layer)
         self.is_sliding = self.makes_kv and not c.is_global(layer)
 
     def __repr__(self) -> str:
+        """What this layer keeps."""
         kind = ("sliding" if self.is_sliding else "global") + " K/V" if self.makes_kv else "shared K/V"
         return f"HymbaLayer({kind} + conv/SSM state)"
 
     @property
     def is_initialized(self) -> bool:
+        """Whether a forward has allocated the cache's state."""
         return self._cache.state is not None
 
     @property
@@ -62,13 +65,16 @@ class _LayerView:
 
     @property
     def values(self) -> torch.Tensor | None:
+        """This layer's stored values [B, Hkv, slots, v_head_dim], laid out as `keys`."""
         state = self._cache.state
         return state.v[self.layer] if state is not None and self.makes_kv else None
 
     def get_seq_length(self) -> int:
+        """The cache's length: every layer has seen the same tokens."""
         return self._cache.get_seq_length()
 
     def get_max_length(self) -> int:
+        """-1: no fixed maximum (the cache grows)."""
         return -1
 
 
@@ -77,11 +83,13 @@ class HymbaCache(Cache):
     and SSM state (`self.state`, a HybridCache, made by the model's first forward)."""
 
     def __init__(self, config: HymbaConfig):
+        """An empty cache for a model of `config`; the first forward allocates it for its batch."""
         self.config = config
         self.state: HybridCache | None = None
         super().__init__(layers=[_LayerView(self, i) for i in range(config.num_hidden_layers)])
 
     def __repr__(self) -> str:
+        """Empty, or the batch and length held."""
         held = "empty" if self.state is None else f"batch {self.state.batch_size}, {self.get_seq_length()} tokens"
         return f"HymbaCache({held})"
 
@@ -109,14 +117,17 @@ class HymbaCache(Cache):
         return 0 if self.state is None else self.state.length - self.state.num_meta
 
     def get_max_length(self, layer_idx: int | None = None) -> int:
-        return -1  # grows as needed
+        """-1: no fixed maximum (the cache grows)."""
+        return -1
 
     @property
     def batch_size(self) -> int:
+        """Rows held (-1 before the first forward)."""
         return -1 if self.state is None else self.state.batch_size
 
     @property
     def is_initialized(self) -> bool:
+        """Whether a forward has allocated the state."""
         return self.state is not None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -125,10 +136,12 @@ class HymbaCache(Cache):
             self.state.keep_rows(beam_idx)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the rows `indices`, in that order."""
         if self.state is not None:
             self.state.keep_rows(indices)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
+        """Each row `repeats` times in a row (as generate expands a batch for several sequences per prompt)."""
         if self.state is not None:
             rows = torch.arange(self.state.batch_size, device=self.state.next_position.device)
             self.state.keep_rows(rows.repeat_interleave(repeats))
@@ -138,24 +151,30 @@ class HymbaCache(Cache):
         self.state = None
 
     def crop(self, tokens_to_remove: int) -> None:
+        """Refused (but for nothing to remove): an SSM state cannot be rolled back."""
         if tokens_to_remove != 0:
             raise CacheUnsupportedError("Hymba's cache cannot drop tokens (crop): its SSM state cannot be rolled "
                                         "back, so assisted / speculative decoding is not supported")
 
     def activate_past_recording(self, **kwargs) -> None:
+        """Refused: recording states to roll back to is what assisted decoding asks for."""
         raise CacheUnsupportedError("Hymba's cache cannot record past states for rollback (its SSM state cannot be "
                                     "rolled back), so assisted / speculative decoding is not supported")
 
     def get_recurrent_states_to_keep(self, layer_idx: int | None = None) -> int:
+        """0: no past states are recorded."""
         return 0
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        """Not used: Hymba's layers store their K/V through the HybridCache (`attention_kv`)."""
         raise CacheUnsupportedError("Hymba's layers write their K/V themselves; HymbaCache.update is not used")
 
     def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+        """Not used: Hymba's masks come from the positions the HybridCache records."""
         raise CacheUnsupportedError("Hymba builds its attention masks from token positions, not transformers' "
                                     "mask sizes")
 
 
 def _round_up(n: int) -> int:
+    """n rounded up to a whole number of allocation steps (at least one)."""
     return -(-max(n, 1) // ALLOCATION_STEP) * ALLOCATION_STEP

@@ -35,6 +35,8 @@ class HymbaHFConfig(PreTrainedConfig):
     auto_map = MappingProxyType({})
 
     def __init__(self, **kwargs: Any):
+        """Hymba's keys (absent ones: the 1.5B release's values) validated by HymbaConfig and set as attributes;
+        transformers' own keys (dtype, architectures, ...) go to its base class."""
         ours = {k: kwargs.pop(k) for k in list(kwargs) if k not in _TRANSFORMERS_KEYS}
         hymba = HymbaConfig.from_dict({**_released_keys(HymbaConfig()), **ours})
         for key, value in _released_keys(hymba).items():

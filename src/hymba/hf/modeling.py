@@ -114,6 +114,7 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
     _supports_flex_attn = False
 
     def __init__(self, config: HymbaHFConfig):
+        """The package's modules for `config` (its HymbaConfig: `config.to_hymba()`), lm_head tied as configured."""
         super().__init__(config)
         self.hymba_config = config.to_hymba()
         self.model = HymbaHFModel(self.hymba_config)
@@ -169,18 +170,23 @@ class HymbaHFForCausalLM(PreTrainedModel, GenerationMixin):
         return False
 
     def get_input_embeddings(self) -> nn.Module:
+        """The token embedding (model.embed_tokens)."""
         return self.model.embed_tokens
 
     def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the token embedding (transformers' resize does)."""
         self.model.embed_tokens = value
 
     def get_output_embeddings(self) -> nn.Module:
+        """The lm_head (tied to the embedding when tie_word_embeddings)."""
         return self.lm_head
 
     def set_output_embeddings(self, value: nn.Module) -> None:
+        """Replace the lm_head (transformers' resize does)."""
         self.lm_head = value
 
     def get_decoder(self) -> HymbaHFModel:
+        """The backbone: the package's HymbaModel, called the transformers way."""
         return self.model
 
     def resize_token_embeddings(self, *args, **kwargs):

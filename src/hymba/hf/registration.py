@@ -57,12 +57,14 @@ def check_transformers() -> None:
 
 
 def register_config(configuration_auto: ModuleType) -> None:
+    """AutoConfig: model_type "hymba" -> HymbaHFConfig."""
     from .configuration import HymbaHFConfig
 
     configuration_auto.AutoConfig.register("hymba", HymbaHFConfig, exist_ok=True)
 
 
 def register_model(modeling_auto: ModuleType) -> None:
+    """AutoModelForCausalLM: HymbaHFConfig -> HymbaHFForCausalLM (imports transformers' modeling code)."""
     from .configuration import HymbaHFConfig
     from .modeling import HymbaHFForCausalLM
 
@@ -137,9 +139,11 @@ class _RegisterAfterImport:
     registration runs right after the module has executed; it removes itself once all have run."""
 
     def __init__(self, pending: dict[str, Callable[[ModuleType], None]]):
+        """`pending`: module name -> the registration to run once that module has loaded."""
         self.pending = pending
 
     def find_spec(self, fullname, path, target=None):
+        """The regular spec of a watched module, its loader wrapped; None (not ours) for every other module."""
         if fullname not in self.pending:
             return None
         for finder in sys.meta_path:
@@ -155,6 +159,8 @@ class _RegisterAfterImport:
         return spec
 
     def _done(self, fullname: str) -> Callable[[ModuleType], None]:
+        """The callback for `fullname`: its registration, then this finder leaves once nothing is pending."""
+
         def after(module: ModuleType) -> None:
             registration = self.pending.pop(fullname, None)
             if registration is not None and not _run(registration, module):
@@ -169,14 +175,18 @@ class _LoaderThenRegister:
     """The module's own loader, then a callback; everything else (source, resources) is the loader's."""
 
     def __init__(self, loader, after: Callable[[ModuleType], None]):
+        """`loader`: the module's own loader; `after`: called with the module once it has executed."""
         self._loader, self._after = loader, after
 
     def create_module(self, spec):
+        """The loader's own."""
         return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
+        """Run the module, then the callback."""
         self._loader.exec_module(module)
         self._after(module)
 
     def __getattr__(self, name):
+        """Everything else (get_source, resources, ...) is the loader's."""
         return getattr(self._loader, name)
