@@ -92,6 +92,30 @@ class HybridCache:
         self.next_position = self.next_position.index_select(0, rows)
         self.batch_size = len(rows)
 
+    def grow(self, max_length: int) -> None:
+        """Make room for `max_length` text tokens, keeping everything stored (for callers that cannot know the
+        final length up front, such as transformers' `generate`). The global buffers get longer; a window ring
+        shorter than the window (max_length was below it) gets longer too: it has not wrapped yet, so every
+        entry keeps its slot."""
+        if self._chunk is not None or self.static_shapes:
+            raise RuntimeError("grow cannot run in the middle of a forward, nor on a cache of static shapes")
+        if max_length <= self.max_length:
+            return
+        M = self.num_meta
+        ring = min(self.config.sliding_window, max_length) if self.config.sliding_window is not None else 0
+
+        def padded(t: torch.Tensor, size: int, dim: int, fill) -> torch.Tensor:
+            extra = list(t.shape)
+            extra[dim] = size - t.shape[dim]
+            return torch.cat([t, t.new_full(extra, fill)], dim=dim) if extra[dim] > 0 else t
+
+        for i in self.k:
+            size = M + max_length if self.config.is_global(i) else M + ring
+            self.k[i], self.v[i] = padded(self.k[i], size, 2, 0), padded(self.v[i], size, 2, 0)
+        for g in self.slot_positions:
+            self.slot_positions[g] = padded(self.slot_positions[g], M + max_length if g else M + ring, 1, -1)
+        self.max_length, self.capacity, self.ring = max_length, M + max_length, ring
+
     # ---- called by the model, once per forward ----------------------------------------------------------------
     def _slots(self, index: torch.Tensor) -> torch.Tensor:
         """Window-layer slot of each index: meta tokens keep theirs, text goes round the ring."""

@@ -324,35 +324,12 @@ class HymbaForCausalLM(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
-        """Initialization for training from scratch.
-
-        Linear and embedding weights N(0, initializer_range), biases 0, norms 1, meta tokens N(0, std);
-        SSM: A_log = log(1..N) per channel (S4D-real), D = 1, and the dt bias set to softplus^-1 of dt drawn
-        log-uniformly in [dt_min, dt_max] (as Mamba does), so every channel starts with a useful time scale.
-        """
+        """Initialization for training from scratch: `init_module` on every module (the meta tokens last)."""
         std = self.config.initializer_range
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=std)
-                if module.padding_idx is not None:
-                    module.weight[module.padding_idx].zero_()
-            elif isinstance(module, RMSNorm):
-                nn.init.ones_(module.weight)
-            elif isinstance(module, nn.Conv1d):
-                module.reset_parameters()
-            elif isinstance(module, HymbaMixer) and module.use_ssm:
-                N = module.d_state
-                module.A_log[0].copy_(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).expand(module.d_inner, N))
-                module.D[0].fill_(1.0)
-                dt = torch.exp(torch.rand(module.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-                dt = dt.clamp(min=dt_init_floor)
-                module.dt_proj[0].bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        if self.config.num_memory_tokens > 0:
-            nn.init.normal_(self.model.memory_tokens, std=std)
+            if not isinstance(module, HymbaModel):
+                init_module(module, std, dt_min, dt_max, dt_init_floor)
+        init_module(self.model, std)
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     @classmethod
@@ -365,3 +342,36 @@ class HymbaForCausalLM(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike, max_shard_size: int | str = "5GB") -> None:
         save_pretrained(self, path, max_shard_size=max_shard_size)
+
+
+@torch.no_grad()
+def init_module(module: nn.Module, std: float, dt_min: float = 1e-3, dt_max: float = 0.1,
+                dt_init_floor: float = 1e-4) -> None:
+    """Initialize one module's own parameters (not its children's) for training from scratch; shared by
+    `HymbaForCausalLM.init_weights` and the transformers model, which initializes module by module.
+
+    Linear and embedding weights N(0, std), biases 0, norms 1, meta tokens N(0, std); SSM: A_log = log(1..N)
+    per channel (S4D-real), D = 1, and the dt bias set to softplus^-1 of dt drawn log-uniformly in
+    [dt_min, dt_max] (as Mamba does), so every channel starts with a useful time scale.
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            module.weight[module.padding_idx].zero_()
+    elif isinstance(module, RMSNorm):
+        nn.init.ones_(module.weight)
+    elif isinstance(module, nn.Conv1d):
+        module.reset_parameters()
+    elif isinstance(module, HymbaMixer) and module.use_ssm:
+        N = module.d_state
+        module.A_log[0].copy_(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).expand(module.d_inner, N))
+        module.D[0].fill_(1.0)
+        dt = torch.exp(torch.rand(module.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        module.dt_proj[0].bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+    elif isinstance(module, HymbaModel) and module.config.num_memory_tokens > 0:
+        nn.init.normal_(module.memory_tokens, std=std)

@@ -1,0 +1,45 @@
+"""HymbaTokenizer: the release's tokenizer for transformers' AutoTokenizer, encoding exactly as SentencePiece does.
+
+The release's tokenizer_config.json names "LlamaTokenizer". transformers 5 rebuilds that class's pipeline from
+the vocabulary (a Metaspace pre-tokenizer instead of the file's Prepend + Replace normalizer), which encodes
+runs of spaces differently from SentencePiece ("  leading spaces" -> [1, 29871, 8236, ...] instead of
+[1, 259, 8236, ...]) and gives a space before special tokens a different token. This class reads tokenizer.json
+as written (a directory with only tokenizer.model is converted by transformers' SentencePiece reader, which
+agrees too), and adds BOS/EOS as tokenizer_config.json's add_bos_token / add_eos_token say, as
+`hymba.load_tokenizer` and transformers 4.46 (the version NVIDIA shipped with) do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from transformers import TokenizersBackend
+
+from ..tokenizer import CONFIG_FILE, TokenizerError
+
+
+class HymbaTokenizer(TokenizersBackend):
+    """A Hymba checkpoint's tokenizer.json + tokenizer_config.json (special tokens, chat template, left
+    padding), with no rewriting of the tokenization pipeline."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """Load as transformers does, then apply tokenizer_config.json's add_bos_token / add_eos_token (which
+        transformers 5 leaves to tokenizer.json's post-processor) unless passed explicitly."""
+        path = os.fspath(pretrained_model_name_or_path)
+        config_file = os.path.join(path, CONFIG_FILE)
+        if os.path.isfile(config_file):
+            try:
+                with open(config_file, encoding="utf-8") as f:
+                    config = json.load(f)
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise TokenizerError(f"{config_file} is not valid JSON: {e}") from None
+            for key in ("add_bos_token", "add_eos_token"):
+                value = config.get(key) if isinstance(config, dict) else None
+                if value is not None and not isinstance(value, bool):
+                    raise TokenizerError(f"{config_file}: {key} must be true or false, got {value!r}")
+                if value is not None:
+                    kwargs.setdefault(key, value)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
