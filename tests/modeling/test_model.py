@@ -239,3 +239,19 @@ def test_pad_token_embedding_gets_no_gradient_from_the_lookup():
     model(ids, labels=ids).loss.backward()
     grad = model.model.embed_tokens.weight.grad
     assert torch.equal(grad[5], torch.zeros(config.hidden_size)) and grad[1].abs().sum() > 0
+
+
+def test_initialization_keeps_the_ssm_time_scales_and_the_pad_row():
+    """From scratch: softplus(dt bias) lies in [dt_min, dt_max] (log-uniform draws, not the Linear's zero
+    bias), A_log = log(1..N), D = 1, and with tied embeddings the pad token's row stays zero."""
+    torch.manual_seed(0)
+    config = small_config(pad_token_id=5)
+    model = HymbaForCausalLM(config)
+    for layer in model.model.layers:
+        dt = F.softplus(layer.mamba.dt_proj[0].bias)
+        assert bool(((dt >= 1e-3 * (1 - 1e-6)) & (dt <= 0.1 * (1 + 1e-6))).all()) and dt.std() > 0
+        N = config.mamba_d_state
+        torch.testing.assert_close(layer.mamba.A_log[0], torch.log(torch.arange(1, N + 1.0)).expand_as(layer.mamba.A_log[0]))
+        assert torch.equal(layer.mamba.D[0], torch.ones_like(layer.mamba.D[0]))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert torch.equal(model.model.embed_tokens.weight[5], torch.zeros(config.hidden_size))

@@ -324,12 +324,16 @@ class HymbaForCausalLM(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
-        """Initialization for training from scratch: `init_module` on every module (the meta tokens last)."""
+        """Initialization for training from scratch: `init_module` on every module, children before their
+        parents (a mixer's SSM set-up, the dt bias included, comes after its projections' generic init), the
+        tied head skipped (its weight is the embedding's, pad row zeroed)."""
         std = self.config.initializer_range
-        for module in self.modules():
-            if not isinstance(module, HymbaModel):
+
+        def init(module: nn.Module) -> None:
+            if not (module is self.lm_head and self.config.tie_word_embeddings):
                 init_module(module, std, dt_min, dt_max, dt_init_floor)
-        init_module(self.model, std)
+
+        self.apply(init)
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     @classmethod
