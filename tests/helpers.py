@@ -1,5 +1,6 @@
-"""Small model factories and paths shared by the tests."""
+"""Small model factories and paths shared by the tests, and the float32 tolerance rule."""
 
+import math
 import os
 
 import torch
@@ -49,3 +50,51 @@ def two_group_config(**overrides) -> HymbaConfig:
                 max_position_embeddings=256, orig_max_position_embeddings=64)
     base.update(overrides)
     return HymbaConfig(**base)
+
+
+# ---- tolerances ------------------------------------------------------------------------------------------------------
+EPS32 = torch.finfo(torch.float32).eps  # 2**-23: float32 rounds each operation to within EPS32 / 2, relative
+EPS64 = torch.finfo(torch.float64).eps  # 2**-52
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Normwise relative distance ||got - want|| / ||want|| (2-norms over the whole tensor, in float64)."""
+    assert got.shape == want.shape, (got.shape, want.shape)
+    got, want = got.detach().double(), want.detach().double()
+    norm = want.norm().item()
+    if norm == 0:
+        return 0.0 if torch.equal(got, want) else math.inf
+    return (got - want).norm().item() / norm
+
+
+def assert_as_accurate_as_reference(fast: torch.Tensor, ref32: torch.Tensor, ref64: torch.Tensor, msg: str = "",
+                                    k: float = 4.0, floor: float = 4 * EPS32) -> float:
+    """The tolerance of a float32 computation against another float32 evaluation of the same function.
+
+    `fast` (an alternative float32 path: other kernels, a cache, torch.compile, a padded batch) and `ref32` (the
+    reference path in float32) are both measured against `ref64`, the reference path in float64 on the same
+    (float32-representable) weights and inputs, which is exact to ~1e-16:
+
+        ||fast - ref64|| / ||ref64||  <=  k * max(||ref32 - ref64|| / ||ref64||, floor)
+
+    Two float32 evaluations of one function in different orders differ from the exact value by rounding errors
+    of the same size, whatever the CPU's kernels, so a small k (4) holds everywhere, while a real defect (a
+    wrong mask, a dropped term, a stale cache entry) is orders of magnitude above float32 rounding. The floor
+    (4 eps32) keeps a reference that happens to be exact from demanding exactness. Norms are over the whole
+    tensor: compare tensors (or scalars stacked into one), not single elements, whose rounding errors scatter
+    widely. Returns the margin err / bound (below 1 when it passes)."""
+    assert fast.shape == ref32.shape == ref64.shape, (fast.shape, ref32.shape, ref64.shape)
+    err, ref_err = relative_error(fast, ref64), relative_error(ref32, ref64)
+    bound = k * max(ref_err, floor)
+    assert err <= bound, (f"{msg}: float32 path {err:.2e} from float64, more than {k:g} x the float32 reference's "
+                          f"{ref_err:.2e} (floor {floor:.1e})")
+    return err / bound
+
+
+def float64_copy(model: HymbaForCausalLM) -> HymbaForCausalLM:
+    """The model's weights in float64 on the reference kernels (the oracle of the rule above); the global random
+    stream is left as it was, so that building it does not change a test's later draws."""
+    with torch.random.fork_rng(devices=[]):
+        twin = HymbaForCausalLM(model.config)
+    twin.load_state_dict(model.state_dict())
+    return twin.double().set_kernels("reference").train(model.training)
