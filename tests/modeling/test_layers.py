@@ -75,7 +75,8 @@ def test_rotary_is_a_rotation_of_pairs_i_and_i_plus_half():
     rz = z * torch.polar(torch.ones_like(angle), angle)
     # a float64 model's angles are float64 (the same products on both sides): cos and sin within an ulp, then two
     # products and a sum, a few eps64 x |x| per element
-    torch.testing.assert_close(got, torch.cat([rz.real, rz.imag], dim=-1), rtol=0, atol=16 * EPS64 * x.abs().max().item())
+    torch.testing.assert_close(got, torch.cat([rz.real, rz.imag], dim=-1), rtol=0,
+                               atol=16 * EPS64 * x.abs().max().item())
     # relative property: <R(p) q, R(p') k> depends only on p - p'
     q, k = torch.randn(16, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
 

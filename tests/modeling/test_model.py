@@ -102,7 +102,8 @@ def test_pad_token_values_do_not_matter():
     with torch.no_grad():
         # exactly: pads are zeroed before the conv, leave the SSM state as it is (dt = -inf) and are masked
         # with -inf in attention, so their values only ever meet exact zeros; the shapes, hence the sums, match
-        assert torch.equal(model(ids, attention_mask=mask).logits[0, 4:], model(other, attention_mask=mask).logits[0, 4:])
+        assert torch.equal(model(ids, attention_mask=mask).logits[0, 4:],
+                           model(other, attention_mask=mask).logits[0, 4:])
 
 
 def test_attention_only_preset_is_a_llama_block():
