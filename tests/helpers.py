@@ -91,6 +91,28 @@ def assert_as_accurate_as_reference(fast: torch.Tensor, ref32: torch.Tensor, ref
     return err / bound
 
 
+def assert_sum_as_accurate(fast: float, ref32_terms: torch.Tensor, ref64_terms: torch.Tensor, msg: str = "",
+                           k: float = 4.0) -> float:
+    """The rule above for one float32 number that sums n terms (log-probabilities of tokens, say) whose float32
+    and float64 reference values are at hand; a single number's rounding error is too erratic to compare with
+    another single number's, so the bound takes the reference's error without the cancellations a sum enjoys,
+    plus the worst case of summing in float32 ((n - 1) roundings of partial sums and the result's, each at most
+    eps32 / 2 of them):
+
+        |fast - sum(ref64)|  <=  k * sum |ref32 - ref64|  +  n * eps32 / 2 * sum |ref64|
+
+    A wrong, missing or extra term moves the sum by a whole term, orders of magnitude above this bound. For a
+    mean, pass the terms divided by their count. Returns the margin err / bound."""
+    assert ref32_terms.shape == ref64_terms.shape, (ref32_terms.shape, ref64_terms.shape)
+    ref32_terms, ref64_terms = ref32_terms.detach().double(), ref64_terms.detach().double()
+    err = abs(float(fast) - ref64_terms.sum().item())
+    ref_err = (ref32_terms - ref64_terms).abs().sum().item()
+    bound = k * ref_err + ref64_terms.numel() * EPS32 / 2 * ref64_terms.abs().sum().item()
+    assert err <= bound, (f"{msg}: float32 sum {float(fast)!r} is {err:.2e} from float64, above {k:g} x the "
+                          f"float32 reference terms' summed error {ref_err:.2e} + float32 summation")
+    return err / bound
+
+
 def float64_copy(model: HymbaForCausalLM) -> HymbaForCausalLM:
     """The model's weights in float64 on the reference kernels (the oracle of the rule above); the global random
     stream is left as it was, so that building it does not change a test's later draws."""
