@@ -2,7 +2,7 @@
 gives the eager model's logits and gradients, and the layers really run compiled graphs."""
 
 import pytest
-from helpers import randomized, small_config
+from helpers import assert_as_accurate_as_reference, float64_copy, randomized, small_config
 
 from hymba import HymbaForCausalLM
 from hymba.modeling import compile_layers
@@ -22,13 +22,16 @@ def test_compiled_layers_match_eager_forward_and_backward(layers, groups):
     assert compile_layers(compiled) == layers
     assert all(layer._compiled_call_impl is not None for layer in compiled.model.layers)
 
+    exact = float64_copy(eager)
     ids = torch.randint(0, config.vocab_size, (2, 20))
     outs = []
-    for model in (eager, compiled):
+    for model in (eager, compiled, exact):
         out = model(ids, labels=ids)
         out.loss.backward()
         outs.append(out)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # one graph per layer kind at least
-    torch.testing.assert_close(outs[1].logits, outs[0].logits, rtol=1e-4, atol=1e-4)
-    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4, msg=name)
+    assert_as_accurate_as_reference(outs[1].logits, outs[0].logits, outs[2].logits, msg="logits")
+    # k = 8: inductor's fused kernels round in other orders than ATen's, and the first layers' gradients collect
+    # the difference through the whole backward: up to ~5x the eager path's rounding across CPU code paths
+    for (name, p), q, e in zip(eager.named_parameters(), compiled.parameters(), exact.parameters()):
+        assert_as_accurate_as_reference(q.grad, p.grad, e.grad, msg=name, k=8)
