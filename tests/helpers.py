@@ -78,11 +78,12 @@ def assert_as_accurate_as_reference(fast: torch.Tensor, ref32: torch.Tensor, ref
         ||fast - ref64|| / ||ref64||  <=  k * max(||ref32 - ref64|| / ||ref64||, floor)
 
     Two float32 evaluations of one function in different orders differ from the exact value by rounding errors
-    of the same size, whatever the CPU's kernels, so a small k (4) holds everywhere, while a real defect (a
-    wrong mask, a dropped term, a stale cache entry) is orders of magnitude above float32 rounding. The floor
-    (4 eps32) keeps a reference that happens to be exact from demanding exactness. Norms are over the whole
-    tensor: compare tensors (or scalars stacked into one), not single elements, whose rounding errors scatter
-    widely. Returns the margin err / bound (below 1 when it passes)."""
+    of the same size, whatever the CPU's kernels, so a small k (4) covers them (a caller whose path rounds in
+    very different orders, such as inductor's fused kernels, passes a larger k and says why), while a real
+    defect (a wrong mask, a dropped term, a stale cache entry) is orders of magnitude above float32 rounding.
+    The floor (4 eps32) keeps a reference that happens to be exact from demanding exactness. Norms are over the
+    whole tensor: compare tensors (or scalars stacked into one), not single elements, whose rounding errors
+    scatter widely. Returns the margin err / bound (below 1 when it passes)."""
     assert fast.shape == ref32.shape == ref64.shape, (fast.shape, ref32.shape, ref64.shape)
     err, ref_err = relative_error(fast, ref64), relative_error(ref32, ref64)
     bound = k * max(ref_err, floor)

@@ -50,13 +50,12 @@ def test_logits_and_gradients_match_reference(models):
 @torch.no_grad()
 def test_cached_decoding_matches_reference(models, monkeypatch):
     """Decode steps of the fast bundle go through the Triton decode-attention kernel."""
+    from helpers import assert_as_accurate_as_reference, float64_copy
     from hymba.ops.attention import decode_triton
 
     calls = []
     original = decode_triton.decode_attention
     monkeypatch.setattr(decode_triton, "decode_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
-    from helpers import assert_as_accurate_as_reference, float64_copy
-
     ref, fast = models
     ids = torch.randint(0, ref.config.vocab_size, (2, 9))
     logits = []
