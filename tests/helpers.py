@@ -92,25 +92,41 @@ def assert_as_accurate_as_reference(fast: torch.Tensor, ref32: torch.Tensor, ref
     return err / bound
 
 
-def assert_sum_as_accurate(fast: float, ref32_terms: torch.Tensor, ref64_terms: torch.Tensor, msg: str = "",
-                           k: float = 4.0) -> float:
-    """The rule above for one float32 number that sums n terms (log-probabilities of tokens, say) whose float32
-    and float64 reference values are at hand; a single number's rounding error is too erratic to compare with
-    another single number's, so the bound takes the reference's error without the cancellations a sum enjoys,
-    plus the worst case of summing in float32 ((n - 1) roundings of partial sums and the result's, each at most
-    eps32 / 2 of them):
+def assert_gradients_as_accurate(fast: HymbaForCausalLM, ref32: HymbaForCausalLM, ref64: HymbaForCausalLM,
+                                 k: float = 4.0) -> float:
+    """The rule above for every parameter gradient of three models after one backward each: the float32 path
+    under test, the float32 reference and the float64 reference (`float64_copy`). Each parameter's floor is the
+    float32 reference's error over all the gradients together, the backward's rounding level: a small tensor
+    (a norm weight of 3 elements) whose reference error happens to come out small is not held to less than
+    the rounding of the computation that produced it. Returns the worst margin."""
+    grads = [(name, q.grad, p.grad, e.grad) for (name, p), q, e in zip(ref32.named_parameters(), fast.parameters(),
+                                                                       ref64.parameters())]
+    level = relative_error(*(torch.cat([g[i].flatten() for g in grads]) for i in (2, 3)))
+    return max(assert_as_accurate_as_reference(q, p, e, msg=name, k=k, floor=max(level, 4 * EPS32))
+               for name, q, p, e in grads)
 
-        |fast - sum(ref64)|  <=  k * sum |ref32 - ref64|  +  n * eps32 / 2 * sum |ref64|
 
-    A wrong, missing or extra term moves the sum by a whole term, orders of magnitude above this bound. For a
+def assert_sum_as_accurate(fast, ref32_terms, ref64_terms, msg: str = "", k: float = 4.0) -> float:
+    """The rule above for float32 numbers that each sum n terms (log-probabilities of tokens, say) whose float32
+    and float64 reference values are at hand: `fast` one number or a list, the terms one tensor or a list of
+    them. A single number's rounding error is too erratic to compare with another single number's, so the bound
+    takes the reference's error without the cancellations a sum enjoys, plus the worst case of summing in
+    float32 ((n - 1) roundings of partial sums and the result's, each at most eps32 / 2 of them), pooled over
+    the list:
+
+        sum_i |fast_i - sum(ref64_i)|  <=  sum_i (k * sum |ref32_i - ref64_i|  +  n_i * eps32 / 2 * sum |ref64_i|)
+
+    A wrong, missing or extra term moves a sum by a whole term, orders of magnitude above this bound. For a
     mean, pass the terms divided by their count. Returns the margin err / bound."""
-    assert ref32_terms.shape == ref64_terms.shape, (ref32_terms.shape, ref64_terms.shape)
-    ref32_terms, ref64_terms = ref32_terms.detach().double(), ref64_terms.detach().double()
-    err = abs(float(fast) - ref64_terms.sum().item())
-    ref_err = (ref32_terms - ref64_terms).abs().sum().item()
-    bound = k * ref_err + ref64_terms.numel() * EPS32 / 2 * ref64_terms.abs().sum().item()
-    assert err <= bound, (f"{msg}: float32 sum {float(fast)!r} is {err:.2e} from float64, above {k:g} x the "
-                          f"float32 reference terms' summed error {ref_err:.2e} + float32 summation")
+    if not isinstance(fast, (list, tuple)):
+        fast, ref32_terms, ref64_terms = [fast], [ref32_terms], [ref64_terms]
+    err = bound = 0.0
+    for value, t32, t64 in zip(fast, ref32_terms, ref64_terms, strict=True):
+        assert t32.shape == t64.shape, (t32.shape, t64.shape)
+        t32, t64 = t32.detach().double(), t64.detach().double()
+        err += abs(float(value) - t64.sum().item())
+        bound += k * (t32 - t64).abs().sum().item() + t64.numel() * EPS32 / 2 * t64.abs().sum().item()
+    assert err <= bound, f"{msg}: float32 sums {err:.2e} from float64 in all, above the bound {bound:.2e}"
     return err / bound
 
 

@@ -32,6 +32,23 @@ def assert_loglikelihood(got, model, exact, ids, first):
     assert_sum_as_accurate(got, sequence_logprob(model, ids, first)[0], sequence_logprob(exact, ids, first)[0])
 
 
+class Loglikelihoods:
+    """Float32 log-likelihoods and their float32 and float64 terms, checked together (pooled: a continuation
+    of a token or two is too short for a bound of its own)."""
+
+    def __init__(self, model, exact):
+        self.model, self.exact, self.got, self.terms32, self.terms64 = model, exact, [], [], []
+
+    def add(self, got, ids, first):
+        self.got.append(got)
+        self.terms32.append(sequence_logprob(self.model, ids, first)[0])
+        self.terms64.append(sequence_logprob(self.exact, ids, first)[0])
+        return self.terms32[-1]
+
+    def check(self):
+        assert_sum_as_accurate(self.got, self.terms32, self.terms64)
+
+
 PAIRS = [("Question: What do bees make?\nAnswer:", " honey"),
          ("The capital of France is", " Paris, a city on the Seine."),
          ("Roof shingle removal: A man is sitting on a roof. He", " starts pulling up roofing on a roof."),
@@ -42,6 +59,7 @@ PAIRS = [("Question: What do bees make?\nAnswer:", " honey"),
 def test_loglikelihood_equals_direct_computation(small_model, small_exact, tokenizer):
     lm = HymbaLM(model=small_model, tokenizer=tokenizer, batch_size=2)
     got = lm.loglikelihood(instances("loglikelihood", PAIRS), disable_tqdm=True)
+    loglikelihoods = Loglikelihoods(small_model, small_exact)
     for (context, continuation), (logprob, greedy) in zip(PAIRS, got):
         if context:
             text = context.rstrip() + context[len(context.rstrip()):] + continuation
@@ -50,13 +68,15 @@ def test_loglikelihood_equals_direct_computation(small_model, small_exact, token
         else:
             ids = [tokenizer.bos_token_id] + tokenizer.encode(continuation, add_special_tokens=False)
             first = 1
-        assert_loglikelihood(logprob, small_model, small_exact, ids, first)
+        loglikelihoods.add(logprob, ids, first)
         assert greedy == sequence_logprob(small_model, ids, first)[1]
         assert logprob < 0
+    loglikelihoods.check()
 
 
 def test_long_contexts_lose_their_start_and_are_counted(small_model, small_exact, tokenizer):
-    context, continuation = " ".join(["word"] * 40), " end"
+    # a continuation of a few tokens: a single token's log-probability is too few terms for a float32 bound
+    context, continuation = " ".join(["word"] * 40), " end of the list"
     lm = HymbaLM(model=small_model, tokenizer=tokenizer, max_length=12)
     ((logprob, _),) = lm.loglikelihood(instances("loglikelihood", [(context, continuation)]), disable_tqdm=True)
     whole = tokenizer.encode(context + continuation)
@@ -137,6 +157,7 @@ def test_hymba_eval_runs_two_tasks_end_to_end(checkpoint_dir, eval_data_dir, tmp
     assert results["n-samples"]["arc_easy"]["effective"] == 3
     table = (tmp_path / "results.md").read_text()
     assert "| arc_easy | acc_norm |" in table and "| winogrande | acc |" in table
+    loglikelihoods = Loglikelihoods(small_model, small_exact)
     for task in ("arc_easy", "winogrande"):
         accs = []
         for sample in results["samples"][task]:
@@ -144,9 +165,7 @@ def test_hymba_eval_runs_two_tasks_end_to_end(checkpoint_dir, eval_data_dir, tmp
             for (context, continuation), resp in zip(sample["arguments"].values() if isinstance(
                     sample["arguments"], dict) else sample["arguments"], sample["resps"]):
                 ids = tokenizer.encode(context + continuation)
-                first = len(tokenizer.encode(context))
-                terms = sequence_logprob(small_model, ids, first)[0]
-                assert_sum_as_accurate(float(resp[0][0]), terms, sequence_logprob(small_exact, ids, first)[0])
+                terms = loglikelihoods.add(float(resp[0][0]), ids, len(tokenizer.encode(context)))
                 lls.append(terms.sum().item())
             assert len(lls) == (4 if task == "arc_easy" else 2)
             gold = sample["target"] if task == "arc_easy" else int(sample["doc"]["label"])
@@ -155,6 +174,7 @@ def test_hymba_eval_runs_two_tasks_end_to_end(checkpoint_dir, eval_data_dir, tmp
         # float64 means of a few 0/1 values: approx's default (rel 1e-6) is far above their rounding
         assert results["results"][task]["acc,none"] == pytest.approx(sum(accs) / len(accs))
         assert not math.isnan(results["results"][task]["acc,none"])
+    loglikelihoods.check()
 
 
 def test_chat_template_wraps_the_prompts(small_model, tokenizer, eval_data_dir):

@@ -29,7 +29,7 @@ def models(monkeypatch):
 
 def test_logits_and_gradients_match_reference(models):
     """Logits and every parameter gradient as close to the float64 reference as the float32 reference is."""
-    from helpers import assert_as_accurate_as_reference, float64_copy
+    from helpers import assert_as_accurate_as_reference, assert_gradients_as_accurate, float64_copy
 
     ref, fast = models
     ids = torch.randint(0, ref.config.vocab_size, (2, 11))
@@ -43,8 +43,7 @@ def test_logits_and_gradients_match_reference(models):
         outs.append(out)
     real = mask.bool()
     assert_as_accurate_as_reference(*(o.logits[real] for o in outs), msg="logits")
-    for (name, p), q, e in zip(ref.named_parameters(), fast.parameters(), exact.parameters()):
-        assert_as_accurate_as_reference(q.grad, p.grad, e.grad, msg=name)
+    assert_gradients_as_accurate(fast, ref, exact)
 
 
 @torch.no_grad()

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import reference
-from helpers import EPS32, assert_as_accurate_as_reference, float64_copy, randomized, relative_error, small_config
+from helpers import (EPS32, assert_as_accurate_as_reference, assert_gradients_as_accurate, float64_copy, randomized,
+                     relative_error, small_config)
 from hymba import HymbaConfig, HymbaForCausalLM
 
 VARIANTS = {
@@ -157,8 +158,7 @@ def test_gradient_checkpointing_gives_identical_gradients():
     for loss in losses:
         loss.backward()
     assert_as_accurate_as_reference(losses[1], losses[0], losses[2], msg="loss")
-    for (n, p), q, e in zip(a.named_parameters(), b.parameters(), exact.parameters()):
-        assert_as_accurate_as_reference(q.grad, p.grad, e.grad, msg=n)
+    assert_gradients_as_accurate(b, a, exact)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -2,7 +2,8 @@
 gives the eager model's logits and gradients, and the layers really run compiled graphs."""
 
 import pytest
-from helpers import assert_as_accurate_as_reference, float64_copy, randomized, small_config
+from helpers import (assert_as_accurate_as_reference, assert_gradients_as_accurate, float64_copy, randomized,
+                     small_config)
 
 from hymba import HymbaForCausalLM
 from hymba.modeling import compile_layers
@@ -33,5 +34,4 @@ def test_compiled_layers_match_eager_forward_and_backward(layers, groups):
     assert_as_accurate_as_reference(outs[1].logits, outs[0].logits, outs[2].logits, msg="logits")
     # k = 8: inductor's fused kernels round in other orders than ATen's, and the first layers' gradients collect
     # the difference through the whole backward: up to ~5x the eager path's rounding across CPU code paths
-    for (name, p), q, e in zip(eager.named_parameters(), compiled.parameters(), exact.parameters()):
-        assert_as_accurate_as_reference(q.grad, p.grad, e.grad, msg=name, k=8)
+    assert_gradients_as_accurate(compiled, eager, exact, k=8)

@@ -248,7 +248,8 @@ def test_lora_merge_and_adapter_round_trip(tmp_path):
     before = base(ids).logits
     cfg = LoraSection(enabled=True, r=4, alpha=8.0)
     model = apply_lora(copy.deepcopy(base), cfg)
-    assert torch.equal(model(ids).logits, before)  # B = 0 at the start: the adapters add exact zeros
+    # B = 0 at the start: the base model's function (the wrapped layers may multiply in other orders)
+    assert_as_accurate_as_reference(model(ids).logits, before, float64_copy(base)(ids).logits)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in n for n in trainable)
     assert any("mamba.in_proj.lora_A" in n for n in trainable) and any("down_proj.lora_B" in n for n in trainable)
