@@ -81,9 +81,10 @@ def assert_as_accurate_as_reference(fast: torch.Tensor, ref32: torch.Tensor, ref
     of the same size, whatever the CPU's kernels, so a small k (4) covers them (a caller whose path rounds in
     very different orders, such as inductor's fused kernels, passes a larger k and says why), while a real
     defect (a wrong mask, a dropped term, a stale cache entry) is orders of magnitude above float32 rounding.
-    The floor (4 eps32) keeps a reference that happens to be exact from demanding exactness. Norms are over the
-    whole tensor: compare tensors (or scalars stacked into one), not single elements, whose rounding errors
-    scatter widely. Returns the margin err / bound (below 1 when it passes)."""
+    The floor (4 eps32) keeps a reference that happens to be exact from demanding exactness; for a model's
+    outputs `assert_model_as_accurate` raises it to their float32 sensitivity. Norms are over the whole tensor:
+    compare tensors (or scalars stacked into one), not single elements, whose rounding errors scatter widely.
+    Returns the margin err / bound (below 1 when it passes)."""
     assert fast.shape == ref32.shape == ref64.shape, (fast.shape, ref32.shape, ref64.shape)
     err, ref_err = relative_error(fast, ref64), relative_error(ref32, ref64)
     bound = k * max(ref_err, floor)
@@ -92,18 +93,47 @@ def assert_as_accurate_as_reference(fast: torch.Tensor, ref32: torch.Tensor, ref
     return err / bound
 
 
+def perturbed_copies(model: HymbaForCausalLM, draws: int = 2):
+    """float64 copies of `model` (`float64_copy`) with every weight multiplied by 1 + eps32 * N(0, 1), one per
+    draw (fixed seeds): the size of change that float32 rounding amounts to (a backward error of ~eps32)."""
+    for draw in range(draws):
+        twin, g = float64_copy(model), torch.Generator().manual_seed(draw)
+        with torch.no_grad():
+            for p in twin.parameters():
+                p.mul_(1 + EPS32 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        yield twin
+
+
+def assert_model_as_accurate(fast: torch.Tensor, ref32: torch.Tensor, model: HymbaForCausalLM, output_of,
+                             msg: str = "", k: float = 4.0, draws: int = 2) -> float:
+    """The rule above for an output of a model: `ref32` is `output_of(model)` on the float32 reference path, the
+    float64 reference is `output_of(float64_copy(model))`, and the floor is the output's own float32 sensitivity,
+    how far it moves in float64 under `perturbed_copies` (the largest of `draws`). A network has ill-conditioned
+    spots (an RMS norm over 3 values that happen to be small) where one float32 evaluation's error can come out
+    several times smaller than another's by luck; the sensitivity does not depend on that luck."""
+    with torch.no_grad():
+        exact = output_of(float64_copy(model))
+        floor = max([4 * EPS32] + [relative_error(output_of(twin), exact) for twin in perturbed_copies(model, draws)])
+    return assert_as_accurate_as_reference(fast, ref32, exact, msg=msg, k=k, floor=floor)
+
+
 def assert_gradients_as_accurate(fast: HymbaForCausalLM, ref32: HymbaForCausalLM, ref64: HymbaForCausalLM,
-                                 k: float = 4.0) -> float:
-    """The rule above for every parameter gradient of three models after one backward each: the float32 path
-    under test, the float32 reference and the float64 reference (`float64_copy`). Each parameter's floor is the
-    float32 reference's error over all the gradients together, the backward's rounding level: a small tensor
-    (a norm weight of 3 elements) whose reference error happens to come out small is not held to less than
-    the rounding of the computation that produced it. Returns the worst margin."""
-    grads = [(name, q.grad, p.grad, e.grad) for (name, p), q, e in zip(ref32.named_parameters(), fast.parameters(),
-                                                                       ref64.parameters())]
-    level = relative_error(*(torch.cat([g[i].flatten() for g in grads]) for i in (2, 3)))
-    return max(assert_as_accurate_as_reference(q, p, e, msg=name, k=k, floor=max(level, 4 * EPS32))
-               for name, q, p, e in grads)
+                                 loss_of, k: float = 4.0, draws: int = 2) -> float:
+    """The rule above for every parameter gradient of three models after one backward each of `loss_of(model)`:
+    the float32 path under test, the float32 reference and the float64 reference (`float64_copy`). The floor is
+    the gradients' float32 sensitivity as in `assert_model_as_accurate`, per parameter or over all of them
+    together, whichever is larger (a tensor of 3 values is too few to measure it alone). Returns the worst
+    margin."""
+    names = [name for name, _ in ref32.named_parameters()]
+    exact = [p.grad for p in ref64.parameters()]
+    level = [4 * EPS32] * len(names)
+    for twin in perturbed_copies(ref64, draws):
+        loss_of(twin).backward()
+        moved = [p.grad for p in twin.parameters()]
+        pooled = relative_error(torch.cat([m.flatten() for m in moved]), torch.cat([e.flatten() for e in exact]))
+        level = [max(lv, pooled, relative_error(m, e)) for lv, m, e in zip(level, moved, exact)]
+    return max(assert_as_accurate_as_reference(q.grad, p.grad, e, msg=name, k=k, floor=lv)
+               for name, q, p, e, lv in zip(names, fast.parameters(), ref32.parameters(), exact, level))
 
 
 def assert_sum_as_accurate(fast, ref32_terms, ref64_terms, msg: str = "", k: float = 4.0) -> float:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import assert_as_accurate_as_reference, float64_copy, randomized, small_config
+from helpers import assert_model_as_accurate, randomized, small_config
 from hymba import HymbaConfig, HymbaForCausalLM
 from hymba.engine.cache import CacheFullError, HybridCache, cache_bytes, paper_cache_bytes
 
@@ -53,9 +53,9 @@ def test_chunked_prefill_equals_one_shot(chunk):
     with torch.no_grad():
         one_shot = decode_logits(model, ids, prefill=24)
         chunked = decode_logits(model, ids, prefill=24, chunk=chunk)
-        full, exact = model(ids).logits, float64_copy(model)(ids).logits
-        assert_as_accurate_as_reference(chunked, full, exact, msg="chunked prefill")
-        assert_as_accurate_as_reference(one_shot, full, exact, msg="one-shot prefill")
+        full = model(ids).logits
+    for name, got in (("chunked prefill", chunked), ("one-shot prefill", one_shot)):
+        assert_model_as_accurate(got, full, model, lambda m: m(ids).logits, msg=name)
 
 
 def test_left_padded_batch_decodes_each_row_as_alone():
@@ -76,11 +76,12 @@ def test_left_padded_batch_decodes_each_row_as_alone():
         for t in range(extra - 1):
             got.append(model(cont[:, t:t + 1], cache=cache).logits)
         got = torch.cat(got, 1)
-        exact = float64_copy(model)
         for r, row in enumerate(rows):
             seq = torch.cat([row, cont[r:r + 1, :extra - 1]], 1)
-            alone = model(seq).logits[0, row.shape[1] - 1:]
-            assert_as_accurate_as_reference(got[r], alone, exact(seq).logits[0, row.shape[1] - 1:], msg=f"row {r}")
+
+            def alone(m):
+                return m(seq).logits[0, row.shape[1] - 1:]
+            assert_model_as_accurate(got[r], alone(model), model, alone, msg=f"row {r}")
 
 
 def test_meta_prefix_is_computed_once_per_weights():
@@ -166,17 +167,17 @@ def test_golden_toy_greedy_path(shared_dir):
     # teacher-forced along NVIDIA's path, through the cache
     with torch.no_grad():
         logits = decode_logits(model, path, prefill=10)[0, 9:-1]
-        exact = float64_copy(model)(path).logits[0, 9:-1]
-        assert_as_accurate_as_reference(logits, model(path).logits[0, 9:-1], exact, msg="cached logits")
-
-    def top2_margins(logits):
-        top2 = logits.topk(2, dim=-1).values
-        return top2[:, 0] - top2[:, 1]
+        assert_model_as_accurate(logits, model(path).logits[0, 9:-1], model, lambda m: m(path).logits[0, 9:-1],
+                                 msg="cached logits")
     length_dependent = {6, 22, 38, 54, 70}
     steps = [step for step in range(72) if step not in length_dependent]
+
+    def top2_margins(logits):
+        top2 = logits[steps].topk(2, dim=-1).values
+        return top2[:, 0] - top2[:, 1]
     # NVIDIA's float32 margins and ours (cached) each as close to our float64 ones as the other
-    ours, exact_margins = top2_margins(logits)[steps], top2_margins(exact)[steps]
-    assert_as_accurate_as_reference(margins[steps], ours, exact_margins, msg="NVIDIA's margins")
-    assert_as_accurate_as_reference(ours, margins[steps], exact_margins, msg="our margins")
+    ours, exact = top2_margins(logits), lambda m: top2_margins(m(path).logits[0, 9:-1])
+    assert_model_as_accurate(margins[steps], ours, model, exact, msg="NVIDIA's margins")
+    assert_model_as_accurate(ours, margins[steps], model, exact, msg="our margins")
     for step in steps:
         assert logits[step].argmax() == path[0, 10 + step], step

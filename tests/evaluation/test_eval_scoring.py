@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import assert_as_accurate_as_reference
+from helpers import assert_model_as_accurate
 
 from hymba.evaluation.scoring import encode_pair, score_targets
 
@@ -17,22 +17,21 @@ def direct(model, tokens, first):
             torch.tensor([int(logp[j - 1].argmax()) == tokens[j] for j in js]))
 
 
-def test_batched_scores_equal_one_sequence_at_a_time(small_model, small_exact):
+def test_batched_scores_equal_one_sequence_at_a_time(small_model):
     g = torch.Generator().manual_seed(3)
     requests = []
     for length, first in [(5, 1), (23, 20), (11, 4), (2, 1), (17, 17), (9, 3), (30, 1)]:
         requests.append((torch.randint(3, 32000, (length,), generator=g).tolist(), first))
     scores = score_targets(small_model, requests, batch_size=3, head_chunk=7)  # chunks cut across rows
-    got, want, exact = [], [], []
     for (tokens, first), s in zip(requests, scores):
         logp, greedy = direct(small_model, tokens, first)
         assert s.logprobs.shape == logp.shape
         assert torch.equal(s.greedy, greedy)
-        got.append(s.logprobs)
-        want.append(logp)
-        exact.append(direct(small_exact, tokens, first)[0])
-    # every request's scores in one vector: single ones are too few for a normwise comparison
-    assert_as_accurate_as_reference(torch.cat(got), torch.cat(want), torch.cat(exact))
+
+    def all_scores(model):  # every request's scores in one vector: single ones are too few to compare normwise
+        return torch.cat([direct(model, tokens, first)[0] for tokens, first in requests])
+    assert_model_as_accurate(torch.cat([s.logprobs for s in scores]), all_scores(small_model), small_model,
+                             all_scores)
 
 
 def test_greedy_flag_marks_exactly_the_argmax_continuations(small_model):
