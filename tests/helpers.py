@@ -78,9 +78,8 @@ def assert_as_accurate_as_reference(fast: torch.Tensor, ref32: torch.Tensor, ref
         ||fast - ref64|| / ||ref64||  <=  k * max(||ref32 - ref64|| / ||ref64||, floor)
 
     Two float32 evaluations of one function in different orders differ from the exact value by rounding errors
-    of the same size, whatever the CPU's kernels, so a small k (4) covers them (a caller whose path rounds in
-    very different orders, such as inductor's fused kernels, passes a larger k and says why), while a real
-    defect (a wrong mask, a dropped term, a stale cache entry) is orders of magnitude above float32 rounding.
+    of the same size, whatever the CPU's kernels, so a small k (4) covers them, while a real defect (a wrong
+    mask, a dropped term, a stale cache entry) is orders of magnitude above float32 rounding.
     The floor (4 eps32) keeps a reference that happens to be exact from demanding exactness; for a model's
     outputs `assert_model_as_accurate` raises it to their float32 sensitivity. Norms are over the whole tensor:
     compare tensors (or scalars stacked into one), not single elements, whose rounding errors scatter widely.
@@ -93,11 +92,12 @@ def assert_as_accurate_as_reference(fast: torch.Tensor, ref32: torch.Tensor, ref
     return err / bound
 
 
-def perturbed_copies(model: HymbaForCausalLM, draws: int = 2):
-    """float64 copies of `model` (`float64_copy`) with every weight multiplied by 1 + eps32 * N(0, 1), one per
-    draw (fixed seeds): the size of change that float32 rounding amounts to (a backward error of ~eps32)."""
+def perturbed_copies(model: HymbaForCausalLM, draws: int = 2, copy=None):
+    """float64 copies of `model` (`float64_copy`, or `copy(model)` for a model it cannot rebuild, one with
+    adapters) with every weight multiplied by 1 + eps32 * N(0, 1), one per draw (fixed seeds): the size of
+    change that float32 rounding amounts to (a backward error of ~eps32)."""
     for draw in range(draws):
-        twin, g = float64_copy(model), torch.Generator().manual_seed(draw)
+        twin, g = (copy or float64_copy)(model), torch.Generator().manual_seed(draw)
         with torch.no_grad():
             for p in twin.parameters():
                 p.mul_(1 + EPS32 * torch.randn(p.shape, generator=g, dtype=p.dtype))
@@ -105,15 +105,17 @@ def perturbed_copies(model: HymbaForCausalLM, draws: int = 2):
 
 
 def assert_model_as_accurate(fast: torch.Tensor, ref32: torch.Tensor, model: HymbaForCausalLM, output_of,
-                             msg: str = "", k: float = 4.0, draws: int = 2) -> float:
+                             msg: str = "", k: float = 4.0, draws: int = 2, copy=None) -> float:
     """The rule above for an output of a model: `ref32` is `output_of(model)` on the float32 reference path, the
-    float64 reference is `output_of(float64_copy(model))`, and the floor is the output's own float32 sensitivity,
-    how far it moves in float64 under `perturbed_copies` (the largest of `draws`). A network has ill-conditioned
-    spots (an RMS norm over 3 values that happen to be small) where one float32 evaluation's error can come out
-    several times smaller than another's by luck; the sensitivity does not depend on that luck."""
+    float64 reference is `output_of(float64_copy(model))` (or of `copy(model)`, see `perturbed_copies`), and the
+    floor is the output's own float32 sensitivity, how far it moves in float64 under `perturbed_copies` (the
+    largest of `draws`). A network has ill-conditioned spots (an RMS norm over 3 values that happen to be small)
+    where one float32 evaluation's error can come out ten times smaller than another's by luck; the
+    sensitivity does not depend on that luck."""
     with torch.no_grad():
-        exact = output_of(float64_copy(model))
-        floor = max([4 * EPS32] + [relative_error(output_of(twin), exact) for twin in perturbed_copies(model, draws)])
+        exact = output_of((copy or float64_copy)(model))
+        floor = max([4 * EPS32] + [relative_error(output_of(twin), exact)
+                                   for twin in perturbed_copies(model, draws, copy)])
     return assert_as_accurate_as_reference(fast, ref32, exact, msg=msg, k=k, floor=floor)
 
 
