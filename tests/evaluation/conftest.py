@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from helpers import SHARED, randomized
+from helpers import SHARED, float64_copy, randomized
 from hymba import HymbaConfig, HymbaForCausalLM
 from hymba.tokenizer import load_tokenizer
 
@@ -45,6 +45,12 @@ def tokenizer(shared):
 def small_model():
     torch.manual_seed(0)
     return randomized(HymbaForCausalLM(small_lm_config()), seed=1, scale=0.5).eval()
+
+
+@pytest.fixture(scope="session")
+def small_exact(small_model):
+    """`small_model` in float64: the oracle of its float32 numbers (helpers.assert_as_accurate_as_reference)."""
+    return float64_copy(small_model)
 
 
 @pytest.fixture(scope="session")

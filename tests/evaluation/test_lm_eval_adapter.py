@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import assert_sum_as_accurate
 
 from hymba.evaluation.lm_eval_adapter import HymbaLM
 
@@ -17,12 +18,35 @@ def instances(kind, args_list):
 
 
 def sequence_logprob(model, ids, first):
-    """(sum of log p(ids[j] | ids[:j]) for j >= first, all argmax?) from one unpadded forward, in float64."""
+    """(log p(ids[j] | ids[:j]) for j >= first, all argmax?) from one unpadded forward, in float64: the terms of
+    a log-likelihood."""
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
-    total = sum(logp[j - 1, ids[j]].item() for j in range(first, len(ids)))
+    terms = torch.stack([logp[j - 1, ids[j]] for j in range(first, len(ids))])
     greedy = all(int(logp[j - 1].argmax()) == ids[j] for j in range(first, len(ids)))
-    return total, greedy
+    return terms, greedy
+
+
+def assert_loglikelihood(got, model, exact, ids, first):
+    """A float32 log-likelihood against its terms from plain forwards of the float32 and float64 models."""
+    assert_sum_as_accurate(got, sequence_logprob(model, ids, first)[0], sequence_logprob(exact, ids, first)[0])
+
+
+class Loglikelihoods:
+    """Float32 log-likelihoods and their float32 and float64 terms, checked together (pooled: a continuation
+    of a token or two is too short for a bound of its own)."""
+
+    def __init__(self, model, exact):
+        self.model, self.exact, self.got, self.terms32, self.terms64 = model, exact, [], [], []
+
+    def add(self, got, ids, first):
+        self.got.append(got)
+        self.terms32.append(sequence_logprob(self.model, ids, first)[0])
+        self.terms64.append(sequence_logprob(self.exact, ids, first)[0])
+        return self.terms32[-1]
+
+    def check(self):
+        assert_sum_as_accurate(self.got, self.terms32, self.terms64)
 
 
 PAIRS = [("Question: What do bees make?\nAnswer:", " honey"),
@@ -32,9 +56,10 @@ PAIRS = [("Question: What do bees make?\nAnswer:", " honey"),
          ("Trailing space moves to the continuation ", "here")]
 
 
-def test_loglikelihood_equals_direct_computation(small_model, tokenizer):
+def test_loglikelihood_equals_direct_computation(small_model, small_exact, tokenizer):
     lm = HymbaLM(model=small_model, tokenizer=tokenizer, batch_size=2)
     got = lm.loglikelihood(instances("loglikelihood", PAIRS), disable_tqdm=True)
+    loglikelihoods = Loglikelihoods(small_model, small_exact)
     for (context, continuation), (logprob, greedy) in zip(PAIRS, got):
         if context:
             text = context.rstrip() + context[len(context.rstrip()):] + continuation
@@ -43,20 +68,21 @@ def test_loglikelihood_equals_direct_computation(small_model, tokenizer):
         else:
             ids = [tokenizer.bos_token_id] + tokenizer.encode(continuation, add_special_tokens=False)
             first = 1
-        want, want_greedy = sequence_logprob(small_model, ids, first)
-        assert logprob == pytest.approx(want, abs=1e-4)
-        assert greedy == want_greedy
+        loglikelihoods.add(logprob, ids, first)
+        assert greedy == sequence_logprob(small_model, ids, first)[1]
         assert logprob < 0
+    loglikelihoods.check()
 
 
-def test_long_contexts_lose_their_start_and_are_counted(small_model, tokenizer):
-    context, continuation = " ".join(["word"] * 40), " end"
+def test_long_contexts_lose_their_start_and_are_counted(small_model, small_exact, tokenizer):
+    # a continuation of a few tokens: a single token's log-probability is too few terms for a float32 bound
+    context, continuation = " ".join(["word"] * 40), " end of the list"
     lm = HymbaLM(model=small_model, tokenizer=tokenizer, max_length=12)
     ((logprob, _),) = lm.loglikelihood(instances("loglikelihood", [(context, continuation)]), disable_tqdm=True)
     whole = tokenizer.encode(context + continuation)
     n_cont = len(whole) - len(tokenizer.encode(context))
     kept = whole[-13:]  # max_length inputs + the last target
-    assert logprob == pytest.approx(sequence_logprob(small_model, kept, len(kept) - n_cont)[0], abs=1e-4)
+    assert_loglikelihood(logprob, small_model, small_exact, kept, len(kept) - n_cont)
     assert lm.truncated_requests == 1
 
 
@@ -64,29 +90,30 @@ TEXT = ("Hymba runs attention heads and state-space heads side by side in every 
         "them somewhere to look.")
 
 
-def test_rolling_loglikelihood_in_one_window_is_the_whole_text_after_bos(small_model, tokenizer):
+def test_rolling_loglikelihood_in_one_window_is_the_whole_text_after_bos(small_model, small_exact, tokenizer):
     lm = HymbaLM(model=small_model, tokenizer=tokenizer)
     (total,) = lm.loglikelihood_rolling(instances("loglikelihood_rolling", [(TEXT,)]), disable_tqdm=True)
     ids = [tokenizer.bos_token_id] + tokenizer.encode(TEXT, add_special_tokens=False)
-    assert total == pytest.approx(sequence_logprob(small_model, ids, 1)[0], abs=1e-4)
+    assert_loglikelihood(total, small_model, small_exact, ids, 1)
 
 
-def test_rolling_loglikelihood_over_several_windows_follows_lm_evals_rule(small_model, tokenizer):
+def test_rolling_loglikelihood_over_several_windows_follows_lm_evals_rule(small_model, small_exact, tokenizer):
     """Tokens are predicted in blocks of max_length; each block reads the max_length tokens before its end."""
     L = 7
     lm = HymbaLM(model=small_model, tokenizer=tokenizer, max_length=L, batch_size=3)
     (total,) = lm.loglikelihood_rolling(instances("loglikelihood_rolling", [(TEXT,)]), disable_tqdm=True)
     s = [tokenizer.bos_token_id] + tokenizer.encode(TEXT, add_special_tokens=False)
     n = len(s) - 1
-    want = 0.0
+    terms = {small_model: [], small_exact: []}
     for i in range(1, n + 1):
         block_end = min(((i - 1) // L + 1) * L, n) + 1  # one past the block's last token, in s
         begin = max(0, block_end - 1 - L)
-        with torch.no_grad():
-            logits = small_model(torch.tensor([s[begin:i]])).logits[0, -1].double()
-        want += torch.log_softmax(logits, -1)[s[i]].item()
+        for model, logps in terms.items():
+            with torch.no_grad():
+                logits = model(torch.tensor([s[begin:i]])).logits[0, -1].double()
+            logps.append(torch.log_softmax(logits, -1)[s[i]])
     assert n > 3 * L
-    assert total == pytest.approx(want, abs=1e-4)
+    assert_sum_as_accurate(total, torch.stack(terms[small_model]), torch.stack(terms[small_exact]))
 
 
 def naive_greedy(model, tokenizer, prompt, max_new):
@@ -114,7 +141,8 @@ def test_generate_until_is_greedy_decoding_cut_at_the_stop_string(small_model, t
     assert len(got[1]) < len(full[1])
 
 
-def test_hymba_eval_runs_two_tasks_end_to_end(checkpoint_dir, eval_data_dir, tmp_path, small_model, tokenizer):
+def test_hymba_eval_runs_two_tasks_end_to_end(checkpoint_dir, eval_data_dir, tmp_path, small_model, small_exact,
+                                             tokenizer):
     """The command on a checkpoint directory: JSON and markdown written, and every logged loglikelihood and
     accuracy equal to a direct computation on the logged strings."""
     from hymba.cli import main
@@ -129,6 +157,7 @@ def test_hymba_eval_runs_two_tasks_end_to_end(checkpoint_dir, eval_data_dir, tmp
     assert results["n-samples"]["arc_easy"]["effective"] == 3
     table = (tmp_path / "results.md").read_text()
     assert "| arc_easy | acc_norm |" in table and "| winogrande | acc |" in table
+    loglikelihoods = Loglikelihoods(small_model, small_exact)
     for task in ("arc_easy", "winogrande"):
         accs = []
         for sample in results["samples"][task]:
@@ -136,15 +165,16 @@ def test_hymba_eval_runs_two_tasks_end_to_end(checkpoint_dir, eval_data_dir, tmp
             for (context, continuation), resp in zip(sample["arguments"].values() if isinstance(
                     sample["arguments"], dict) else sample["arguments"], sample["resps"]):
                 ids = tokenizer.encode(context + continuation)
-                want, _ = sequence_logprob(small_model, ids, len(tokenizer.encode(context)))
-                assert float(resp[0][0]) == pytest.approx(want, abs=1e-4)
-                lls.append(want)
+                terms = loglikelihoods.add(float(resp[0][0]), ids, len(tokenizer.encode(context)))
+                lls.append(terms.sum().item())
             assert len(lls) == (4 if task == "arc_easy" else 2)
             gold = sample["target"] if task == "arc_easy" else int(sample["doc"]["label"])
             accs.append(float(max(range(len(lls)), key=lls.__getitem__) == int(gold)))
             assert sample["acc"] == accs[-1]
+        # float64 means of a few 0/1 values: approx's default (rel 1e-6) is far above their rounding
         assert results["results"][task]["acc,none"] == pytest.approx(sum(accs) / len(accs))
         assert not math.isnan(results["results"][task]["acc,none"])
+    loglikelihoods.check()
 
 
 def test_chat_template_wraps_the_prompts(small_model, tokenizer, eval_data_dir):

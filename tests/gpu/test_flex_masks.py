@@ -4,6 +4,7 @@ wrappers compute what the SDPA reference computes (GQA, value heads twice as wid
 
 import pytest
 import torch
+from helpers import assert_as_accurate_as_reference
 from torch.nn.attention.flex_attention import create_block_mask, create_mask, flex_attention
 
 from hymba.ops.attention import allowed_keys, build_sdpa_mask, sdpa_attention
@@ -79,10 +80,11 @@ def test_grouped_sdpa_folds_query_heads_exactly():
     got = grouped_sdpa(q, k, v, mask, 0.5)
     want = sdpa_attention(q, k, v, mask.additive, 0.5)
     assert got.shape == (2, 6, 1, 8)
+    # float64: sums of 4 and 8 terms of size ~1, rounding ~1e-15; far below 1e-12 (here and below)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     # each query head really uses kv head h // G: recompute head 4 (kv head 1) by hand
     s = (q[:, 4, :1] @ k[:, 1].transpose(-1, -2)) * 0.5 + mask.additive[:, 0]  # [B, 1, Tk]
-    torch.testing.assert_close(got[:, 4], s.softmax(-1) @ v[:, 1])
+    torch.testing.assert_close(got[:, 4], s.softmax(-1) @ v[:, 1], rtol=1e-12, atol=1e-12)
 
 
 def test_flex_block_mask_with_gqa_and_wide_values_matches_sdpa():
@@ -92,8 +94,9 @@ def test_flex_block_mask_with_gqa_and_wide_values_matches_sdpa():
     q, k, v = _qkv(2, 4, 2, 10, 10, 8, dtype=torch.float32)
     bm = create_block_mask(positions_mask_mod(q_pos, k_pos, W, M), 2, None, 10, 10, device="cpu", BLOCK_SIZE=16)
     got = flex_attention(q, k, v, block_mask=bm, scale=0.3, enable_gqa=True)
-    want = sdpa_attention(q, k, v, build_sdpa_mask(q_pos, k_pos, W, M, torch.float32), 0.3)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # padding rows included
+    want, exact = (sdpa_attention(q.to(dt), k.to(dt), v.to(dt), build_sdpa_mask(q_pos, k_pos, W, M, dt), 0.3)
+                   for dt in (torch.float32, torch.float64))
+    assert_as_accurate_as_reference(got, want, exact)  # padding rows included
 
 
 def test_compiled_regions_leave_the_eager_flex_wrapper_fused():
@@ -115,9 +118,11 @@ def test_compiled_regions_leave_the_eager_flex_wrapper_fused():
         warnings.simplefilter("always")
         eager_out = layer(q, k, v)
     assert not [w for w in caught if "without torch.compile" in str(w.message)]
-    torch.testing.assert_close(eager_out, compiled_out)
-    torch.testing.assert_close(eager_out, sdpa_attention(q, k, v, build_sdpa_mask(*(torch.arange(T)[None],) * 2,
-                                                                                   None, 0), 0.25))
+    pos = torch.arange(T)[None]
+    want, exact = (sdpa_attention(q.to(dt), k.to(dt), v.to(dt), build_sdpa_mask(pos, pos, None, 0, dt), 0.25)
+                   for dt in (torch.float32, torch.float64))
+    assert_as_accurate_as_reference(compiled_out, want, exact, msg="compiled")
+    assert_as_accurate_as_reference(eager_out, want, exact, msg="eager")
 
 
 def test_tuned_kernel_options_are_flex_attention_options():
@@ -187,8 +192,9 @@ def test_flex_attention_pads_to_whole_blocks_and_drops_the_padding(monkeypatch):
     q, k, v = _qkv(1, 4, 2, 150, k_pos.shape[1], 8, dtype=torch.float32)
     got = flex.flex_attention(q, k, v, mask, 0.3)
     assert got.shape == (1, 4, 150, 16)
-    want = sdpa_attention(q, k, v, build_sdpa_mask(q_pos, k_pos, W, M, torch.float32), 0.3)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    want, exact = (sdpa_attention(q.to(dt), k.to(dt), v.to(dt), build_sdpa_mask(q_pos, k_pos, W, M, dt), 0.3)
+                   for dt in (torch.float32, torch.float64))
+    assert_as_accurate_as_reference(got, want, exact)
     with pytest.raises(ValueError, match="block mask covers 256 queries x 256 keys"):
         flex.flex_attention(q[:, :, :100], k, v, mask, 0.3)  # a mask made for other lengths
     # what CUDA runs: the padded inputs handed over as [B, H, n, 128, d] blocks (here eagerly: inductor's CPU
@@ -196,4 +202,4 @@ def test_flex_attention_pads_to_whole_blocks_and_drops_the_padding(monkeypatch):
     monkeypatch.setattr(torch.nn.attention.flex_attention, "_FLEX_ATTENTION_DISABLE_COMPILE_DEBUG", True)
     blocks = [torch.nn.functional.pad(t, (0, 0, 0, 256 - t.shape[2])).unflatten(2, (-1, 128)) for t in (q, k, v)]
     got = flex._blocked_flex(*blocks, mask.block_mask, 0.3, None)
-    torch.testing.assert_close(got[:, :, :150], want, rtol=1e-5, atol=1e-5)
+    assert_as_accurate_as_reference(got[:, :, :150], want, exact, msg="blocked")

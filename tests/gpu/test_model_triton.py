@@ -31,24 +31,30 @@ def models(monkeypatch):
 
 
 def test_logits_and_gradients_match_reference(models):
+    """Logits and every parameter gradient as close to the float64 reference as the float32 reference is."""
+    from helpers import assert_gradients_as_accurate, assert_model_as_accurate, float64_copy
+
     ref, fast = models
     ids = torch.randint(0, ref.config.vocab_size, (2, 11))
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
-    outs = []
-    for m in (ref, fast):
-        out = m(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+    exact = float64_copy(ref)
+
+    def run(m):
+        return m(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+    outs = [run(m) for m in (ref, fast, exact)]
+    for out in outs:
         out.loss.backward()
-        outs.append(out)
     real = mask.bool()
-    torch.testing.assert_close(outs[1].logits[real], outs[0].logits[real], rtol=1e-4, atol=1e-4)
-    for (name, p), q in zip(ref.named_parameters(), fast.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
+    assert_model_as_accurate(outs[1].logits[real], outs[0].logits[real], ref, lambda m: run(m).logits[real],
+                             msg="logits")
+    assert_gradients_as_accurate(fast, ref, exact, lambda m: run(m).loss)
 
 
 @torch.no_grad()
 def test_cached_decoding_matches_reference(models, monkeypatch):
     """Decode steps of the fast bundle go through the Triton decode-attention kernel."""
+    from helpers import assert_model_as_accurate
     from hymba.ops.attention import decode_triton
 
     calls = []
@@ -56,11 +62,11 @@ def test_cached_decoding_matches_reference(models, monkeypatch):
     monkeypatch.setattr(decode_triton, "decode_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
     ref, fast = models
     ids = torch.randint(0, ref.config.vocab_size, (2, 9))
-    logits = []
-    for m in (ref, fast):
+
+    def decode(m):
         cache = new_cache(m, 2, 9)
         steps = [m(ids[:, :5], cache=cache).logits[:, -1]]
         steps += [m(ids[:, t:t + 1], cache=cache).logits[:, -1] for t in range(5, 9)]
-        logits.append(torch.stack(steps, 1))
-    torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-4)
+        return torch.stack(steps, 1)
+    assert_model_as_accurate(decode(fast), decode(ref), ref, decode)
     assert len(calls) == 6 * fast.config.num_hidden_layers  # meta prefix, prefill, 4 steps; every layer

@@ -4,6 +4,7 @@ import math
 import re
 
 import torch
+from helpers import EPS64
 
 from hymba.config import HymbaConfig
 from hymba.modeling.layers import MLP, RMSNorm, RotaryEmbedding, apply_rotary, rope_inv_freq
@@ -14,6 +15,7 @@ def test_rmsnorm_by_hand():
     n.weight.data = torch.tensor([1.0, 2.0])
     x = torch.tensor([[3.0, 4.0]])
     rms = math.sqrt((9 + 16) / 2)
+    # float32 default (rtol 1.3e-6 ~ 11 eps32): a handful of roundings against the float64 value, rounded once
     torch.testing.assert_close(n(x), torch.tensor([[3 / rms, 2 * 4 / rms]]))
 
 
@@ -22,6 +24,8 @@ def test_rmsnorm_casts_back_before_scaling():
     n.weight.data = torch.randn(8)
     x = torch.randn(3, 8).to(torch.bfloat16)
     expected = n.weight * (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6)).to(torch.bfloat16)
+    # float32 default (rtol 1.3e-6 ~ 11 eps32): the same formula, a mean of 8 squares and a few roundings apart;
+    # skipping the cast back to bf16 would move values by up to 2**-9 (relative), far outside it
     torch.testing.assert_close(n(x), expected)
 
 
@@ -45,15 +49,16 @@ def test_rmsnorm_with_its_own_dtype_scales_in_the_kernel():
 def test_ntk_base_of_the_release():
     c = HymbaConfig.from_preset("hymba-1.5b")
     base = 10000 * (2 * 8192 / 2048 - 1) ** (64 / 62)
-    assert abs(base - 74534.8) < 0.1
+    assert abs(base - 74534.8) < 0.1  # the value to its printed digits
+    # float64 powers of the same base and exact exponents, torch's and libm's each within an ulp (eps64 relative)
     torch.testing.assert_close(rope_inv_freq(c), torch.tensor([base ** (-2 * i / 64) for i in range(32)],
-                                                              dtype=torch.float64))
+                                                              dtype=torch.float64), rtol=4 * EPS64, atol=0)
 
 
 def test_default_rope_frequencies():
     c = HymbaConfig.from_preset("tiny", rope_type="default", rope_theta=500.0)
     torch.testing.assert_close(rope_inv_freq(c), torch.tensor([500.0 ** (-2 * i / 16) for i in range(8)],
-                                                              dtype=torch.float64))
+                                                              dtype=torch.float64), rtol=4 * EPS64, atol=0)  # as above
 
 
 def test_rotary_is_a_rotation_of_pairs_i_and_i_plus_half():
@@ -68,15 +73,20 @@ def test_rotary_is_a_rotation_of_pairs_i_and_i_plus_half():
     z = torch.complex(x[..., :8], x[..., 8:])
     angle = pos[0, :, None].double() * freqs
     rz = z * torch.polar(torch.ones_like(angle), angle)
-    # angles are computed in fp32, as the release does: agreement to fp32 rounding at position 300
-    torch.testing.assert_close(got, torch.cat([rz.real, rz.imag], dim=-1), rtol=1e-5, atol=1e-5)
+    # a float64 model's angles are float64 (the same products on both sides): cos and sin within an ulp, then two
+    # products and a sum, a few eps64 x |x| per element
+    torch.testing.assert_close(got, torch.cat([rz.real, rz.imag], dim=-1), rtol=0,
+                               atol=16 * EPS64 * x.abs().max().item())
     # relative property: <R(p) q, R(p') k> depends only on p - p'
     q, k = torch.randn(16, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
 
     def rotated(v, p):
         cs, sn = rot(torch.tensor([[p]]), torch.float64)
         return apply_rotary(v[None, None, None], cs, sn).flatten()
-    assert torch.allclose(rotated(q, 10) @ rotated(k, 4), rotated(q, 106) @ rotated(k, 100))
+    # float64 angles up to 106 rad, each within 106 eps64 / 2 of exact: their differences, hence the products,
+    # agree to ~2 x 106 eps64 x |q||k| (plus the 16-term dot products' rounding)
+    torch.testing.assert_close(rotated(q, 10) @ rotated(k, 4), rotated(q, 106) @ rotated(k, 100), rtol=0,
+                               atol=512 * EPS64 * (q.norm() * k.norm()).item())
 
 
 def test_mlp_variants():
@@ -84,10 +94,12 @@ def test_mlp_variants():
     m = MLP(c).double()
     x = torch.randn(3, 64, dtype=torch.float64)
     g, u = x @ m.gate_proj.weight.T, x @ m.up_proj.weight.T
-    torch.testing.assert_close(m(x), (g * torch.sigmoid(g) * u) @ m.down_proj.weight.T)
+    # float64: sums of 64 and 128 products, rounding ~1e-15 of their magnitude; 1e-12 is far below any real error
+    torch.testing.assert_close(m(x), (g * torch.sigmoid(g) * u) @ m.down_proj.weight.T, rtol=1e-12, atol=1e-12)
     r = MLP(c.replace(mlp_hidden_act="relu2")).double()
     assert not hasattr(r, "gate_proj")
-    torch.testing.assert_close(r(x), torch.relu(x @ r.up_proj.weight.T) ** 2 @ r.down_proj.weight.T)
+    torch.testing.assert_close(r(x), torch.relu(x @ r.up_proj.weight.T) ** 2 @ r.down_proj.weight.T, rtol=1e-12,
+                               atol=1e-12)  # as above
 
 
 def test_split_last_dim_gradients_match_a_plain_split_even_with_unused_parts():
@@ -103,7 +115,7 @@ def test_split_last_dim_gradients_match_a_plain_split_even_with_unused_parts():
             sum((parts[i] * weights[i]).sum() for i in used).backward()
             grads.append(x.grad)
             x.grad = None
-        torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+        torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)  # the same values, placed: exact
         assert (grads[1][..., 4:5] == 0).all() == (1 not in used)
     with torch.no_grad():  # inference: the plain split (views, no autograd node)
         assert split_last_dim(x, [4, 6])[0]._base is x
@@ -138,6 +150,8 @@ def test_split_last_dim_backward_stays_one_opaque_concatenation_under_torch_comp
     cats = re.findall(r"aten\.cat\.default\(\[([^\]]*)\]", backward)  # only the rotary's own (-x2, x1)
     assert cats and all(len(c.split(",")) == 2 for c in cats), cats
     want = torch.autograd.grad(f(x, cos, sin), x)[0]
+    # float32 default (rtol 1.3e-6 ~ 11 eps32): each gradient element is a product or two, the traced graph
+    # running the same aten ops eagerly (no inductor)
     torch.testing.assert_close(x.grad, want)
 
 

@@ -12,10 +12,11 @@ def test_matches_conv1d_with_left_zero_padding():
     b = torch.randn(6, dtype=torch.float64)
     y, state = causal_conv1d_ref(x, w, b, activation=None)
     expected = F.conv1d(F.pad(x.transpose(1, 2), (3, 0)), w[:, None, :], b, groups=6).transpose(1, 2)
-    torch.testing.assert_close(y, expected)
-    torch.testing.assert_close(state, x[:, -3:])
+    # float64: sums of 5 terms of size ~1-10, rounding ~1e-15; far below 1e-12 (so in every test here)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(state, x[:, -3:])  # the last inputs, copied
     y_silu, _ = causal_conv1d_ref(x, w, b)
-    torch.testing.assert_close(y_silu, F.silu(expected))
+    torch.testing.assert_close(y_silu, F.silu(expected), rtol=1e-12, atol=1e-12)
 
 
 def test_by_hand():
@@ -33,8 +34,8 @@ def test_initial_state_continues_exactly():
     a, s = causal_conv1d_ref(x[:, :7], w, b)
     c, s2 = causal_conv1d_ref(x[:, 7:9], w, b, initial_state=s)  # shorter than the kernel
     d, s3 = causal_conv1d_ref(x[:, 9:], w, b, initial_state=s2)
-    torch.testing.assert_close(torch.cat([a, c, d], 1), full)
-    torch.testing.assert_close(s3, full_state)
+    torch.testing.assert_close(torch.cat([a, c, d], 1), full, rtol=1e-12, atol=1e-12)
+    assert torch.equal(s3, full_state)  # the last inputs, copied
 
 
 def test_step_updates_state_in_place():
@@ -44,5 +45,5 @@ def test_step_updates_state_in_place():
     full, full_state = causal_conv1d_ref(x, w, b)
     state = torch.zeros(2, 3, 5, dtype=torch.float64)
     ys = [causal_conv1d_step_ref(x[:, t], state, w, b) for t in range(9)]
-    torch.testing.assert_close(torch.stack(ys, 1), full)
-    torch.testing.assert_close(state, full_state)
+    torch.testing.assert_close(torch.stack(ys, 1), full, rtol=1e-12, atol=1e-12)
+    assert torch.equal(state, full_state)  # the last inputs, copied

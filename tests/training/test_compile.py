@@ -2,7 +2,7 @@
 gives the eager model's logits and gradients, and the layers really run compiled graphs."""
 
 import pytest
-from helpers import randomized, small_config
+from helpers import assert_gradients_as_accurate, assert_model_as_accurate, float64_copy, randomized, small_config
 
 from hymba import HymbaForCausalLM
 from hymba.modeling import compile_layers
@@ -22,13 +22,13 @@ def test_compiled_layers_match_eager_forward_and_backward(layers, groups):
     assert compile_layers(compiled) == layers
     assert all(layer._compiled_call_impl is not None for layer in compiled.model.layers)
 
+    exact = float64_copy(eager)
     ids = torch.randint(0, config.vocab_size, (2, 20))
     outs = []
-    for model in (eager, compiled):
+    for model in (eager, compiled, exact):
         out = model(ids, labels=ids)
         out.loss.backward()
         outs.append(out)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # one graph per layer kind at least
-    torch.testing.assert_close(outs[1].logits, outs[0].logits, rtol=1e-4, atol=1e-4)
-    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4, msg=name)
+    assert_model_as_accurate(outs[1].logits, outs[0].logits, eager, lambda m: m(ids, labels=ids).logits, msg="logits")
+    assert_gradients_as_accurate(compiled, eager, exact, lambda m: m(ids, labels=ids).loss)

@@ -41,7 +41,7 @@ def test_the_same_size_transformer_has_as_many_parameters_and_a_bigger_cache():
     with torch.device("meta"):
         n = HymbaForCausalLM(config, init=False).num_parameters()
     twin_n, twin = demo.attention_only_twin(config, n)
-    assert abs(twin_n - n) / n < 0.02
+    assert abs(twin_n - n) / n < 0.02  # integer widths: one MLP width step is ~0.1% of the count here
     assert not twin.use_ssm and twin.num_memory_tokens == 0 and twin.sliding_window is None
     assert (twin.hidden_size, twin.num_hidden_layers) == (config.hidden_size, config.num_hidden_layers)
     assert sum(cache_bytes(twin, 1, 8192).values()) > 1.5 * sum(cache_bytes(config, 1, 8192).values())

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from helpers import EPS32, assert_model_as_accurate, assert_sum_as_accurate, float64_copy
 
 from hymba import HymbaConfig, HymbaForCausalLM
 from hymba.tokenizer import load_tokenizer
@@ -102,16 +103,15 @@ def test_sft_loss_counts_only_assistant_tokens(prepared, base_checkpoint):
     batch = task.collate(task.train[:3])
     model = HymbaForCausalLM.from_pretrained(base_checkpoint)
     loss, _ = task.loss(model, batch)
-    # by hand: the mean over labelled positions of -log p, each row alone and unpadded
-    total, n = 0.0, 0
+    # by hand: -log p summed over the labelled positions, each row alone and unpadded (float32 and float64 models)
+    terms = {model: [], float64_copy(model): []}
     for ids, labels in task.train[:3]:
-        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
-        for t in range(1, len(ids)):
-            if labels[t] != IGNORE:
-                total -= logp[t - 1, labels[t]].item()
-                n += 1
-    assert task.count(batch) == n
-    assert loss.item() == pytest.approx(total, rel=1e-5)
+        for m, nll in terms.items():
+            logp = torch.log_softmax(m(torch.tensor([ids])).logits[0].double(), -1)
+            nll += [-logp[t - 1, labels[t]] for t in range(1, len(ids)) if labels[t] != IGNORE]
+    terms32, terms64 = (torch.stack(t) for t in terms.values())
+    assert task.count(batch) == len(terms32)
+    assert_sum_as_accurate(loss.item(), terms32, terms64)
 
 
 def test_sft_rejects_bad_conversations(prepared, tmp_path, base_checkpoint):
@@ -139,6 +139,7 @@ def test_dpo_loss_by_hand():
     rc, rr = torch.tensor([-1.5, -2.0]), torch.tensor([-1.5, -2.0])
     loss, margin = dpo_loss(pc, pr, rc, rr, beta=0.1)
     # pair 0: m = (-1 + 2) - 0 = 1 -> beta m = 0.1; pair 1: m = (-3 + 1) - 0 = -2 -> -0.2
+    # (float32 values of a few operations: approx's default rel 1e-6 ~ 8 eps32 covers their rounding)
     assert margin.tolist() == pytest.approx([0.1, -0.2])
     assert loss.tolist() == pytest.approx([math.log(1 + math.exp(-0.1)), math.log(1 + math.exp(0.2))])
     smoothed, _ = dpo_loss(pc, pr, rc, rr, beta=0.1, label_smoothing=0.25)
@@ -157,7 +158,10 @@ def test_sequence_logps_against_a_loop():
                 row = logits[b, t - 1].double()
                 s += (row[labels[b, t]] - torch.logsumexp(row, 0)).item()
         expected.append(s)
-    assert sequence_logps(logits, labels).tolist() == pytest.approx(expected, rel=1e-6)
+    # float32 cross entropy against float64 on the same logits: each of <= 4 terms within a few eps32 of
+    # (|logit|max + log V)
+    bound = 4 * 4 * EPS32 * (logits.abs().max().item() + math.log(7))
+    assert sequence_logps(logits, labels).tolist() == pytest.approx(expected, rel=0, abs=bound)
 
 
 def test_model_sequence_logps_equal_those_of_its_logits():
@@ -172,8 +176,12 @@ def test_model_sequence_logps_equal_those_of_its_logits():
     ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(1))
     mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
     labels = torch.tensor([[IGNORE, IGNORE, 3, 1, 7, 2], [IGNORE, 4, 4, 0, IGNORE, IGNORE]])
-    from_logits = sequence_logps(model(ids, attention_mask=mask).logits, labels).double()
-    torch.testing.assert_close(model_sequence_logps(model, ids, mask, labels), from_logits, rtol=1e-6, atol=1e-6)
+    logits = model(ids, attention_mask=mask).logits
+    from_logits = sequence_logps(logits, labels).double()
+    # sequence_logps rounds the logits to float32 and works there: each of <= 4 terms within a few eps32 of
+    # (|logit|max + log V), while the lean path stays in float64
+    bound = 4 * 4 * EPS32 * (logits.abs().max().item() + math.log(50))
+    torch.testing.assert_close(model_sequence_logps(model, ids, mask, labels), from_logits, rtol=0, atol=bound)
 
 
 def test_dpo_task_loss_matches_a_hand_computation(prepared, base_checkpoint):
@@ -188,7 +196,8 @@ def test_dpo_task_loss_matches_a_hand_computation(prepared, base_checkpoint):
     policy = HymbaForCausalLM.from_pretrained(base_checkpoint)
     task.attach(policy, cfg, DistInfo())
     batch = task.collate(task.train[:2])
-    # at the start the policy is its own reference: every pair costs exactly log 2
+    # at the start the policy is its own reference: every pair costs exactly log 2 (the reference is a copy
+    # computing the same numbers, so m = 0), rounded to float32: an eps32 or two, inside rel 1e-6 (~8 eps32)
     loss, metrics = task.loss(policy, batch)
     assert loss.item() == pytest.approx(2 * math.log(2), rel=1e-6)
     # move the policy away from the reference and compute the loss by hand
@@ -199,15 +208,27 @@ def test_dpo_task_loss_matches_a_hand_computation(prepared, base_checkpoint):
 
     def logp(model, ids, labels):
         out = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
-        return sum(out[t - 1, labels[t]].item() for t in range(1, len(ids)) if labels[t] != IGNORE)
+        return torch.stack([out[t - 1, labels[t]] for t in range(1, len(ids)) if labels[t] != IGNORE])
 
-    expected, wins = 0.0, 0
-    for (c_ids, c_lab), (r_ids, r_lab) in task.train[:2]:
-        m = ((logp(policy, c_ids, c_lab) - logp(policy, r_ids, r_lab))
-             - (logp(task.reference, c_ids, c_lab) - logp(task.reference, r_ids, r_lab)))
-        expected += math.log(1 + math.exp(-0.5 * m))
-        wins += m > 0
-    assert loss.item() == pytest.approx(expected, rel=1e-4)
+    policy64, reference64 = float64_copy(policy), float64_copy(task.reference)
+
+    def pair_terms(policy, reference, chosen, rejected):
+        (c_ids, c_lab), (r_ids, r_lab) = chosen, rejected
+        return [logp(policy, c_ids, c_lab), logp(policy, r_ids, r_lab),
+                logp(reference, c_ids, c_lab), logp(reference, r_ids, r_lab)]
+
+    expected, wins, ref_err, summing = 0.0, 0, 0.0, 0.0
+    for chosen, rejected in task.train[:2]:
+        t32 = pair_terms(policy, task.reference, chosen, rejected)
+        t64 = pair_terms(policy64, reference64, chosen, rejected)
+        m32, m64 = ((t[0].sum() - t[1].sum() - t[2].sum() + t[3].sum()).item() for t in (t32, t64))
+        expected += math.log(1 + math.exp(-0.5 * m64))
+        wins += m32 > 0
+        ref_err += sum((a - b).abs().sum().item() for a, b in zip(t32, t64))
+        summing += sum(len(t) * EPS32 / 2 * t.abs().sum().item() for t in t64)
+    # helpers.assert_sum_as_accurate's bound on the log-prob sums, through the loss's slope |d loss / d m| <= beta
+    # = 0.5, plus the loss's own rounding
+    assert abs(loss.item() - expected) <= 0.5 * (4 * ref_err + summing) + 4 * EPS32 * expected
     assert metrics["accuracy"].item() == wins
     # only the final assistant turn is scored
     (c_ids, c_lab), _ = task.train[0]
@@ -227,7 +248,8 @@ def test_lora_merge_and_adapter_round_trip(tmp_path):
     before = base(ids).logits
     cfg = LoraSection(enabled=True, r=4, alpha=8.0)
     model = apply_lora(copy.deepcopy(base), cfg)
-    torch.testing.assert_close(model(ids).logits, before)  # B = 0 at the start: nothing changes
+    # B = 0 at the start: the base model's function (the wrapped layers may multiply in other orders)
+    assert_model_as_accurate(model(ids).logits, before, base, lambda m: m(ids).logits)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in n for n in trainable)
     assert any("mamba.in_proj.lora_A" in n for n in trainable) and any("down_proj.lora_B" in n for n in trainable)
@@ -241,13 +263,14 @@ def test_lora_merge_and_adapter_round_trip(tmp_path):
     state = {k: v.detach() for k, v in model.state_dict().items()}
     C.export_pretrained(merge_lora_state(state, cfg), config, str(tmp_path / "merged"), None)
     merged = HymbaForCausalLM.from_pretrained(str(tmp_path / "merged"))
-    torch.testing.assert_close(merged(ids).logits, adapted, rtol=1e-4, atol=1e-5)
+    assert_model_as_accurate(merged(ids).logits, adapted, model, lambda m: m(ids).logits,
+                             copy=lambda m: copy.deepcopy(m).double())
 
     save_adapter(state, cfg, str(tmp_path / "adapter"))
     assert set(os.listdir(tmp_path / "adapter")) == {"adapter_config.json", "adapter_model.safetensors"}
     assert len(adapter_state(state)) == 2 * 5 * config.num_hidden_layers
     reloaded = load_adapter(copy.deepcopy(base), str(tmp_path / "adapter"))
-    torch.testing.assert_close(reloaded(ids).logits, adapted)
+    assert torch.equal(reloaded(ids).logits, adapted)  # the same weights, saved bit for bit: the same numbers
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -285,6 +308,7 @@ def test_sft_and_dpo_through_the_trainer(base_checkpoint, tmp_path, lora):
     from hymba.training.metrics import read_metrics
 
     train = [r for r in read_metrics(str(tmp_path / "dpo")) if r["kind"] == "train"]
-    assert train[0]["loss"] == pytest.approx(math.log(2), rel=1e-5)  # policy == reference at step 1
+    # policy == reference at step 1 (a copy, or the policy with its zero adapters off): m = 0, log 2 to float32
+    assert train[0]["loss"] == pytest.approx(math.log(2), rel=1e-6)
     assert train[-1]["loss"] < math.log(2) - 0.05
     assert {"accuracy", "margin", "chosen_reward", "rejected_reward"} <= set(train[-1])

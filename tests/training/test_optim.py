@@ -37,6 +37,7 @@ def test_fused_adamw_on_cpu():
 
 
 def test_warmup_stable_decay_by_hand():
+    # python floats (float64), a few operations each: approx's default rel 1e-6 is far above their rounding
     s = LRSchedule(lr=1.0, total_steps=100, name="wsd", warmup_steps=10, min_lr=0.1, decay_fraction=0.2)
     assert s(0) == pytest.approx(0.1) and s(4) == pytest.approx(0.5) and s(9) == pytest.approx(1.0)
     assert s(10) == 1.0 and s(79) == 1.0 and s(80) == 1.0
@@ -51,13 +52,14 @@ def test_warmup_stable_decay_by_hand():
 
 def test_cosine_and_constant_by_hand():
     s = LRSchedule(lr=2.0, total_steps=110, name="cosine", warmup_steps=10, min_lr=0.0)
-    assert s(10) == pytest.approx(2.0)
+    assert s(10) == pytest.approx(2.0)  # float64 arithmetic, as above
     assert s(60) == pytest.approx(1.0)  # half of the 100 post-warmup steps
-    assert s(110) == pytest.approx(0.0, abs=1e-12)
+    assert s(110) == pytest.approx(0.0, abs=1e-12)  # 1 + cos(pi) in float64: ~1e-16
     assert LRSchedule(lr=0.5, total_steps=10, name="constant")(7) == 0.5
 
 
 def test_progress_replaces_the_step_count():
+    # float64 arithmetic, as above
     s = LRSchedule(lr=1.0, total_steps=1, name="wsd", warmup_steps=3, min_lr=0.0, decay_fraction=0.5)
     assert s(0, progress=0.9) == pytest.approx(1 / 3)  # warmup still counts steps
     assert s(50, progress=0.25) == 1.0
