@@ -304,9 +304,9 @@ def test_static_decoder_path_equals_the_cache_path(tiny_model, static_steps):
     """Rows finishing at different steps stay in the fixed batch (fed padding, ignored): same tokens, same
     logits, same finish reasons as dropping them; a left-padded prompt and repetition penalty included."""
     prompts = [prompt_of(n, 512, seed=30 + n) for n in (4, 11, 7)]
-    free = [generate(tiny_model, torch.tensor([p]), max_new_tokens=24, eos_token_id=[])[0, len(p):].tolist()
-            for p in prompts]
-    eos = free[1][5]
+    free = [generate(tiny_model, torch.tensor([p]), max_new_tokens=24, eos_token_id=[],
+                     repetition_penalty=1.3)[0, len(p):].tolist() for p in prompts]
+    eos = free[1][5]  # row 1 ends by its 6th token (each row generates in the batch what it does alone)
     ids, mask = left_pad(prompts, pad=0)
     kw = dict(max_new_tokens=24, eos_token_id=eos, pad_token_id=3, output_logits=True, repetition_penalty=1.3)
     want = generate(tiny_model, ids, mask, cuda_graph=False, **kw)
