@@ -405,7 +405,17 @@ def job(ctx: Ctx, part: str, shard=(0, 1), dtype: str | None = None) -> dict:
 def run(ctx: Ctx) -> dict:
     """The parallel jobs' rows (or, run without them, every part here in turn)."""
     rows, crashed = [], []
-    results = ctx.job_results or [dict(label=label, **_inline(ctx, kw)) for label, kw, _ in jobs(ctx)]
+    if not ctx.job_results:
+        results = [dict(label=label, **_inline(ctx, kw)) for label, kw, _ in jobs(ctx)]
+    else:  # a part the parallel phase stopped runs again here, alone, if the budget leaves room for it
+        planned = {label: (kw, est) for label, kw, est in jobs(ctx)}
+        results = []
+        for r in ctx.job_results:
+            kw, est = planned.get(r["label"], (None, 0.0))
+            if r["status"] == "skipped" and kw is not None and ctx.time_left() > 1.5 * est:
+                ctx.log(f"running part {r['label']} again, alone (the parallel phase stopped it)")
+                r = dict(label=r["label"], **_inline(ctx, kw))
+            results.append(r)
     for r in results:
         if r["status"] == "ok":
             rows += r["result"]["rows"]
