@@ -221,6 +221,32 @@ def _compile_template(source: str):
         raise TokenizerError(f"chat_template is not a valid Jinja template: {e}") from None
 
 
+def read_tokenizer_config(directory: str) -> dict[str, Any]:
+    """A directory's tokenizer_config.json ({} when it has none); a damaged one is a TokenizerError naming it."""
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise TokenizerError(f"{path} must hold a JSON object")
+    return config
+
+
+def special_token_flags(config: dict[str, Any], source: str) -> dict[str, bool | None]:
+    """add_bos_token / add_eos_token of a tokenizer config (None: not given), checked to be booleans."""
+    flags = {}
+    for key in ("add_bos_token", "add_eos_token"):
+        value = config.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise TokenizerError(f"{source}: {key} must be true or false, got {value!r}")
+        flags[key] = value
+    return flags
+
+
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     """Load `tokenizer.json` and `tokenizer_config.json` (optional) from a checkpoint directory."""
     directory = os.fspath(directory)
@@ -234,16 +260,8 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         backend = Backend.from_file(path)
     except Exception as e:  # the library raises a bare Exception for malformed files
         raise TokenizerError(f"{path} is not a valid tokenizers file: {e}") from None
-    config: dict[str, Any] = {}
     config_path = os.path.join(directory, CONFIG_FILE)
-    if os.path.exists(config_path):
-        try:
-            with open(config_path, encoding="utf-8") as f:
-                config = json.load(f)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise TokenizerError(f"{config_path} is not valid JSON: {e}") from None
-        if not isinstance(config, dict):
-            raise TokenizerError(f"{config_path} must hold a JSON object")
+    config = read_tokenizer_config(directory)
     tokens = {k: _token_content(config.get(k), k, config_path) for k in SPECIAL_TOKEN_KEYS}
     template = config.get("chat_template")
     if isinstance(template, list):  # several named templates: [{"name": "default", "template": ...}, ...]
@@ -254,10 +272,5 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         template = named["default"]
     if template is not None and not isinstance(template, str):
         raise TokenizerError(f"{config_path}: chat_template must be a string")
-    flags = {}
-    for key in ("add_bos_token", "add_eos_token"):
-        value = config.get(key)
-        if value is not None and not isinstance(value, bool):
-            raise TokenizerError(f"{config_path}: {key} must be true or false, got {value!r}")
-        flags[key] = value
+    flags = special_token_flags(config, config_path)
     return Tokenizer(backend, **tokens, **flags, chat_template=template, config=config, source=directory)

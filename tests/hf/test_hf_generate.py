@@ -5,7 +5,7 @@ strings, and a cache that grows as tokens arrive."""
 import pytest
 import torch
 from helpers import randomized
-from hf_helpers import small_lm_config
+from helpers import small_lm_config
 from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from hymba import HymbaForCausalLM

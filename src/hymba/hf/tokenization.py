@@ -11,13 +11,12 @@ agrees too), and adds BOS/EOS as tokenizer_config.json's add_bos_token / add_eos
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from transformers import TokenizersBackend
 
-from ..tokenizer import CONFIG_FILE, TokenizerError
+from ..tokenizer import CONFIG_FILE, read_tokenizer_config, special_token_flags
 
 
 class HymbaTokenizer(TokenizersBackend):
@@ -29,17 +28,9 @@ class HymbaTokenizer(TokenizersBackend):
         """Load as transformers does, then apply tokenizer_config.json's add_bos_token / add_eos_token (which
         transformers 5 leaves to tokenizer.json's post-processor) unless passed explicitly."""
         path = os.fspath(pretrained_model_name_or_path)
-        config_file = os.path.join(path, CONFIG_FILE)
-        if os.path.isfile(config_file):
-            try:
-                with open(config_file, encoding="utf-8") as f:
-                    config = json.load(f)
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise TokenizerError(f"{config_file} is not valid JSON: {e}") from None
-            for key in ("add_bos_token", "add_eos_token"):
-                value = config.get(key) if isinstance(config, dict) else None
-                if value is not None and not isinstance(value, bool):
-                    raise TokenizerError(f"{config_file}: {key} must be true or false, got {value!r}")
+        if os.path.isdir(path):
+            flags = special_token_flags(read_tokenizer_config(path), os.path.join(path, CONFIG_FILE))
+            for key, value in flags.items():
                 if value is not None:
                     kwargs.setdefault(key, value)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
