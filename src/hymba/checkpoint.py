@@ -97,6 +97,14 @@ def _open_safetensors(file: str, device: str = "cpu"):
         raise CheckpointError(f"{file} is not a readable safetensors file ({type(e).__name__}: {e})") from None
 
 
+def read_safetensors(file: str) -> dict[str, torch.Tensor]:
+    """Every tensor of one safetensors file (on the CPU); a missing or damaged file is a CheckpointError naming it."""
+    if not os.path.isfile(file):
+        raise CheckpointError(f"{file} is missing")
+    with _open_safetensors(file) as f:
+        return {name: f.get_tensor(name) for name in f.keys()}
+
+
 def read_state_dict(path: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     by_file: dict[str, list[str]] = {}

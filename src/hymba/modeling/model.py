@@ -131,7 +131,7 @@ class HymbaModel(nn.Module):
         if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
             raise InputError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
         if input_ids.numel() and not _tracing():  # (a host sync; CUDA graphs and compiled steps skip it)
-            low, high = int(input_ids.min()), int(input_ids.max())
+            low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one pass, one read back
             if low < 0 or high >= self.config.vocab_size:
                 raise InputError(f"input_ids hold token ids outside the vocabulary [0, {self.config.vocab_size}): "
                                  f"min {low}, max {high}")

@@ -31,10 +31,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, read_safetensors
 from ..modeling import HymbaForCausalLM
 from ..utils import atomic_dir, atomic_write_text, replace_dir
 from . import distributed as D
@@ -205,15 +204,6 @@ def _read_json(path: str) -> Any:
         raise TrainingCheckpointError(f"{path} is not valid JSON ({e})") from None
 
 
-def _read_tensors(path: str) -> dict[str, torch.Tensor]:
-    if not os.path.exists(path):
-        raise TrainingCheckpointError(f"{path} is missing")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise TrainingCheckpointError(f"{path} is not a valid safetensors file ({e})") from None
-
-
 def _save_tensors(tensors: dict[str, torch.Tensor], path: str) -> dict[str, str]:
     """Write tensors as safetensors; a tensor sharing memory with one already written (tied weights) is
     recorded as an alias of it instead. Returns {alias: name}."""
@@ -253,20 +243,20 @@ def save_trainer_state(directory: str, model_state: dict[str, torch.Tensor], opt
 
 def read_trainer_state(directory: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(model state, optimizer state) written by `save_trainer_state`, checked to be complete; a damaged file
-    raises TrainingCheckpointError naming it. Nothing is unpickled."""
+    raises a CheckpointError naming it. Nothing is unpickled."""
     d = os.path.join(directory, "trainer")
     meta_path = os.path.join(d, "optimizer.json")
     meta = _read_json(meta_path)
     if not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list):
         raise TrainingCheckpointError(f"{meta_path} does not describe an optimizer state (no param_groups)")
-    model_state = _read_tensors(os.path.join(d, "model.safetensors"))
+    model_state = read_safetensors(os.path.join(d, "model.safetensors"))
     for alias, name in meta.get("model_aliases", {}).items():
         if name not in model_state:
             raise TrainingCheckpointError(f"{meta_path}: {alias} is an alias of {name}, which "
                                           f"{os.path.join(d, 'model.safetensors')} does not hold")
         model_state[alias] = model_state[name]
     state: dict[str, dict[str, Any]] = {}
-    for key, value in _read_tensors(os.path.join(d, "optimizer.safetensors")).items():
+    for key, value in read_safetensors(os.path.join(d, "optimizer.safetensors")).items():
         param, _, name = key.rpartition("/")
         state.setdefault(param, {})[name] = value
     for param, entries in meta.get("scalars", {}).items():
@@ -296,7 +286,7 @@ def read_rng(directory: str, rank: int) -> dict[str, Any] | None:
     path = os.path.join(d, f"rng-{rank:05d}.safetensors")
     if not os.path.exists(path):
         return None
-    tensors = _read_tensors(path)
+    tensors = read_safetensors(path)
     meta_path = os.path.join(d, f"rng-{rank:05d}.json")
     meta = _read_json(meta_path)
     try:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint import CheckpointError
 from ..config import HymbaConfig
 from ..modeling import HymbaForCausalLM, compile_layers
 from ..utils import atomic_write_text
@@ -244,9 +245,8 @@ class Trainer:
                     if state["task"] != task.name:
                         raise TrainingError(f"--resume {path}: that checkpoint is from a {state['task']!r} run, "
                                             f"this is {task.name!r}")
-                    loaded = (state, *C.read_trainer_state(path))
-                    C.read_rng(path, 0)
-                except C.TrainingCheckpointError as e:
+                    loaded = (state, *C.read_trainer_state(path), C.read_rng(path, 0))
+                except CheckpointError as e:
                     older = candidates[i + 1:]
                     if self.resume is not True or not older:
                         hint = f"; the previous one is {older[0]}" if older else ""
@@ -258,14 +258,14 @@ class Trainer:
                 break
         chosen = D.broadcast_object(chosen)
         state = D.broadcast_object(loaded[0] if loaded else None)
-        model_state, optim_state = loaded[1:] if loaded else ({}, {})
+        model_state, optim_state = loaded[1:3] if loaded else ({}, {})
         D.load_full_state(run.wrapped, run.optimizer, model_state, optim_state, info)
         run.loader.load_state_dict(state["loader"])
         run.step, run.tokens = state["step"], state["tokens"]
         run.skipped, run.bad_in_a_row = state["skipped_steps"], state["bad_in_a_row"]
         run.elapsed_before = state.get("elapsed_s", 0.0)
         run.last_saved = run.step
-        rng = C.read_rng(chosen, info.rank)
+        rng = loaded[3] if info.is_main else C.read_rng(chosen, info.rank)  # rank 0's was read with the rest
         if rng is not None:
             C.set_rng_state(rng)
         return chosen
