@@ -2,7 +2,7 @@
 
 from . import hf
 from .config import ConfigError, HymbaConfig
-from .engine import GenerateOutput, TextStreamer, generate, load_model_and_tokenizer
+from .engine import LLM, GenerateOutput, SamplingParams, TextStreamer, generate, load_model_and_tokenizer
 from .errors import GenerationError, HymbaError, InputError
 from .modeling import CausalLMOutput, HymbaForCausalLM, HymbaModel
 from .tokenizer import Tokenizer, TokenizerError, load_tokenizer
@@ -13,5 +13,5 @@ hf.install()
 __version__ = "0.1.0"
 
 __all__ = ["CausalLMOutput", "ConfigError", "GenerateOutput", "GenerationError", "HymbaConfig", "HymbaError",
-           "HymbaForCausalLM", "HymbaModel", "InputError", "TextStreamer", "Tokenizer", "TokenizerError", "__version__",
+           "HymbaForCausalLM", "HymbaModel", "InputError", "LLM", "SamplingParams", "TextStreamer", "Tokenizer", "TokenizerError", "__version__",
            "generate", "load_model_and_tokenizer", "load_tokenizer"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hymba.engine.sampling import (
-    SamplingParams,
+    SelectionParams,
     apply_repetition_penalty,
     apply_temperature,
     sampling_probs,
@@ -67,14 +67,14 @@ def test_top_p_keeps_the_smallest_set_reaching_p(p, kept):
 
 
 def test_sampling_probs_applies_top_k_then_top_p_on_the_renormalised_distribution():
-    params = SamplingParams(do_sample=True, top_k=3, top_p=0.6)
+    params = SelectionParams(do_sample=True, top_k=3, top_p=0.6)
     probs = sampling_probs(logits_of([0.4, 0.3, 0.2, 0.1]), params)
     # top-3 -> 0.4/0.9, 0.3/0.9, 0.2/0.9 = 0.444, 0.333, 0.222; mass before the third is 0.778 >= 0.6 -> drop it
     torch.testing.assert_close(probs, torch.tensor([[4 / 7, 3 / 7, 0.0, 0.0]]))  # float32 default, as above
 
 
 def test_draws_follow_the_filtered_distribution_and_are_reproducible():
-    params = SamplingParams(do_sample=True, temperature=1.0, top_k=3, top_p=0.6)
+    params = SelectionParams(do_sample=True, temperature=1.0, top_k=3, top_p=0.6)
     logits = logits_of([0.4, 0.3, 0.2, 0.1]).expand(20000, -1)
     draws = select_next_tokens(logits, params, torch.Generator().manual_seed(5))
     freq = torch.bincount(draws, minlength=4).float() / len(draws)
@@ -86,7 +86,7 @@ def test_draws_follow_the_filtered_distribution_and_are_reproducible():
 
 
 def test_greedy_is_argmax_with_the_first_index_on_ties():
-    params = SamplingParams()
+    params = SelectionParams()
     logits = torch.tensor([[0.0, 2.0, 2.0, 1.0], [5.0, -1.0, 0.0, 5.0]])
     assert select_next_tokens(logits, params).tolist() == [1, 0]
 
@@ -100,4 +100,4 @@ def test_greedy_is_argmax_with_the_first_index_on_ties():
 ])
 def test_bad_parameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        SamplingParams(**kwargs)
+        SelectionParams(**kwargs)

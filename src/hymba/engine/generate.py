@@ -26,7 +26,7 @@ import torch
 from ..errors import GenerationError, InputError
 from .cache import new_cache, prefill
 from .cuda_graph import CUDAGraphDecoder
-from .sampling import SamplingParams, apply_repetition_penalty, select_next_tokens, suppress_tokens
+from .sampling import SelectionParams, apply_repetition_penalty, select_next_tokens, suppress_tokens
 from .streaming import IncrementalDecoder, StopStringMatcher, Streamer
 
 
@@ -225,7 +225,7 @@ def generate(
     if compile_step and not cuda_graph:
         raise InputError(f"compile_step={compile_step!r} compiles the CUDA graph's step: it needs cuda_graph "
                          "(and a CUDA device)")
-    params = SamplingParams(do_sample, temperature, top_k, top_p, repetition_penalty)
+    params = SelectionParams(do_sample, temperature, top_k, top_p, repetition_penalty)
     if not do_sample and (temperature != 1.0 or top_k != 0 or top_p != 1.0):
         warnings.warn("temperature/top_k/top_p are ignored without do_sample=True (greedy decoding)", stacklevel=2)
     if stop_strings is not None:

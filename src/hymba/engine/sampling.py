@@ -66,7 +66,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class SamplingParams:
+class SelectionParams:
     """How to pick the next token. `do_sample=False` is greedy (argmax) and ignores the sampling knobs."""
 
     do_sample: bool = False
@@ -87,7 +87,7 @@ class SamplingParams:
             raise InputError(f"repetition_penalty must be > 0 (1.0 disables it), got {self.repetition_penalty}")
 
 
-def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+def sampling_probs(logits: torch.Tensor, params: SelectionParams) -> torch.Tensor:
     """The distribution a sampled token is drawn from: temperature, top-k, top-p, softmax."""
     logits = apply_temperature(logits, params.temperature)
     logits = top_k_filter(logits, params.top_k)
@@ -95,7 +95,7 @@ def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     return torch.softmax(logits, dim=-1)
 
 
-def select_next_tokens(logits: torch.Tensor, params: SamplingParams,
+def select_next_tokens(logits: torch.Tensor, params: SelectionParams,
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """[B, V] processed logits -> [B] token ids: argmax, or one draw per row from `sampling_probs`."""
     if not params.do_sample:
