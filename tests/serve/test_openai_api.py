@@ -154,3 +154,11 @@ def test_metrics_count_requests_and_tokens(server, client):
     assert after[("hymba_num_slots", ())] == 4
     assert after[("hymba_num_requests_waiting", ())] == 0 and after[("hymba_num_requests_running", ())] == 0
     assert ("hymba_slot_usage", ()) in after
+
+
+def test_streamed_token_ids_add_up_to_the_completion(client):
+    kw = dict(model=MODEL_NAME, prompt="naïve café 世界", max_tokens=40, temperature=0,
+              extra_body={"ignore_eos": True, "return_token_ids": True})
+    whole = token_ids(client.completions.create(**kw).choices[0])
+    chunks = client.completions.create(stream=True, **kw)
+    assert [t for c in chunks for t in token_ids(c.choices[0])] == whole

@@ -266,11 +266,12 @@ def build_app(async_engine: AsyncEngine, model_name: str, tokenizer=None) -> Fas
             async with aclosing(stream):
                 if out.chat:
                     yield _sse(out.chunk("", [], None, include_usage, role=True))
-                delta = first
+                delta, pending = first, []  # tokens whose text is not complete yet (part of a character)
                 while True:
+                    pending += delta.token_ids
                     if delta.text or delta.finished:
-                        chunk = out.chunk(delta.text, delta.token_ids, delta.finish_reason, include_usage)
-                        yield _sse(chunk)
+                        yield _sse(out.chunk(delta.text, pending, delta.finish_reason, include_usage))
+                        pending = []
                     last = delta
                     if delta.finished:
                         reason = delta.finish_reason

@@ -17,6 +17,7 @@ from ..engine.params import SamplingParams
 from ..errors import InputError
 
 STRICT = ConfigDict(strict=True, extra="ignore")
+UNION_TAGS = {"str", "int", "float", "bool", "none", "StreamOptions", "TextPart"}  # names pydantic gives union members
 
 
 class RequestError(InputError):
@@ -80,6 +81,10 @@ class _Request(BaseModel):
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
+    @property
+    def max_tokens_field(self) -> str:
+        return "max_tokens"
+
     def sampling_params(self, default_max_tokens: int) -> SamplingParams:
         """The engine's settings for this request; a bad value is a RequestError naming its field."""
         max_tokens = self.requested_max_tokens()
@@ -95,6 +100,8 @@ class _Request(BaseModel):
         except InputError as e:
             message = str(e)
             param = next((k for k in kwargs if message.startswith(k)), None)
+            if param == "max_tokens":
+                param = self.max_tokens_field
             raise RequestError(message, param) from None
 
 
@@ -159,6 +166,10 @@ class ChatCompletionRequest(_Request):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+    @property
+    def max_tokens_field(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
 
 def parse(model: type[_Request], body) -> _Request:
     """A validated request from a decoded JSON body; any problem is a RequestError naming the field."""
@@ -177,7 +188,7 @@ def validation_error(errors) -> RequestError:
     first = errors[0]
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     # a union reports each of its members: name the field, not the member that was tried
-    field = ".".join(p for p in loc if not p.startswith(("str", "list[", "int", "float", "bool", "function")))
+    field = ".".join(p for p in loc if p not in UNION_TAGS and "[" not in p)
     if first.get("type") == "missing":
         return RequestError(f"{field or 'a field'} is required", field or None)
     got = first.get("input")
