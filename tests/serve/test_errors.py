@@ -1,11 +1,14 @@
 """Bad requests get 400 with OpenAI's error body and leave the server serving; a full queue gets 429; a client
 that leaves a stream early frees its slot."""
 
+import sys
 import time
 
 import httpx
 import pytest
 from conftest import MAX_MODEL_LEN, MODEL_NAME, ServerThread
+
+from hymba.cli import main
 
 
 def completion(server, **body):
@@ -112,3 +115,28 @@ def test_a_client_leaving_a_stream_frees_its_slot(loaded):
         assert_still_serving(srv)
     finally:
         srv.stop()
+
+
+def test_a_client_leaving_before_a_non_streamed_answer_frees_its_slot(loaded):
+    srv = ServerThread(*loaded, max_model_len=512)
+    try:
+        body = {"prompt": "hello", "max_tokens": 500, "temperature": 0, "ignore_eos": True}
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up while the answer is being computed
+            httpx.post(srv.url + "/completions", json=body, timeout=httpx.Timeout(30, read=0.3))
+        deadline = time.monotonic() + 10
+        while srv.engine.num_running or srv.engine.has_work():
+            assert time.monotonic() < deadline, "the abandoned request still holds its slot"
+            time.sleep(0.01)
+        assert 0 < srv.engine.stats["generation_tokens"] < 500
+        assert_still_serving(srv)
+    finally:
+        srv.stop()
+
+
+def test_without_the_serve_extra_the_command_names_it(checkpoint_dir, monkeypatch, capsys):
+    for name in [m for m in sys.modules if m == "hymba.serve" or m.startswith("hymba.serve.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi -> ImportError
+    assert main(["serve", "--model", checkpoint_dir]) == 2
+    err = capsys.readouterr().err
+    assert "hymba serve: error:" in err and "'serve' extra" in err and "fastapi" in err
