@@ -140,3 +140,13 @@ def test_without_the_serve_extra_the_command_names_it(checkpoint_dir, monkeypatc
     assert main(["serve", "--model", checkpoint_dir]) == 2
     err = capsys.readouterr().err
     assert "hymba serve: error:" in err and "'serve' extra" in err and "fastapi" in err
+
+
+def test_a_draining_server_refuses_new_work_with_503(server):
+    server.app.state.draining = True  # what SIGTERM sets
+    try:
+        assert_error(completion(server, prompt="hi"), 503, None, "shutting down")
+        assert httpx.get(server.base + "/health").status_code == 503
+    finally:
+        server.app.state.draining = False
+    assert_still_serving(server)

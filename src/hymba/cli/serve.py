@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="prompt + generated tokens of one request (default: the model's context)")
     p.add_argument("--prefill-chunk-size", type=positive_int, default=None, metavar="N",
                    help="prompt tokens per prefill step, a power of two >= 16 (default: 2048 on CUDA, else 512)")
-    p.add_argument("--max-waiting", type=non_negative_int, default=256,
+    p.add_argument("--max-waiting", type=positive_int, default=256,
                    help="requests queued for a slot before new ones get 429")
     p.add_argument("--drain-timeout", type=non_negative_float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT, how long the requests in flight may take to finish")
