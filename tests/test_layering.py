@@ -9,10 +9,10 @@ import os
 SRC = os.path.join(os.path.dirname(__file__), "..", "src", "hymba")
 
 # rank of each layer: a module may import modules of its own rank or lower (engine below training/evaluation:
-# they generate; those three and hf are siblings and do not import each other)
+# they generate; those, hf and serve are siblings and do not import each other)
 RANK = {"errors": 0, "utils": 0, "config": 1, "ops": 1, "tokenizer": 1, "checkpoint": 2, "modeling": 3,
-        "engine": 4, "training": 5, "evaluation": 5, "hf": 5, "cli": 6, "__init__": 7, "__main__": 7}
-SIBLINGS = {"training", "evaluation", "hf"}
+        "engine": 4, "training": 5, "evaluation": 5, "hf": 5, "serve": 5, "cli": 6, "__init__": 7, "__main__": 7}
+SIBLINGS = {"training", "evaluation", "hf", "serve"}
 
 
 def modules():

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from ..errors import HymbaError
-from . import cache_size, chat, demo, dpo, eval, generate, info, perplexity, prepare, recall, sft, train
+from . import cache_size, chat, demo, dpo, eval, generate, info, perplexity, prepare, recall, serve, sft, train
 
 # subcommand -> (module with add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
@@ -23,6 +23,7 @@ COMMANDS = {
     "eval": (eval, "lm-evaluation-harness tasks on local data"),
     "perplexity": (perplexity, "sliding-window perplexity of a text file"),
     "recall": (recall, "synthetic recall tasks (MQAR, needle in a haystack)"),
+    "serve": (serve, "an OpenAI-compatible HTTP server with continuous batching"),
 }
 
 
