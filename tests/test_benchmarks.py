@@ -158,3 +158,21 @@ def test_numbers_are_formatted_for_the_table():
 
     assert [fmt(13213.4, "tok/s"), fmt(443.2, "ms"), fmt(29.49, "%"), fmt(0.2812, "ms"), fmt(None, "ms")] == [
         "13,213 tok/s", "443 ms", "29.5%", "0.281 ms", "n/a"]
+
+
+def test_engine_benchmarks_smoke(tmp_path):
+    """engine_chat, engine_8k and anchors end to end under --smoke (tiny models on the CPU, the engine on the
+    reference kernels); serving is skipped, not failed, where the checkout has no `hymba serve`."""
+    names = ["engine_chat", "engine_8k", "anchors", "serving"]
+    run = bench("run", "--suite", "gpu", "--smoke", "--no-warm", "--only", ",".join(names), "--out", str(tmp_path))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for name in names[:3]:
+        check_document(load(tmp_path, name), name, "gpu", "ok")
+    serving = load(tmp_path, "serving")
+    if serving["status"] == "skipped":
+        assert "hymba.cli.serve cannot be imported" in serving["error"]
+    else:
+        check_document(serving, "serving", "gpu", "ok")
+    first = {m["name"]: m["value"] for m in load(tmp_path, "engine_8k")["metrics"]}
+    assert first["first request / warm, worst prompt length"] > 0
+    assert load(tmp_path, "anchors")["params"]["transformers"]
