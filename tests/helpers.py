@@ -7,7 +7,6 @@ import torch
 
 from hymba import HymbaConfig, HymbaForCausalLM
 
-
 # The project's shared folder (../shared beside the checkout, or $HYMBA_SHARED).
 SHARED = os.environ.get("HYMBA_SHARED") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 

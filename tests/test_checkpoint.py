@@ -5,9 +5,9 @@ import os
 
 import pytest
 import torch
+from helpers import assert_model_as_accurate, randomized, small_config
 from safetensors.torch import load_file, save_file
 
-from helpers import assert_model_as_accurate, randomized, small_config
 from hymba import HymbaConfig, HymbaForCausalLM
 from hymba.checkpoint import CheckpointError
 

@@ -12,9 +12,9 @@ import struct
 
 import pytest
 import torch
+from helpers import randomized, small_config
 from safetensors.torch import load_file, save_file
 
-from helpers import randomized, small_config
 from hymba import HymbaForCausalLM
 from hymba.errors import HymbaError
 from hymba.tokenizer import load_tokenizer

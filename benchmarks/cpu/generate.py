@@ -10,8 +10,17 @@ from __future__ import annotations
 
 import torch
 
-from ..common import (Ctx, build_model, copy_bandwidth, decode_protocol, decode_step_bytes, matmul_rate, metric,
-                      model_flops, random_ids)
+from ..common import (
+    Ctx,
+    build_model,
+    copy_bandwidth,
+    decode_protocol,
+    decode_step_bytes,
+    matmul_rate,
+    metric,
+    model_flops,
+    random_ids,
+)
 
 NAME = "generate_cpu"
 SUITE = "cpu"

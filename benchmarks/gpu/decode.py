@@ -12,8 +12,20 @@ from __future__ import annotations
 
 import torch
 
-from ..common import (Ctx, Skip, build_model, copy_bandwidth, decode_protocol, decode_step_bytes, free_memory,
-                      generate_seconds, metric, model_config, peak_memory_gb, random_ids)
+from ..common import (
+    Ctx,
+    Skip,
+    build_model,
+    copy_bandwidth,
+    decode_protocol,
+    decode_step_bytes,
+    free_memory,
+    generate_seconds,
+    metric,
+    model_config,
+    peak_memory_gb,
+    random_ids,
+)
 
 NAME = "decode_8k"
 SUITE = "gpu"

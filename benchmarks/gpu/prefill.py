@@ -9,8 +9,7 @@ from __future__ import annotations
 import inspect
 import statistics
 
-from ..common import (Ctx, build_model, generate_seconds, matmul_rate, metric, model_config, model_flops,
-                      random_ids)
+from ..common import Ctx, build_model, generate_seconds, matmul_rate, metric, model_config, model_flops, random_ids
 
 NAME = "prefill_8k"
 SUITE = "gpu"

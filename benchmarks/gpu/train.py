@@ -11,8 +11,19 @@ from __future__ import annotations
 
 import torch
 
-from ..common import (Ctx, fast_kernels, free_memory, matmul_rate, metric, model_config, model_flops,
-                      peak_bf16_flops, peak_memory_gb, random_ids, time_ms)
+from ..common import (
+    Ctx,
+    fast_kernels,
+    free_memory,
+    matmul_rate,
+    metric,
+    model_config,
+    model_flops,
+    peak_bf16_flops,
+    peak_memory_gb,
+    random_ids,
+    time_ms,
+)
 
 NAME = "train_step"
 SUITE = "gpu"

@@ -4,9 +4,9 @@ import os
 
 import pytest
 import torch
+from helpers import assert_model_as_accurate, randomized, small_config
 from safetensors.torch import load_file
 
-from helpers import assert_model_as_accurate, randomized, small_config
 from hymba import HymbaConfig, HymbaForCausalLM
 from hymba.engine import new_cache
 from hymba.modeling.cache import CacheFullError, HybridCache, cache_bytes, paper_cache_bytes

@@ -275,3 +275,43 @@ def test_async_engine_streams_deltas_and_a_consumer_that_leaves_frees_its_slot(c
         assert not engine.running and engine.stats["generation_tokens"] < 16 + 200
     finally:
         aeng.shutdown()
+
+
+def test_async_engine_survives_a_consumer_whose_event_loop_closed(checkpoint):
+    """A request whose event loop is gone (its client and loop shut down mid-generation) is aborted; the
+    engine thread goes on serving others."""
+    import asyncio
+    import time
+
+    from hymba.engine import AsyncEngine
+
+    model, tokenizer = checkpoint
+    engine = Engine(model, tokenizer, max_num_seqs=2)
+    aeng = AsyncEngine(engine)
+    ids = tokenizer.encode("Orphan")
+    long = SamplingParams(max_tokens=400, temperature=0, ignore_eos=True)
+    short = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+
+    async def first_token_then_leave_the_generator_open():
+        gen = aeng.generate(ids, long)
+        await gen.__anext__()
+        return gen  # never closed: its loop closes under it
+
+    async def collect():
+        return [t async for d in aeng.generate(ids, short) for t in d.token_ids]
+
+    try:
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(first_token_then_leave_the_generator_open())
+        loop.close()
+        for _ in range(1000):
+            if not engine.running:
+                break
+            time.sleep(0.01)
+        assert aeng.healthy and not engine.running
+        assert engine.stats["generation_tokens"] < 400
+        tokens = asyncio.run(collect())
+        [want] = LLM(model, tokenizer, max_num_seqs=1).generate([ids], short)
+        assert tokens == want.outputs[0].token_ids
+    finally:
+        aeng.shutdown()

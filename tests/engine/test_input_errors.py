@@ -3,8 +3,8 @@ traceback or a silent wrong answer."""
 
 import pytest
 import torch
-
 from helpers import randomized, small_config
+
 from hymba import HymbaForCausalLM, generate
 from hymba.errors import GenerationError, InputError
 

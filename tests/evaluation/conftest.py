@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 import torch
-
 from helpers import SHARED, float64_copy, randomized, small_lm_config
+
 from hymba import HymbaForCausalLM
 from hymba.tokenizer import load_tokenizer
 

@@ -9,14 +9,13 @@ import json
 import logging
 from pathlib import Path
 
+import lm_eval  # noqa: E402
 import pytest
+from lm_eval.tasks import TaskManager  # noqa: E402
+from lm_eval.tasks._yaml_loader import load_yaml  # noqa: E402
 
 from hymba.evaluation import lm_eval_adapter  # noqa: F401  (offline switches before lm_eval loads)
 from hymba.evaluation.task_data import TaskDataError, convert_file, local_dataset
-
-import lm_eval  # noqa: E402
-from lm_eval.tasks import TaskManager  # noqa: E402
-from lm_eval.tasks._yaml_loader import load_yaml  # noqa: E402
 
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
 logging.getLogger("lm_eval").setLevel(logging.ERROR)

@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 from helpers import assert_sum_as_accurate
+from lm_eval.api.instance import Instance  # noqa: E402  (after the adapter set the offline switches)
 
 from hymba.evaluation.lm_eval_adapter import HymbaLM
-
-from lm_eval.api.instance import Instance  # noqa: E402  (after the adapter set the offline switches)
 
 
 def instances(kind, args_list):

@@ -8,8 +8,11 @@ from helpers import assert_as_accurate_as_reference
 
 pytest.importorskip("triton")
 
-from hymba.ops.attention import build_sdpa_mask, sdpa_attention  # noqa: E402
-from hymba.ops.attention import decode_triton  # noqa: E402
+from hymba.ops.attention import (  # noqa: E402
+    build_sdpa_mask,
+    decode_triton,  # noqa: E402
+    sdpa_attention,
+)
 from hymba.ops.attention.flex import AttentionMask, flex_attention  # noqa: E402
 
 M, W = 4, 20

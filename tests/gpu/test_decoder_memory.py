@@ -5,8 +5,8 @@ import gc
 import weakref
 
 import torch
-
 from helpers import randomized, small_config
+
 from hymba import HymbaForCausalLM
 from hymba.engine.cuda_graph import StaticDecoder
 

@@ -8,8 +8,14 @@ from helpers import assert_as_accurate_as_reference
 from torch.nn.attention.flex_attention import create_block_mask, create_mask, flex_attention
 
 from hymba.ops.attention import allowed_keys, build_sdpa_mask, sdpa_attention
-from hymba.ops.attention.flex import (AttentionMask, _is_plain, _plain_mask_mod, build_flex_mask, grouped_sdpa,
-                                      positions_mask_mod)
+from hymba.ops.attention.flex import (
+    AttentionMask,
+    _is_plain,
+    _plain_mask_mod,
+    build_flex_mask,
+    grouped_sdpa,
+    positions_mask_mod,
+)
 
 M, W = 3, 4
 

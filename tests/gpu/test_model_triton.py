@@ -7,6 +7,7 @@ import torch
 pytest.importorskip("triton")
 
 from helpers import randomized, small_config  # noqa: E402
+
 from hymba import HymbaForCausalLM  # noqa: E402
 from hymba.engine import new_cache  # noqa: E402
 from hymba.ops.gpu import build_triton_kernels  # noqa: E402
@@ -55,6 +56,7 @@ def test_logits_and_gradients_match_reference(models):
 def test_cached_decoding_matches_reference(models, monkeypatch):
     """Decode steps of the fast bundle go through the Triton decode-attention kernel."""
     from helpers import assert_model_as_accurate
+
     from hymba.ops.attention import decode_triton
 
     calls = []

@@ -5,8 +5,7 @@ import importlib
 import pytest
 import torch
 
-from hymba.ops import registry
-from hymba.ops import REFERENCE, Kernels, available_kernels, get_kernels, register_kernels
+from hymba.ops import REFERENCE, Kernels, available_kernels, get_kernels, register_kernels, registry
 
 
 def test_gpu_module_imports_without_cuda_and_registers():

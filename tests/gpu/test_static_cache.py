@@ -4,11 +4,11 @@ and after a padded prefill; reset() starts over in place."""
 
 import pytest
 import torch
-
 from helpers import assert_model_as_accurate, randomized, small_config
+
 from hymba import HymbaForCausalLM
-from hymba.modeling.cache import CacheFullError
 from hymba.engine.cuda_graph import CUDAGraphDecoder, StaticHybridCache
+from hymba.modeling.cache import CacheFullError
 
 
 def _model():

@@ -9,8 +9,11 @@ import torch
 
 pytest.importorskip("triton")
 
-from hymba.ops.conv import causal_conv1d_ref, causal_conv1d_step_ref  # noqa: E402
-from hymba.ops.conv import triton_conv  # noqa: E402
+from hymba.ops.conv import (  # noqa: E402
+    causal_conv1d_ref,
+    causal_conv1d_step_ref,
+    triton_conv,  # noqa: E402
+)
 from hymba.ops.scan import selective_scan_naive, selective_state_step  # noqa: E402
 from hymba.ops.scan.triton import launch, scan_bwd, scan_fwd, selective_scan_triton, ssm_step_triton  # noqa: E402
 from hymba.ops.scan.triton.common import _packed_bc  # noqa: E402

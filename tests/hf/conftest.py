@@ -6,9 +6,8 @@ import shutil
 
 import pytest
 import torch
-from helpers import randomized
+from helpers import randomized, small_lm_config
 from hf_helpers import GOLDEN, RELEASE, TOKENIZER_FILES
-from helpers import small_lm_config
 from safetensors.torch import load_file
 
 import hymba  # noqa: F401  (registers model_type "hymba" with transformers' Auto classes)

@@ -4,8 +4,7 @@ strings, and a cache that grows as tokens arrive."""
 
 import pytest
 import torch
-from helpers import randomized
-from helpers import small_lm_config
+from helpers import randomized, small_lm_config
 from transformers import AutoModelForCausalLM, StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from hymba import HymbaForCausalLM

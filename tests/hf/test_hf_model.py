@@ -6,8 +6,8 @@ import os
 
 import pytest
 import torch
-from hf_helpers import RELEASE
 from helpers import small_lm_config
+from hf_helpers import RELEASE
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
 

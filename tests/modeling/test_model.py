@@ -1,12 +1,20 @@
 """The model against an independent from-the-formulas implementation, and its structural promises."""
 
 import pytest
+import reference
 import torch
 import torch.nn.functional as F
+from helpers import (
+    EPS32,
+    assert_as_accurate_as_reference,
+    assert_gradients_as_accurate,
+    assert_model_as_accurate,
+    float64_copy,
+    randomized,
+    relative_error,
+    small_config,
+)
 
-import reference
-from helpers import (EPS32, assert_as_accurate_as_reference, assert_gradients_as_accurate, assert_model_as_accurate,
-                     float64_copy, randomized, relative_error, small_config)
 from hymba import HymbaConfig, HymbaForCausalLM
 
 VARIANTS = {

@@ -7,8 +7,18 @@ import pytest
 from training_helpers import make_documents, write_corpus
 
 from hymba.tokenizer import load_tokenizer
-from hymba.training.data import (BatchSchedule, DataError, PackedDataset, PackedLoader, load_manifest, open_shards,
-                                 prepare_dataset, split_documents, token_dtype, unigram_cross_entropy)
+from hymba.training.data import (
+    BatchSchedule,
+    DataError,
+    PackedDataset,
+    PackedLoader,
+    load_manifest,
+    open_shards,
+    prepare_dataset,
+    split_documents,
+    token_dtype,
+    unigram_cross_entropy,
+)
 
 
 def _documents_of(shards, eos):

@@ -65,8 +65,9 @@ def test_two_gloo_processes_match_one(prepared, single_process, tmp_path, strate
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
     if strategy == "fsdp":
         # the state saved by 2 ranks resumes in 1 process: the same last two steps
-        from hymba.training.trainer import Trainer
         from training_helpers import tiny_config
+
+        from hymba.training.trainer import Trainer
 
         mid = os.path.join(C.checkpoint_root(out), "step-00000002")
         assert sorted(f for f in os.listdir(os.path.join(mid, "trainer")) if f.startswith("rng-")) == [

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from training_helpers import write_corpus
 
 from hymba.cli import main
 from hymba.training.data import DataError, prepare_dataset
-from training_helpers import write_corpus
 
 
 @pytest.fixture

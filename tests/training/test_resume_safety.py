@@ -6,10 +6,10 @@ import pickle
 
 import pytest
 import torch
+from training_helpers import tiny_config
 
 from hymba.training import checkpointing as C
 from hymba.training.trainer import Trainer, TrainingError
-from training_helpers import tiny_config
 
 
 class Payload:

@@ -11,9 +11,9 @@ import torch
 from training_helpers import tiny_config
 
 from hymba import HymbaForCausalLM
+from hymba.engine import generate
 from hymba.training import checkpointing as C
 from hymba.training.metrics import read_metrics
-from hymba.engine import generate
 from hymba.training.trainer import Trainer, TrainingError
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))

@@ -44,6 +44,16 @@ class Delta:
     arrival: float
 
 
+def _post(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, item) -> bool:
+    """Hand item to a consumer's loop from the engine thread; False when that loop is closed (its client and
+    event loop are gone), which must not kill the engine thread."""
+    try:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+        return True
+    except RuntimeError:
+        return False
+
+
 class AsyncEngine:
     def __init__(self, engine: Engine, max_waiting: int = 256):
         self.engine = engine
@@ -89,10 +99,11 @@ class AsyncEngine:
         queue: asyncio.Queue = asyncio.Queue()
 
         def on_update(req: Request) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, self._delta(req))
+            if not _post(loop, queue, self._delta(req)):
+                self.engine.abort(req.request_id)  # nobody is listening any more: free the slot
 
         req = self.engine.add_request(prompt_ids, params, request_id=request_id, prompt=prompt, on_update=on_update)
-        self._failures[req.request_id] = lambda e: loop.call_soon_threadsafe(queue.put_nowait, e)
+        self._failures[req.request_id] = lambda e: _post(loop, queue, e)
         self._wake.set()
         finished = False
         try:
