@@ -95,6 +95,28 @@ def test_merge_splits_is_the_softmax_of_the_whole():
     torch.testing.assert_close(got, s.softmax(-1) @ v, rtol=1e-12, atol=1e-12)
 
 
+def test_merge_kernel_equals_merge_splits_with_slices_that_saw_nothing():
+    """The kernel that merges the split-K partials against `merge_splits` (float64 in the kernel's fp32 inputs):
+    the last slices cover only empty slots, one query sees no key at all in its first slice; the output comes
+    back as a [B, H, Tq, dv] view of a [B, Tq, H, dv] tensor."""
+    q, k, v, q_pos, k_pos = _case(B=2, Hkv=1, G=3, Tq=2, S=160, seed=11)
+    k_pos[:, 100:] = -1  # slices past slot 100 see nothing
+    got = decode_triton.decode_attention(q, k, v, q_pos, k_pos, W, M, 0.3, num_splits=5)
+    assert got.shape == (2, 3, 2, 32) and got.transpose(1, 2).is_contiguous()
+    _check(got, q, k, v, q_pos, k_pos, W)
+    g = torch.Generator().manual_seed(12)
+    out = torch.randn(2, 3, 2, 5, 32, generator=g)
+    m = torch.randn(2, 3, 2, 5, generator=g)
+    l_ = torch.rand(2, 3, 2, 5, generator=g) + 0.5
+    m[0, 1, 1, 2:] = float("-inf")
+    l_[0, 1, 1, 2:], out[0, 1, 1, 2:] = 0, 0
+    y = torch.empty(2, 2, 3, 32)
+    decode_triton._merge_kernel[(12,)](out, m, l_, y, 3, 2, 5, DV=32, BDV=32, BLOCK_S=8)
+    want = decode_triton.merge_splits(out.double(), m.double(), l_.double())
+    # fp32 sums of 5 terms ~1 and a division: a few fp32 ulps of values ~1
+    torch.testing.assert_close(y.transpose(1, 2).double(), want, rtol=8 * 2**-23, atol=8 * 2**-23)
+
+
 def test_bad_shapes_are_named():
     q, k, v, q_pos, k_pos = _case()
     with pytest.raises(ValueError, match="do not fit"):

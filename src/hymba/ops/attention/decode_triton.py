@@ -8,8 +8,10 @@ K/V), and evaluates the visibility rule (`masks.visible`) from the slots' positi
 is built at all.
 
 Grid: one program per (batch row, K/V head, block of G*Tq query rows) and, when that gives too few programs
-to fill the GPU (small batches), per slice of the keys ("split-K"); the slices' partial softmaxes are merged
-afterwards in torch. Accumulation in fp32 with an online softmax.
+to fill the GPU (small batches), per slice of the keys ("split-K"); a second small kernel merges the slices'
+partial softmaxes (one launch instead of the dozen elementwise ones `merge_splits`, its reference, takes) and
+writes the output [B, Tq, H, dv], so the mixer's transpose back to [B, Tq, H * dv] is a view, not a copy.
+Accumulation in fp32 with an online softmax.
 """
 
 from __future__ import annotations
@@ -83,6 +85,27 @@ def _decode_attn_kernel(q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, o_ptr, m_ptr, l
     tl.store(l_ptr + ml, l_i, mask=row_ok)
 
 
+@triton.jit
+def _merge_kernel(o_ptr, m_ptr, l_ptr, y_ptr, H, Tq, num_splits, DV: tl.constexpr, BDV: tl.constexpr,
+                  BLOCK_S: tl.constexpr):
+    """One program per (batch row, query head, query): y[b, t, h] = sum_s w_s o_s / sum_s w_s l_s with
+    w_s = exp(m_s - max m), the partials of slices that saw no key weighing 0."""
+    pid = tl.program_id(0).to(tl.int64)  # = (b * H + h) * Tq + t, the row of o, m, l
+    b, h, t = pid // (H * Tq), (pid // Tq) % H, pid % Tq
+    sp = tl.arange(0, BLOCK_S)
+    dv = tl.arange(0, BDV)
+    s_ok = sp < num_splits
+    m = tl.load(m_ptr + pid * num_splits + sp, mask=s_ok, other=float("-inf"))
+    l_ = tl.load(l_ptr + pid * num_splits + sp, mask=s_ok, other=0.0)
+    top = tl.max(m, 0)
+    top = tl.where(top == float("-inf"), 0.0, top)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp(m - top))
+    o = tl.load(o_ptr + (pid * num_splits + sp[:, None]) * DV + dv[None, :],
+                mask=s_ok[:, None] & (dv[None, :] < DV), other=0.0)
+    y = tl.sum(o * w[:, None], 0) / tl.sum(l_ * w, 0)
+    tl.store(y_ptr + ((b * Tq + t) * H + h) * DV + dv, y.to(y_ptr.dtype.element_ty), mask=dv < DV)
+
+
 # The launch configuration (keys per loop iteration, warps, pipeline stages); `launch=` overrides it per call.
 # Global layers (no window: the whole cache) take LAUNCH_GLOBAL's entries over it: with gigabytes of K/V per
 # layer, fewer warps and stages per program keep more programs resident and the copy engine busier (the
@@ -129,7 +152,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: t
         num_splits = max(1, min(triton.cdiv(_programs_wanted(q.device), programs), triton.cdiv(S, 4 * BLOCK_N)))
     keys_per_split = triton.cdiv(triton.cdiv(S, num_splits), BLOCK_N) * BLOCK_N
     num_splits = triton.cdiv(S, keys_per_split)
-    out = torch.empty(B, H, Tq, num_splits, DV, device=q.device, dtype=torch.float32)
+    out = torch.empty(B, H, Tq, num_splits, DV, device=q.device, dtype=torch.float32)  # (contiguous: the merge
+    # kernel reads it by row)
     m = torch.empty(B, H, Tq, num_splits, device=q.device, dtype=torch.float32)
     l_ = torch.empty_like(m)
     _decode_attn_kernel[(B * Hkv, m_blocks, num_splits)](
@@ -141,13 +165,14 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: t
         DK=DK, DV=DV, BDK=max(16, triton.next_power_of_2(DK)), BDV=max(16, triton.next_power_of_2(DV)),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HAS_WINDOW=window is not None, IEEE=q.dtype == torch.float32,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    if num_splits == 1:
-        return (out[..., 0, :] / l_[..., 0, None]).to(q.dtype)
-    return merge_splits(out, m, l_).to(q.dtype)
+    y = torch.empty(B, Tq, H, DV, device=q.device, dtype=q.dtype)
+    _merge_kernel[(B * H * Tq,)](out, m, l_, y, H, Tq, num_splits, DV=DV, BDV=max(16, triton.next_power_of_2(DV)),
+                                 BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=4)
+    return y.transpose(1, 2)
 
 
 def merge_splits(out: torch.Tensor, m: torch.Tensor, l_: torch.Tensor) -> torch.Tensor:
-    """Combine per-slice softmax partials: out [..., splits, dv] (unnormalised), m and l [..., splits]."""
+    """The reference of `_merge_kernel`: combine per-slice softmax partials: out [..., splits, dv] (unnormalised), m and l [..., splits]."""
     top = m.amax(-1, keepdim=True)
     w = torch.exp(m - top.masked_fill(top == float("-inf"), 0)).nan_to_num_(0.0)  # empty slices weigh 0
     return (out * w[..., None]).sum(-2) / (l_ * w).sum(-1, keepdim=True)

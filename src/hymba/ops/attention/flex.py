@@ -138,7 +138,9 @@ def build_flex_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None
     Tq = q_pos.shape[1]
     on_cuda = q_pos.device.type == "cuda"
     if Tq < FLEX_MIN_QUERIES and (on_cuda if decode_kernel is None else decode_kernel) and dtype != torch.float64:
-        return AttentionMask(positions=(q_pos, k_pos, window, num_meta))
+        # int32 once per forward, not in each layer's kernel call
+        return AttentionMask(positions=(q_pos.to(torch.int32).contiguous(), k_pos.to(torch.int32).contiguous(),
+                                        window, num_meta))
     if not on_cuda or Tq < FLEX_MIN_QUERIES:
         return AttentionMask(additive=build_sdpa_mask(q_pos, k_pos, window, num_meta, dtype))
     if _is_plain(q_pos, k_pos):
