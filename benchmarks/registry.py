@@ -13,10 +13,10 @@ import importlib
 
 MODULES = [
     "benchmarks.gpu.check",
-    "benchmarks.gpu.engine_8k",
     "benchmarks.gpu.engine_chat",
-    "benchmarks.gpu.serving",
     "benchmarks.gpu.anchors",
+    "benchmarks.gpu.engine_8k",
+    "benchmarks.gpu.serving",
     "benchmarks.gpu.decode",
     "benchmarks.gpu.prefill",
     "benchmarks.gpu.chat",
