@@ -315,3 +315,14 @@ def test_async_engine_survives_a_consumer_whose_event_loop_closed(checkpoint):
         assert tokens == want.outputs[0].token_ids
     finally:
         aeng.shutdown()
+
+
+def test_warm_up_runs_every_prefill_shape_even_when_max_model_len_is_shorter_than_a_chunk(model64):
+    """warm_up() with a chunk (64) longer than max_model_len (40): every shape runs, the staging rows are left
+    clean, and the engine's greedy output still equals the oracle afterwards."""
+    engine = Engine(model64, max_num_seqs=2, max_model_len=40, prefill_chunk_size=64, max_prefill_batch=2)
+    assert engine.warm_up() >= 0
+    prompts = prompts_of([30, 7], 64, seed=5)
+    reqs = [engine.add_request(p, SamplingParams(max_tokens=8, **GREEDY)) for p in prompts]
+    run_all(engine, reqs)
+    assert [r.output_ids for r in reqs] == [oracle_greedy(model64, p, 8) for p in prompts]

@@ -422,8 +422,9 @@ class Engine:
                 mask[:, : w // 2] = False  # the padded variant (first chunks) ...
                 view = self.pool.prefill_view(S, k, self.pool.num_meta)
                 self.model(ids, attention_mask=mask, cache=view, logits_to_keep=1)
-                view = self.pool.prefill_view(S, k, view.length)  # ... and the unpadded one after it
-                self.model(ids, cache=view, logits_to_keep=1)
+                for row in range(S, S + k):  # ... and the unpadded one (the kernels see the same shapes at
+                    self.pool.reset_row(row)  # any fill, and two chunks may not fit a short max_model_len)
+                self.model(ids, cache=self.pool.prefill_view(S, k, self.pool.num_meta), logits_to_keep=1)
             k *= 2
         if self._cuda:
             torch.cuda.synchronize()
