@@ -85,6 +85,9 @@ def kernel_cases():
     for block_n in (32, 128):
         const = dict(heads, BLOCK_N=block_n, HAS_WINDOW=True, IEEE=False)
         cases.append((f"decode attention BLOCK_N={block_n}", dec._decode_attn_kernel, decode_sig("*bf16"), const, 8))
+    for out in ("*bf16", "*fp32"):  # the split-K merge, writing the query's dtype
+        cases.append((f"decode attention merge {out}", dec._merge_kernel, {"y_ptr": out},
+                      dict(DV=128, BDV=128, BLOCK_S=16), 4))
     return cases
 
 
