@@ -16,7 +16,7 @@ from ..common import Ctx, metric, model_config
 NAME = "check_gpu"
 SUITE = "gpu"
 DESCRIPTION = "correctness: every fast op (scan, conv, FlexAttention, decode attention) and the model vs float64; " \
-              "cached and CUDA-graph decoding vs the full forward"
+              "cached and CUDA-graph decoding vs the full forward; the engine's greedy output alone vs batched"
 DEFAULT = True
 EST_S = 5  # gathering the parallel jobs' rows
 
@@ -374,11 +374,49 @@ class Checker:
                     dict(logits=rel(torch.stack(steps, 1), full)), 1e-4)
 
 
-PARTS = ("scan", "segments", "conv", "attention", "strided", "model", "decode", "decode_compiled")
+    @torch.no_grad()
+    def engine(self):
+        """The continuous-batching engine in fp32 (decode steps as CUDA graphs on CUDA): each request's greedy
+        tokens are the same alone, in a batch it joins mid-flight, and through the eager engine. Prompts over
+        the window (the ring wraps) and over a prefill chunk; five requests for four slots (one queues)."""
+        from hymba import HymbaForCausalLM
+        from hymba.engine import Engine, SamplingParams
+
+        cfg, dev = self._config(), self.dev
+        torch.manual_seed(0)
+        model = HymbaForCausalLM(cfg).to(dev).set_kernels(self.kernels)
+        _, P, S = self.sizes["decode"]
+        g = torch.Generator().manual_seed(1)
+        prompts = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist()
+                   for n in (P, 2 * P + 3, 5, P // 2 + 1, 3 * P)]
+        params = SamplingParams(max_tokens=S, temperature=0, ignore_eos=True)
+        kw = dict(prefill_chunk_size=16 if self.ctx.smoke else 64, max_model_len=3 * P + S)
+
+        def finish(engine, reqs):
+            while engine.has_work():
+                engine.step()
+            return [r.output_ids for r in reqs]
+
+        one = Engine(model, max_num_seqs=1, **kw)
+        alone = [finish(one, [one.add_request(p, params)])[0] for p in prompts]
+        eng = Engine(model, max_num_seqs=4, **kw)
+        first = [eng.add_request(p, params) for p in prompts[:2]]
+        for _ in range(S // 2):
+            eng.step()
+        together = finish(eng, first + [eng.add_request(p, params) for p in prompts[2:]])
+        eager = Engine(model, max_num_seqs=4, cuda_graphs=False, **kw)
+        plain = finish(eager, [eager.add_request(p, params) for p in prompts])
+        n = len(prompts)
+        self.record("engine greedy fp32: mid-flight batch vs alone vs eager",
+                    dict(batch_vs_alone=sum(a != b for a, b in zip(together, alone)) / n,
+                         eager_vs_alone=sum(a != b for a, b in zip(plain, alone)) / n), 0.0)
+
+
+PARTS = ("scan", "segments", "conv", "attention", "strided", "model", "decode", "decode_compiled", "engine")
 
 
 # seconds each part took in one process on a fresh H100 (the scan, segments and attention before the split)
-PART_S = dict(scan=366, segments=192, attention=240, conv=20, strided=64, model=95, decode=90, decode_compiled=200)
+PART_S = dict(scan=366, segments=192, attention=240, conv=20, strided=64, model=95, decode=90, decode_compiled=200, engine=60)
 
 
 def jobs(ctx: Ctx) -> list[tuple[str, dict, float]]:
