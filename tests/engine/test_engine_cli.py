@@ -1,4 +1,6 @@
-"""`hymba generate`, `hymba chat` and `hymba cache-size` end to end, on a checkpoint the tests create."""
+"""`hymba generate`, `hymba chat` and `hymba cache-size` end to end, on a checkpoint the tests create. The
+commands run on the engine; their greedy text is checked against the one-call `generate`, an independent
+decoding loop."""
 
 import io
 import json
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 from hymba.cli import main
+from hymba.engine import LLM, SamplingParams
 from hymba.engine.generate import generate
 
 
@@ -36,12 +39,23 @@ def test_generate_samples_reproducibly_and_honours_stop(checkpoint_dir, checkpoi
     assert main(args) == 0
     assert capsys.readouterr().out == first
     ids = tok.encode("Meta tokens")
-    text = expected_continuation(model, tok, ids, max_new_tokens=25, do_sample=True, temperature=0.9, top_p=0.9,
-                                 top_k=40, seed=3)
+    [want] = LLM(model, tok, max_num_seqs=2).generate([ids], SamplingParams(max_tokens=25, temperature=0.9,
+                                                                            top_p=0.9, top_k=40, seed=3))
+    text = want.outputs[0].text
     assert first == text + "\n"
+    assert main(args[:-2] + ["4", "--quiet"]) == 0  # another seed, another text
+    assert capsys.readouterr().out != first
     stop = text[5:8]
     assert main(args + ["--stop", stop]) == 0
     assert capsys.readouterr().out == text[:text.index(stop)] + "\n"  # cut before the stop string
+
+
+def test_generate_refuses_a_request_past_the_context(checkpoint_dir, checkpoint, capsys):
+    model, _ = checkpoint
+    limit = model.config.max_position_embeddings
+    assert main(["generate", "--model", checkpoint_dir, "--prompt", "hi", "--max-new-tokens", str(limit)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hymba generate: error: the prompt has") and f"max_model_len ({limit})" in err
 
 
 def test_generate_with_the_chat_template(checkpoint_dir, checkpoint, capsys):
@@ -181,3 +195,58 @@ def test_stop_escapes_typed_on_a_command_line():
     assert unescape(r"a\nb\tc") == "a\nb\tc"
     assert unescape(r"\\n") == "\\n"  # an escaped backslash stays a backslash
     assert unescape(r"C:\x") == r"C:\x"  # anything else is left alone
+
+
+def greedy_by_full_forwards(model, ids, max_new, eos):
+    """Greedy tokens by an argmax over a full forward of the whole sequence at every step (no cache)."""
+    new = []
+    for _ in range(max_new):
+        with torch.no_grad():
+            token = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
+        new.append(token)
+        if token in eos:
+            break
+    return new
+
+
+@pytest.mark.parametrize("prompt, chunk", [("The quick brown", None), ("A longer prompt, prefilled in chunks: " * 3, "5")])
+def test_generate_greedy_is_the_engine_and_the_full_forward_argmax(checkpoint_dir, checkpoint, capsys, prompt, chunk):
+    model, tok = checkpoint
+    argv = ["generate", "--model", checkpoint_dir, "--prompt", prompt, "--max-new-tokens", "24", "--quiet"]
+    assert main(argv + (["--prefill-chunk-size", chunk] if chunk else [])) == 0  # 5: taken as 16, a chunked prompt
+    out = capsys.readouterr().out
+    ids = tok.encode(prompt)
+    [engine_out] = LLM(model, tok).generate([ids], SamplingParams(temperature=0, max_tokens=24))
+    assert out == engine_out.outputs[0].text + "\n"
+    assert engine_out.outputs[0].token_ids == greedy_by_full_forwards(model, ids, 24, set(model.config.eos_token_ids))
+
+
+def test_generate_takes_any_integer_seed(checkpoint_dir, capsys):
+    args = ["generate", "--model", checkpoint_dir, "--prompt", "hi", "--max-new-tokens", "6", "--temperature", "1",
+            "--quiet", "--seed"]
+    assert main(args + ["-1"]) == 0
+    first = capsys.readouterr().out
+    assert main(args + [str(2**63 - 1)]) == 0  # the same seed modulo 2**63
+    assert capsys.readouterr().out == first
+
+
+def test_an_interrupted_reply_leaves_the_engine_ready_for_the_next(checkpoint, monkeypatch):
+    """Ctrl-C while a reply streams: the request is aborted, and the next one gets its full greedy text."""
+    from hymba.cli.generate import stream
+    from hymba.engine import Engine
+
+    model, tok = checkpoint
+    engine = Engine(model, tok, max_num_seqs=1)
+    ids, params = tok.encode("Once upon a time"), SamplingParams(temperature=0, max_tokens=12)
+
+    class Interrupting(io.StringIO):
+        def write(self, text):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        stream(engine, ids, params, file=Interrupting())
+    assert not engine.has_work()
+    out = io.StringIO()
+    req = stream(engine, ids, params, file=out)
+    assert out.getvalue() == req.text == LLM(model, tok).generate([ids], params)[0].outputs[0].text
+    assert req.output_ids == greedy_by_full_forwards(model, ids, 12, set(model.config.eos_token_ids))

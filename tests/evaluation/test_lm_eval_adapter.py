@@ -189,3 +189,59 @@ def test_chat_template_wraps_the_prompts(small_model, tokenizer, eval_data_dir):
     assert context == tokenizer.apply_chat_template([{"role": "user", "content": question + "\nAnswer:"}],
                                                     add_generation_prompt=True)
     assert context.endswith("<extra_id_1>Assistant\n") and continuation.strip().startswith("Sunlight")
+
+
+def greedy_until(model, tokenizer, prompt_ids, max_new, until, eot):
+    """The old generate_until rule by full forwards: argmax tokens until EOS, `max_new` tokens, or the generated
+    text (special tokens included) holding a stop string; then that text without EOS, cut at the first stop."""
+    new = []
+    head = tokenizer.decode(prompt_ids, skip_special_tokens=False)
+    for _ in range(max_new):
+        with torch.no_grad():
+            new.append(int(model(torch.tensor([prompt_ids + new])).logits[0, -1].argmax()))
+        if new[-1] == eot:
+            new.pop()
+            break
+        text = tokenizer.decode(prompt_ids + new, skip_special_tokens=False)[len(head):]
+        if any(s and s in text for s in until):
+            break
+    text = tokenizer.decode(new)
+    return text[:min((text.find(s) for s in until if s and s in text), default=len(text))]
+
+
+def old_path(model, tokenizer, prompt_ids, max_new, until, eot):
+    """What the adapter did before the engine: the one-call generate with the same stops, then the same cut."""
+    from hymba.engine.generate import generate
+
+    out = generate(model, torch.tensor([prompt_ids]), max_new_tokens=max_new, eos_token_id=eot,
+                   stop_strings=[s for s in until if s] or None, tokenizer=tokenizer, return_dict=True)
+    new = out.sequences[0, len(prompt_ids):len(prompt_ids) + out.num_new_tokens[0]].tolist()
+    if out.finish_reasons[0] == "eos":
+        new = new[:-1]
+    text = tokenizer.decode(new)
+    return text[:min((text.find(s) for s in until if s and s in text), default=len(text))]
+
+
+def test_generate_until_runs_every_request_through_one_engine_as_greedy_decoding(small_model, tokenizer):
+    """Mixed lengths, new-token budgets and stop strings, more requests than slots, and a prompt cut from the
+    left to fit max_length: each text is the full-forward greedy one, and the old path's."""
+    torch.manual_seed(0)
+    words = ["bees", "honey", "river", "Paris", "state", "space", "model", "tea", "roof", "the", "of", "and"]
+    prompts = [" ".join(words[int(i)] for i in torch.randint(len(words), (n,))) for n in (3, 9, 5, 60, 1, 14, 7)]
+    lm = HymbaLM(model=small_model, tokenizer=tokenizer, batch_size=3, max_length=48, max_gen_toks=6)
+    eot, eos_text = tokenizer.eos_token_id, tokenizer.decode([tokenizer.eos_token_id], skip_special_tokens=False)
+    free = [greedy_until(small_model, tokenizer, lm.tok_encode(p), 12, [], eot) for p in prompts[:3]]
+    stops = [free[0][3:5], free[1][-4:-2]]  # pieces of real continuations: some requests stop early
+    assert all(stops)
+    kwargs = [{"until": stops, "max_gen_toks": 12, "do_sample": False}, {"until": [], "do_sample": False},
+              {"until": ["\n\n"], "max_gen_toks": 9}]
+    requests = [(p, kwargs[n % 3]) for n, p in enumerate(prompts)]
+    got = lm.generate_until(instances("generate_until", requests), disable_tqdm=True)
+    for (prompt, kw), text in zip(requests, got):
+        max_new = kw.get("max_gen_toks", 6)
+        ids = lm.tok_encode(prompt)[-(48 - max_new):]
+        until = [*kw["until"], eos_text]
+        assert text == greedy_until(small_model, tokenizer, ids, max_new, until, eot)
+        assert text == old_path(small_model, tokenizer, ids, max_new, until, eot)
+    assert len(lm.tok_encode(prompts[3])) > 48 - 12  # that prompt lost its start
+    assert len(got[0]) < len(free[0])  # and a stop string cut one

@@ -3,7 +3,8 @@
 Each line on standard input is a user turn; the reply streams to standard output. `/reset` starts over (the
 system message stays), `/exit` or end of input (Ctrl-D, or the end of a piped file) leaves; Ctrl-C stops the
 reply being written. The whole conversation is prefilled again for every reply (a hybrid cache cannot be
-rewound to the re-rendered template, so reusing it would need the template to re-tokenize identically).
+rewound to the re-rendered template, so reusing it would need the template to re-tokenize identically);
+the engine that runs the replies is made once, its CUDA graphs captured once for the whole conversation.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from ..config import ConfigError
-from ..engine.generate import generate
-from ..engine.streaming import TextStreamer
+from ..engine.core import Engine, Request
+from ..engine.params import SamplingParams
+from ..errors import InputError
 from ..tokenizer import TokenizerError
-from .generate import add_model_arguments, add_sampling_arguments, generation_kwargs, load_model
+from .generate import add_model_arguments, add_sampling_arguments, load_model, make_engine, sampling_params, stream
 
 HELP = "commands: /reset (forget the conversation), /exit (leave; so does Ctrl-D)"
 
@@ -30,12 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        kwargs = generation_kwargs(args, "chat")
+        params = sampling_params(args, "chat")
         model, tokenizer = load_model(args)
         if tokenizer.chat_template is None:
             raise ValueError(f"the tokenizer in {args.tokenizer or args.model} has no chat_template "
                              "(tokenizer_config.json): chat needs an instruct checkpoint; use `hymba generate` "
                              "for a base model")
+        engine = make_engine(model, tokenizer, args)
     except (ValueError, FileNotFoundError, ConfigError, TokenizerError) as e:
         print(f"hymba chat: error: {e}", file=sys.stderr)
         return 2
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     if interactive:
         print(HELP, file=sys.stderr)
-    session = ChatSession(model, tokenizer, system=args.system, **kwargs)
+    session = ChatSession(engine, tokenizer, params, system=args.system)
     while True:
         if interactive:
             print("\n> ", end="", file=sys.stderr, flush=True)
@@ -63,14 +64,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"unknown command {text.split()[0]}; {HELP}", file=sys.stderr, flush=True)
             continue
         try:
-            out = session.reply(text, file=sys.stdout)
+            req = session.reply(text, file=sys.stdout)
         except KeyboardInterrupt:  # Ctrl-C stops this reply, not the conversation
             session.messages.pop()  # the unanswered user turn
             print("\n(interrupted; that turn is forgotten)", file=sys.stderr, flush=True)
             continue
+        except InputError as e:  # the conversation outgrew the context: say so, keep the session
+            session.messages.pop()
+            print(f"hymba chat: {e}; /reset to start over", file=sys.stderr, flush=True)
+            continue
         sys.stdout.write("\n")
         sys.stdout.flush()
-        if out.finish_reasons[0] == "length":
+        if req.finish_reason == "length":
             print(f"(reply cut at {args.max_new_tokens} tokens: --max-new-tokens)", file=sys.stderr, flush=True)
     return 0
 
@@ -78,21 +83,17 @@ def run(args: argparse.Namespace) -> int:
 class ChatSession:
     """The conversation so far; `reply(text)` adds a user turn, streams the assistant's answer, records it."""
 
-    def __init__(self, model, tokenizer, system: str | None = None, **generate_kwargs):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, engine: Engine, tokenizer, params: SamplingParams, system: str | None = None):
+        self.engine, self.tokenizer, self.params = engine, tokenizer, params
         self.system = system
-        self.generate_kwargs = generate_kwargs
         self.reset()
 
     def reset(self) -> None:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
 
-    def reply(self, text: str, file=None):
+    def reply(self, text: str, file=None) -> Request:
         self.messages.append({"role": "user", "content": text})
         ids = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=True)
-        streamer = TextStreamer(self.tokenizer, prompt_ids=ids, stop_strings=self.generate_kwargs.get("stop_strings"),
-                                file=file)
-        out = generate(self.model, torch.tensor([ids]), tokenizer=self.tokenizer, streamer=streamer,
-                       return_dict=True, **self.generate_kwargs)
-        self.messages.append({"role": "assistant", "content": streamer.text.strip()})
-        return out
+        req = stream(self.engine, ids, self.params, file=file)
+        self.messages.append({"role": "assistant", "content": req.text.strip()})
+        return req

@@ -1,6 +1,7 @@
 """`hymba generate`: continue a prompt with a checkpoint, streaming the text to the terminal.
 
-Shared with `hymba chat`: the model/tokenizer/sampling arguments and the loader below.
+Generation runs through the continuous-batching engine (`hymba.engine.Engine`), as `hymba serve` and
+`hymba.LLM` do. Shared with `hymba chat`: the model/tokenizer/sampling arguments, the loader and `stream`.
 """
 
 from __future__ import annotations
@@ -8,13 +9,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from ..config import ConfigError
-from ..engine import generate, load_model_and_tokenizer
-from ..engine.streaming import TextStreamer
+from ..engine import Engine, load_model_and_tokenizer
+from ..engine.core import Request
+from ..engine.params import SamplingParams
 from ..tokenizer import TokenizerError
-from .options import non_empty, non_negative_float, non_negative_int, positive_float, positive_int, probability
+from .options import (
+    chunk_size,
+    non_empty,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,7 +45,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int) -> N
     p.add_argument("--stop", action="append", type=non_empty, default=None, metavar="TEXT",
                    help=r"stop when the text contains TEXT (repeatable; \n and \t are understood); "
                         "it is not printed")
-    p.add_argument("--prefill-chunk-size", type=positive_int, default=512, help="prompt tokens per prefill step")
+    p.add_argument("--prefill-chunk-size", type=chunk_size, default=None,
+                   help="prompt tokens per prefill step, rounded down to a power of two >= 16 (default 2048 on CUDA, "
+                        "512 on a CPU)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,8 +66,8 @@ def load_model(args: argparse.Namespace):
     return load_model_and_tokenizer(args.model, args.tokenizer, device=args.device, dtype=args.dtype)
 
 
-def generation_kwargs(args: argparse.Namespace, command: str) -> dict:
-    """generate()'s settings from the sampling arguments; sampling options given for greedy decoding are
+def sampling_params(args: argparse.Namespace, command: str) -> SamplingParams:
+    """The engine's SamplingParams from the sampling arguments; sampling options given for greedy decoding are
     ignored, with a warning that says so."""
     sample = args.temperature > 0
     if not sample:
@@ -66,11 +76,48 @@ def generation_kwargs(args: argparse.Namespace, command: str) -> dict:
         if ignored:
             warn(command, f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored with --temperature 0 "
                           "(greedy decoding); give a temperature > 0 to sample")
-    return dict(max_new_tokens=args.max_new_tokens, do_sample=sample,
-                temperature=args.temperature if sample else 1.0, top_k=(args.top_k or 0) if sample else 0,
-                top_p=(args.top_p or 1.0) if sample else 1.0, repetition_penalty=args.repetition_penalty,
-                seed=args.seed if sample else None, stop_strings=[unescape(s) for s in args.stop or []] or None,
-                prefill_chunk_size=args.prefill_chunk_size)
+    return SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature if sample else 0.0,
+                          top_k=(args.top_k or 0) if sample else 0, top_p=(args.top_p or 1.0) if sample else 1.0,
+                          repetition_penalty=args.repetition_penalty,
+                          seed=args.seed % 2**63 if sample and args.seed is not None else None,  # any int seeds
+                          stop=[unescape(s) for s in args.stop or []] or None)
+
+
+def make_engine(model, tokenizer, args: argparse.Namespace) -> Engine:
+    """A one-slot engine for the terminal commands: one prompt or conversation turn at a time."""
+    return Engine(model, tokenizer, max_num_seqs=1, prefill_chunk_size=args.prefill_chunk_size)
+
+
+def stream(engine: Engine, ids: list[int], params: SamplingParams, file=None) -> Request:
+    """Run one request through `engine`, writing its text to `file` (default: standard output) as it grows;
+    returns the finished Request. On Ctrl-C the request is aborted, so the engine is left empty."""
+    written = 0
+
+    def on_update(req: Request) -> None:
+        nonlocal written
+        if len(req.text) > written:
+            out = file if file is not None else sys.stdout
+            out.write(req.text[written:])
+            out.flush()
+            written = len(req.text)
+
+    req = engine.add_request(ids, params, on_update=on_update)
+    try:
+        while engine.has_work():
+            engine.step()
+    except KeyboardInterrupt:
+        engine.abort(req.request_id)
+        while engine.has_work():
+            engine.step()
+        raise
+    return req
+
+
+def finish_reason(req: Request) -> str:
+    """Why a request ended, in the words of the statistics line: "eos", "stop_string", "length" or "abort"."""
+    if req.finish_reason == "stop":
+        return "stop_string" if isinstance(req.stop_reason, str) else "eos"
+    return str(req.finish_reason)
 
 
 def warn(command: str, message: str) -> None:
@@ -90,11 +137,13 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
-def report(out, stream=None) -> None:
-    """One line of statistics for a GenerateOutput of batch 1 (to standard error by default)."""
-    n = out.num_new_tokens[0]
-    rate = (n - 1) / out.decode_seconds if n > 1 and out.decode_seconds > 0 else float("nan")
-    print(f"[{n} tokens ({out.finish_reasons[0]}); prefill {out.prefill_seconds:.2f} s, "
+def report(req: Request, stream=None) -> None:
+    """One line of statistics for a finished request (to standard error by default)."""
+    n = len(req.output_ids)
+    first = req.first_token_time if req.first_token_time is not None else req.arrival
+    decode = (req.finish_time or first) - first
+    rate = (n - 1) / decode if n > 1 and decode > 0 else float("nan")
+    print(f"[{n} tokens ({finish_reason(req)}); prefill {first - req.arrival:.2f} s, "
           f"decode {rate:.1f} tokens/s]", file=stream or sys.stderr)
 
 
@@ -127,7 +176,7 @@ def _read_prompt(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        kwargs = generation_kwargs(args, "generate")
+        params = sampling_params(args, "generate")
         if args.system is not None and not args.chat:
             warn("generate", "--system is ignored without --chat")
         prompt = _read_prompt(args)
@@ -140,14 +189,14 @@ def run(args: argparse.Namespace) -> int:
             ids = tokenizer.encode(prompt)
         if not ids:
             raise ValueError("the prompt is empty and the tokenizer adds no BOS token: nothing to continue from")
+        engine = make_engine(model, tokenizer, args)
     except (ValueError, FileNotFoundError, ConfigError, TokenizerError) as e:
         print(f"hymba generate: error: {e}", file=sys.stderr)
         return 2
 
-    streamer = TextStreamer(tokenizer, prompt_ids=ids, stop_strings=kwargs["stop_strings"])
-    out = generate(model, torch.tensor([ids]), tokenizer=tokenizer, streamer=streamer, return_dict=True, **kwargs)
+    req = stream(engine, ids, params)
     sys.stdout.write("\n")
     sys.stdout.flush()
     if not args.quiet:
-        report(out)
+        report(req)
     return 0

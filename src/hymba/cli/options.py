@@ -40,3 +40,10 @@ def non_empty(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("must not be empty")
     return text
+
+
+def chunk_size(text: str) -> int:
+    """A prefill chunk size (>= 1), as the engine takes it: the largest power of two not above it, at least 16
+    (the engine buckets prompt chunks by powers of two)."""
+    value = positive_int(text)
+    return max(16, 1 << (value.bit_length() - 1))

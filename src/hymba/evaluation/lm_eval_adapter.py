@@ -2,26 +2,23 @@
 
 `HymbaLM` is lm-eval's model interface (`lm_eval.api.model.TemplateLM`) for a HymbaForCausalLM and its
 tokenizer: loglikelihood and rolling loglikelihood go through `scoring.score_targets` (batched, right padded,
-exact for any padding), generate_until through the generation engine (batched, left padded). It is registered
-as lm-eval model "hymba", so `lm_eval.simple_evaluate(model="hymba", model_args={"pretrained": DIR})` works
-once this module is imported.
+exact for any padding), generate_until through the continuous-batching engine (`hymba.engine.LLM`, all of
+a call's requests in one engine). It is registered as lm-eval model "hymba", so
+`lm_eval.simple_evaluate(model="hymba", model_args={"pretrained": DIR})` works once this module is imported.
 
 `evaluate()` runs the task definitions shipped in `hymba/evaluation/tasks` on a local data folder.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
-from ..engine import generate, load_model_and_tokenizer
+from ..engine import LLM, CompletionOutput, Engine, SamplingParams, load_model_and_tokenizer
 from .scoring import score_targets
 from .task_data import resolve_data_dir
 from .tasks import TASKS_DIR
@@ -56,7 +53,8 @@ class HymbaLM(TemplateLM):
 
     `max_length` (default: the config's max_position_embeddings less the meta tokens) bounds the text tokens
     the model reads per request; longer contexts are cut from the left, as lm-eval's HF model does, and
-    counted in `truncated_requests`."""
+    counted in `truncated_requests`. `batch_size`: sequences per scoring forward, and requests decoding at once
+    in generate_until."""
 
     def __init__(self, pretrained: str | None = None, model=None, tokenizer=None, tokenizer_dir: str | None = None,
                  batch_size: int | str | None = 8, max_length: int | str | None = None, device: str | None = "auto",
@@ -79,6 +77,7 @@ class HymbaLM(TemplateLM):
                                          default=config.max_position_embeddings - config.num_memory_tokens)
         self.max_gen_toks = _positive_int(max_gen_toks, "max_gen_toks", default=256)
         self.truncated_requests = 0
+        self._llm: LLM | None = None
         ignored = {k: v for k, v in unused.items() if v is not None and k not in ("max_batch_size",)}
         if ignored:
             log.warning("HymbaLM ignores arguments %s", sorted(ignored))
@@ -173,62 +172,84 @@ class HymbaLM(TemplateLM):
 
     # ---- generation -----------------------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Batched greedy (or sampled, if a task asks) generation, stopped at the task's `until` strings or EOS;
-        the returned text ends before the first stop string."""
-        groups: dict[str, list[int]] = defaultdict(list)
-        for n, req in enumerate(requests):
-            groups[json.dumps(req.args[1], sort_keys=True, default=str)].append(n)
-        out: list[str | None] = [None] * len(requests)
+        """Every request through one continuous-batching engine: greedy (or sampled, if a task asks), stopped
+        at the task's `until` strings or EOS; the returned text ends before the first stop string. A prompt
+        longer than max_length less the new tokens loses its start."""
         eos_text = self.tokenizer.decode([self.eot_token_id], skip_special_tokens=False) \
             if self.eot_token_id is not None else None
-        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="generate_until")
-        for members in groups.values():
-            kwargs = normalize_gen_kwargs(dict(requests[members[0]].args[1]), self.max_gen_toks)
+        prompts, params, untils = [], [], []
+        for req in requests:
+            kwargs = normalize_gen_kwargs(dict(req.args[1]), self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
             max_new = kwargs.pop("max_gen_toks")
             if max_new >= self.max_length:
                 raise ValueError(f"the task asks for {max_new} new tokens, but max_length is {self.max_length}")
-            sampling = {k: kwargs[k] for k in ("temperature", "top_p", "top_k") if k in kwargs}
-            do_sample = bool(kwargs.get("do_sample", False))
-            encoded = {n: self.tok_encode(requests[n].args[0]) for n in members}
-            members.sort(key=lambda n: -len(encoded[n]))
-            for start in range(0, len(members), self.batch_size):
-                batch = members[start:start + self.batch_size]
-                texts = self._generate_batch([encoded[n] for n in batch], max_new, until, do_sample, sampling)
-                for n, text in zip(batch, texts):
-                    out[n] = text
-                    self.cache_hook.add_partial("generate_until", requests[n].args, text)
-                bar.update(len(batch))
-        bar.close()
-        return out  # type: ignore[return-value]
-
-    def _generate_batch(self, prompts: list[list[int]], max_new: int, until: list[str], do_sample: bool,
-                        sampling: dict) -> list[str]:
-        budget = self.max_length - max_new
-        prompts = [p[-budget:] for p in prompts]
-        width = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[row, width - len(p):] = 1
-        kwargs = dict(max_new_tokens=max_new, do_sample=do_sample, eos_token_id=self.eot_token_id,
-                      stop_strings=[s for s in until if s] or None, tokenizer=self.tokenizer, return_dict=True)
-        if do_sample:
-            kwargs.update({k: v for k, v in sampling.items() if v is not None})
-        with torch.no_grad():
-            result = generate(self.model, ids.to(self.model.device), attention_mask=mask.to(self.model.device),
-                                         **kwargs)
+            prompts.append(self.tok_encode(req.args[0])[-(self.max_length - max_new):])
+            params.append(self._sampling_params(kwargs, max_new, until))
+            untils.append(until)
+        outputs = self._run_engine(prompts, params, disable_tqdm)
         texts = []
-        for row in range(len(prompts)):
-            new = result.sequences[row, width:width + result.num_new_tokens[row]].tolist()
-            if result.finish_reasons[row] == "eos" and new:
-                new = new[:-1]
+        for req, out, until in zip(requests, outputs, untils):
+            new = out.token_ids
+            if out.finish_reason == "stop" and new and new[-1] in self._end_ids():
+                new = new[:-1]  # the end-of-sequence token is not text
             text = self.tokenizer.decode(new)
-            cut = min((text.find(s) for s in until if s and s in text), default=len(text))
-            texts.append(text[:cut])
+            text = text[:min((text.find(s) for s in until if s and s in text), default=len(text))]
+            texts.append(text)
+            self.cache_hook.add_partial("generate_until", req.args, text)
         return texts
+
+    def _end_ids(self) -> set[int]:
+        return {self.eot_token_id} if self.eot_token_id is not None else self._engine().eos
+
+    def _sampling_params(self, kwargs: dict, max_new: int, until: list[str]) -> SamplingParams:
+        """A request's settings: greedy unless the task samples; its stop strings are matched on the text with
+        special tokens (an EOS text among them stops there), and EOS is the tokenizer's end-of-text token."""
+        sampling = {}
+        if kwargs.get("do_sample", False):
+            sampling = {k: kwargs[k] for k in ("temperature", "top_p", "top_k") if kwargs.get(k) is not None}
+        else:
+            sampling["temperature"] = 0.0
+        ends = dict(ignore_eos=True, stop_token_ids=[self.eot_token_id]) if self.eot_token_id is not None else {}
+        return SamplingParams(max_tokens=max_new, stop=[s for s in until if s] or None, skip_special_tokens=False,
+                              **ends, **sampling)
+
+    def _engine(self) -> Engine:
+        """The engine behind generate_until, made on first use: `batch_size` requests decode together."""
+        if self._llm is None:
+            limit = min(self.max_length, self.model.config.max_position_embeddings)
+            self._llm = LLM(self.model, self.tokenizer, max_num_seqs=self.batch_size, max_model_len=limit)
+        return self._llm.engine
+
+    def _run_engine(self, prompts: list[list[int]], params: list[SamplingParams], disable_tqdm: bool
+                    ) -> list[CompletionOutput]:
+        """All prompts submitted at once (longest first, so that prompts prefilled together are alike in length),
+        stepped until every one has finished; outputs in the order of `prompts`."""
+        engine = self._engine()
+        bar = tqdm(total=len(prompts), disable=disable_tqdm, desc="generate_until")
+
+        def on_update(req) -> None:
+            if req.finished:
+                bar.update(1)
+
+        submitted = []
+        try:
+            for n in sorted(range(len(prompts)), key=lambda n: -len(prompts[n])):
+                submitted.append((n, engine.add_request(prompts[n], params[n], on_update=on_update)))
+            while engine.has_work():
+                engine.step()
+        except BaseException:  # nothing is left behind in the engine for the next call
+            for _, req in submitted:
+                engine.abort(req.request_id)
+            while engine.has_work():
+                engine.step()
+            raise
+        finally:
+            bar.close()
+        outputs: list = [None] * len(prompts)
+        for n, req in submitted:
+            outputs[n] = req.output().outputs[0]
+        return outputs
 
 
 def _positive_int(value, name: str, default: int) -> int:
