@@ -326,3 +326,13 @@ def test_warm_up_runs_every_prefill_shape_even_when_max_model_len_is_shorter_tha
     reqs = [engine.add_request(p, SamplingParams(max_tokens=8, **GREEDY)) for p in prompts]
     run_all(engine, reqs)
     assert [r.output_ids for r in reqs] == [oracle_greedy(model64, p, 8) for p in prompts]
+
+
+def test_compile_decode_gives_the_same_greedy_tokens(model64):
+    """compile_decode=True runs the decode step through torch.compile (inductor): the same tokens as the oracle
+    (float64: fusing cannot flip an argmax)."""
+    engine = Engine(model64, max_num_seqs=1, compile_decode=True)
+    [prompt] = prompts_of([11], 64, seed=9)
+    req = engine.add_request(prompt, SamplingParams(max_tokens=6, **GREEDY))
+    run_all(engine, [req])
+    assert req.output_ids == oracle_greedy(model64, prompt, 6)
