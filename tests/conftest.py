@@ -10,8 +10,9 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py and helpers
 
-from helpers import SHARED  # noqa: E402
+from helpers import SHARED, random_weights  # noqa: E402
 
+from hymba import HymbaConfig, HymbaForCausalLM  # noqa: E402
 from hymba.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
 
 # One thread per test process: the suite runs as 2 xdist workers on 2-core machines, and oversubscribed
@@ -68,3 +69,17 @@ def byte_tokenizer() -> Tokenizer:
     backend.train_from_iterator(TRAIN_TEXT, trainer)
     return Tokenizer(backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
                      add_bos_token=True, chat_template=CHAT_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory, byte_tokenizer) -> str:
+    """A tiny Hymba checkpoint in the released layout with the byte-level tokenizer (and its chat template)
+    saved beside it (the engine and server tests; tests/evaluation has its own)."""
+    path = str(tmp_path_factory.mktemp("tiny-checkpoint"))
+    torch.manual_seed(0)
+    config = HymbaConfig.from_preset("tiny", vocab_size=byte_tokenizer.vocab_size, bos_token_id=1,
+                                     eos_token_id=2, pad_token_id=3)
+    random_weights(HymbaForCausalLM(config), seed=1).save_pretrained(path)
+    byte_tokenizer.save(path)
+    assert os.path.exists(os.path.join(path, "tokenizer.json"))
+    return path

@@ -1,35 +1,18 @@
-"""Fixtures for the server tests: the tiny checkpoint of the engine tests, and a real uvicorn server on a free
+"""Fixtures for the server tests: the tiny checkpoint of tests/conftest.py loaded, and a real uvicorn server on a free
 port in a background thread, built around an engine the tests can inspect."""
 
-import os
 import threading
 import time
 
 import pytest
-import torch
 import uvicorn
-from helpers import random_weights
 
-from hymba import HymbaConfig, HymbaForCausalLM
 from hymba.engine import AsyncEngine, Engine, load_model_and_tokenizer
 from hymba.serve import build_app
 from hymba.serve.server import bind
 
 MODEL_NAME = "tiny-hymba"
 MAX_MODEL_LEN = 192
-
-
-@pytest.fixture(scope="session")
-def checkpoint_dir(tmp_path_factory, byte_tokenizer) -> str:
-    """A tiny Hymba checkpoint with the byte-level tokenizer (and its chat template) saved beside it."""
-    path = str(tmp_path_factory.mktemp("tiny-checkpoint"))
-    torch.manual_seed(0)
-    config = HymbaConfig.from_preset("tiny", vocab_size=byte_tokenizer.vocab_size, bos_token_id=1,
-                                     eos_token_id=2, pad_token_id=3)
-    random_weights(HymbaForCausalLM(config), seed=1).save_pretrained(path)
-    byte_tokenizer.save(path)
-    assert os.path.exists(os.path.join(path, "tokenizer.json"))
-    return path
 
 
 @pytest.fixture(scope="session")
