@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.dynamo import allow_recompiles
 from .slots import SlotPool
 
 
@@ -33,12 +34,8 @@ class DecodeSteps:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._views = {b: pool.decode_view(b) for b in self.buckets}
         self._step = _step
-        if compile:  # one compiled variant per bucket: past dynamo's recompile limit it would run eagerly
-            import torch._dynamo
-
-            cfg = torch._dynamo.config
-            name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-            setattr(cfg, name, max(getattr(cfg, name), 2 * len(self.buckets) + 8))
+        if compile:  # one compiled variant per bucket
+            allow_recompiles(2 * len(self.buckets) + 8)
             self._step = torch.compile(_step, dynamic=False)
         if cuda_graphs:
             self._capture()

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
-import torch._dynamo
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask
 from torch.nn.attention.flex_attention import flex_attention as flex
 
+from ..dynamo import allow_recompiles
 from ..gpu.device import capability
 from .masks import visible
 from .sdpa import build_sdpa_mask, sdpa_attention
@@ -166,9 +166,7 @@ def _flex():
     (dtypes, mask kinds and the first lengths before they are traced as dynamic each take a variant)."""
     global _compiled_flex
     if _compiled_flex is None:
-        cfg = torch._dynamo.config
-        name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-        setattr(cfg, name, max(getattr(cfg, name), FLEX_RECOMPILE_LIMIT))
+        allow_recompiles(FLEX_RECOMPILE_LIMIT)
         _compiled_flex = torch.compile(_blocked_flex)
     return _compiled_flex
 
