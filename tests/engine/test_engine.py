@@ -336,3 +336,23 @@ def test_compile_decode_gives_the_same_greedy_tokens(model64):
     req = engine.add_request(prompt, SamplingParams(max_tokens=6, **GREEDY))
     run_all(engine, [req])
     assert req.output_ids == oracle_greedy(model64, prompt, 6)
+
+
+def test_run_interrupted_cancels_its_requests_and_the_engine_serves_on(model64):
+    """Engine.run: an exception mid-run (here Ctrl-C from a request's callback) aborts the run's requests and
+    leaves the engine empty; the next run's greedy output is the oracle's."""
+    engine = Engine(model64, max_num_seqs=2, prefill_chunk_size=16)
+    prompts = prompts_of([12, 30], 64, seed=4)
+
+    def interrupt(req):
+        if len(req.output_ids) == 3:
+            raise KeyboardInterrupt
+
+    reqs = [engine.add_request(prompts[0], SamplingParams(max_tokens=20, **GREEDY), on_update=interrupt),
+            engine.add_request(prompts[1], SamplingParams(max_tokens=20, **GREEDY))]
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(reqs)
+    assert not engine.has_work() and all(r.finish_reason == "abort" for r in reqs)
+    again = engine.add_request(prompts[1], SamplingParams(max_tokens=9, **GREEDY))
+    engine.run([again])
+    assert again.output_ids == oracle_greedy(model64, prompts[1], 9)

@@ -102,14 +102,7 @@ def stream(engine: Engine, ids: list[int], params: SamplingParams, file=None) ->
             written = len(req.text)
 
     req = engine.add_request(ids, params, on_update=on_update)
-    try:
-        while engine.has_work():
-            engine.step()
-    except KeyboardInterrupt:
-        engine.abort(req.request_id)
-        while engine.has_work():
-            engine.step()
-        raise
+    engine.run([req])
     return req
 
 

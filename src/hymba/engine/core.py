@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -222,6 +222,25 @@ class Engine:
         """Stop a request (its client went away): it leaves the queue or frees its slot at the next step."""
         with self._lock:
             self._aborts.add(request_id)
+
+    def run(self, requests: Sequence[Request]) -> None:
+        """For a caller that owns the engine: step until every one of `requests` has finished and the engine has
+        settled (tokens are read back one step late). Interrupted (an error, Ctrl-C), it cancels them first."""
+        try:
+            while not all(r.finished for r in requests):
+                self.step()
+            while self.has_work():
+                self.step()
+        except BaseException:
+            self.cancel(requests)
+            raise
+
+    def cancel(self, requests: Iterable[Request]) -> None:
+        """Abort `requests` and step until the engine has let them go, so none is left for the next caller."""
+        for r in requests:
+            self.abort(r.request_id)
+        while self.has_work():
+            self.step()
 
     # ---- state ----------------------------------------------------------------------------------------------
     def has_work(self) -> bool:

@@ -65,10 +65,7 @@ class LLM:
         encoded = [self._encode(p) for p in prompts]  # every prompt checked before any runs
         requests = [self.engine.add_request(ids, params, prompt=text)
                     for (ids, text), params in zip(encoded, per_prompt)]
-        while not all(r.finished for r in requests):
-            self.engine.step()
-        while self.engine.has_work():  # the step read one step late: let the engine settle
-            self.engine.step()
+        self.engine.run(requests)
         return [r.output() for r in requests]
 
     def chat(self, conversations, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None

@@ -232,24 +232,19 @@ class HymbaLM(TemplateLM):
             if req.finished:
                 bar.update(1)
 
-        submitted = []
+        submitted = {}
         try:
             for n in sorted(range(len(prompts)), key=lambda n: -len(prompts[n])):
-                submitted.append((n, engine.add_request(prompts[n], params[n], on_update=on_update)))
-            while engine.has_work():
-                engine.step()
+                submitted[n] = engine.add_request(prompts[n], params[n], on_update=on_update)
         except BaseException:  # nothing is left behind in the engine for the next call
-            for _, req in submitted:
-                engine.abort(req.request_id)
-            while engine.has_work():
-                engine.step()
+            engine.cancel(submitted.values())
+            bar.close()
             raise
+        try:
+            engine.run(list(submitted.values()))
         finally:
             bar.close()
-        outputs: list = [None] * len(prompts)
-        for n, req in submitted:
-            outputs[n] = req.output().outputs[0]
-        return outputs
+        return [submitted[n].output().outputs[0] for n in range(len(prompts))]
 
 
 def _positive_int(value, name: str, default: int) -> int:
