@@ -152,8 +152,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: t
         num_splits = max(1, min(triton.cdiv(_programs_wanted(q.device), programs), triton.cdiv(S, 4 * BLOCK_N)))
     keys_per_split = triton.cdiv(triton.cdiv(S, num_splits), BLOCK_N) * BLOCK_N
     num_splits = triton.cdiv(S, keys_per_split)
-    out = torch.empty(B, H, Tq, num_splits, DV, device=q.device, dtype=torch.float32)  # (contiguous: the merge
-    # kernel reads it by row)
+    # contiguous: the merge kernel reads each row's slices at row * num_splits
+    out = torch.empty(B, H, Tq, num_splits, DV, device=q.device, dtype=torch.float32)
     m = torch.empty(B, H, Tq, num_splits, device=q.device, dtype=torch.float32)
     l_ = torch.empty_like(m)
     _decode_attn_kernel[(B * Hkv, m_blocks, num_splits)](
@@ -172,7 +172,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: t
 
 
 def merge_splits(out: torch.Tensor, m: torch.Tensor, l_: torch.Tensor) -> torch.Tensor:
-    """The reference of `_merge_kernel`: combine per-slice softmax partials: out [..., splits, dv] (unnormalised), m and l [..., splits]."""
+    """The reference of `_merge_kernel`: combine per-slice softmax partials, out [..., splits, dv]
+    (unnormalised), m and l [..., splits]."""
     top = m.amax(-1, keepdim=True)
     w = torch.exp(m - top.masked_fill(top == float("-inf"), 0)).nan_to_num_(0.0)  # empty slices weigh 0
     return (out * w[..., None]).sum(-2) / (l_ * w).sum(-1, keepdim=True)
