@@ -35,7 +35,7 @@ DESCRIPTION = ("LLM.generate at 8k context: decode tok/s at batch 128, prefill t
 DEFAULT = True
 EST_S = 240
 WARM_S = 90  # seconds of its warm-up job (the parallel phase starts the longest first)
-TARGET_TOK_S = 10_000  # the issue's decode goal at this shape
+TARGET_TOK_S = 13_000  # the issue's decode goal at this shape
 TARGET_FIRST_RATIO = 1.2
 
 
