@@ -132,10 +132,10 @@ class Checker:
             s2 = state.double().clone()
             u, dt, z = (torch.randn(4, d, device=self.dev).to(dtype) for _ in range(3))
             Bv, Cv = (torch.randn(4, N, device=self.dev).to(dtype) for _ in range(2))
-            A = -torch.rand(d, N, device=self.dev) - 0.1
-            D, bias = torch.randn(d, device=self.dev), torch.randn(d, device=self.dev)
-            y = ssm_step_triton(state, u, dt, A, Bv, Cv, D, z, bias, True)
-            y2 = selective_state_step(s2, *(t.double() for t in (u, dt, A, Bv, Cv, D, z, bias)), True)
+            A_log = torch.log(torch.rand(d, N, device=self.dev) + 0.1)  # the step takes the stored parameter
+            D, bias = (torch.randn(d, device=self.dev).to(dtype) for _ in range(2))  # as stored: the model's dtype
+            y = ssm_step_triton(state, u, dt, A_log, Bv, Cv, D, z, bias, True)
+            y2 = selective_state_step(s2, *(t.double() for t in (u, dt, A_log, Bv, Cv, D, z, bias)), True)
             self.record(f"ssm step (in place) {str(dtype)[6:]}", dict(y=rel(y, y2), state=rel(state, s2)), TOL[dtype])
 
     def segments(self):

@@ -230,6 +230,7 @@ def test_scan_rejects_bad_shapes():
 def test_ssm_step_updates_state_in_place():
     x = _scan_inputs(batch=3, L=1, d=20, N=4)
     step = {k: (v[:, 0] if k in ("u", "delta", "B", "C", "z") else v) for k, v in x.items() if k != "initial_state"}
+    step["A_log"] = torch.log(-step.pop("A"))  # the step takes the stored parameter
     s1, s2 = x["initial_state"].clone(), x["initial_state"].clone()
     y1 = ssm_step_triton(s1, **step)
     y2 = selective_state_step(s2, **step)

@@ -79,7 +79,7 @@ def test_step_matches_naive():
     y_ref, h_ref = selective_scan_naive(**x, initial_state=state.clone())
     ys = []
     for t in range(6):
-        ys.append(selective_state_step(state, x["u"][:, t], x["delta"][:, t], x["A"], x["B"][:, t], x["C"][:, t],
+        ys.append(selective_state_step(state, x["u"][:, t], x["delta"][:, t], torch.log(-x["A"]), x["B"][:, t], x["C"][:, t],
                                        x["D"], x["z"][:, t], x["delta_bias"]))
     torch.testing.assert_close(torch.stack(ys, 1), y_ref)
     torch.testing.assert_close(state, h_ref)

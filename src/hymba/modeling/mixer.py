@@ -155,12 +155,13 @@ class HymbaMixer(nn.Module):
         dt = F.linear(dt, self.dt_proj[0].weight)  # the bias is added in fp32 inside the scan, before softplus
         if valid is not None:  # softplus(-inf) = 0: padding leaves the state exactly unchanged
             dt = dt.masked_fill(~valid[..., None], float("-inf"))
+        if step:  # (the step derives A, D and the bias in fp32 itself)
+            y = kern.ssm_step(ssm_state, xc[:, 0], dt[:, 0], self.A_log[0], B[:, 0], C[:, 0], self.D[0], z[:, 0],
+                              self.dt_proj[0].bias, True)
+            return y[:, None]
         ct = torch.promote_types(x.dtype, torch.float32)  # SSM parameters in fp32 (float64 for a float64 model)
         A = -torch.exp(self.A_log[0].to(ct))
         D, dt_bias = self.D[0].to(ct), self.dt_proj[0].bias.to(ct)
-        if step:
-            y = kern.ssm_step(ssm_state, xc[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, z[:, 0], dt_bias, True)
-            return y[:, None]
         y, final = kern.selective_scan(xc, dt, A, B, C, D, z, dt_bias, True, ssm_state)
         if cache is not None:
             ssm_state.copy_(final)

@@ -5,7 +5,8 @@ A `Kernels` bundle is chosen once per device (see `get_kernels`); the model call
 - `causal_conv1d(x, weight, bias, initial_state, activation) -> (y, final_state)`, channels-last x [B, L, d]
 - `conv_step(x, state, weight, bias, activation) -> y`, one token, `state` [B, K-1, d] updated in place
 - `selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state) -> (y, final_state)`
-- `ssm_step(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> y`, `state` updated in place
+- `ssm_step(state, u, delta, A_log, B, C, D, z, delta_bias, delta_softplus) -> y`, `state` updated in place
+  (A = -exp(A_log): the parameter as stored, derived inside the step)
 - `build_attention_mask(q_pos, k_pos, window, num_meta, dtype) -> mask` (opaque to the model; once per forward)
 - `attention(q, k, v, mask, scale) -> out`
 

@@ -86,10 +86,12 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     return y.to(out_dtype), h
 
 
-def selective_state_step(state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
+def selective_state_step(state, u, delta, A_log, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
     """One decode step, updating `state` [batch, d, N] (fp32) in place. u, delta, z [batch, d]; B, C [batch, N].
 
-    Returns y [batch, d] in u's dtype.
+    Unlike the scan, the step takes the stored parameter A_log (A = -exp(A_log)) and D and delta_bias in their
+    stored dtype: a fast step derives them inside its one kernel instead of launching kernels for them in every
+    step. Returns y [batch, d] in u's dtype.
     """
     ct = state.dtype
     out_dtype = u.dtype
@@ -98,7 +100,7 @@ def selective_state_step(state, u, delta, A, B, C, D=None, z=None, delta_bias=No
         delta = delta + delta_bias.to(ct)
     if delta_softplus:
         delta = F.softplus(delta)
-    A, B, C = A.to(ct), B.to(ct), C.to(ct)
+    A, B, C = -torch.exp(A_log.to(ct)), B.to(ct), C.to(ct)
     state.mul_(torch.exp(delta[..., None] * A)).add_((delta * u)[..., None] * B[:, None, :])
     y = (state * C[:, None, :]).sum(-1)
     if D is not None:
