@@ -184,6 +184,29 @@ class Checker:
             y = conv_step_triton(xs, st, w, b)
             y2 = causal_conv1d_step_ref(xs.double(), st2, w.double(), b.double())
             self.record(f"conv step (in place) {str(dtype)[6:]}", dict(y=rel(y, y2), state=rel(st, st2)), TOL[dtype])
+        self.rotary()
+
+    def rotary(self):
+        """The one-launch rotary of q and k (hymba-1.5b's heads, as views of one projection; decode and prefill
+        shapes) against float64, and in bf16 bit for bit against torch's own kernels."""
+        from hymba.ops.rotary import rotary_ref
+        from hymba.ops.rotary.triton_rotary import rotary_triton
+
+        H, Hk, d = 25, 5, 64
+        for dtype in self.dtypes:
+            for B, T in ((64, 1), (2, 300)):
+                slab = torch.randn(B, T, (H + 2 * Hk) * d, device=self.dev).to(dtype)
+                q = slab[..., :H * d].view(B, T, H, d).transpose(1, 2)
+                k = slab[..., H * d:(H + Hk) * d].view(B, T, Hk, d).transpose(1, 2)
+                angles = torch.rand(B, T, d // 2, device=self.dev) * 1000
+                cos, sin = (torch.cat([f(angles)] * 2, dim=-1).to(dtype) for f in (torch.cos, torch.sin))
+                got = rotary_triton(q, k, cos, sin)
+                exact = rotary_ref(q.double(), k.double(), cos.double(), sin.double())
+                same = rotary_ref(q, k, cos, sin)
+                errors = dict(q=rel(got[0], exact[0]), k=rel(got[1], exact[1]))
+                if dtype != torch.float32 and not self.ctx.smoke:  # 16-bit: torch's roundings (the interpreter truncates)
+                    errors["bits"] = float(sum(int((g != s).sum()) for g, s in zip(got, same)))
+                self.record(f"rotary q+k {str(dtype)[6:]} B={B} T={T}", errors, TOL[dtype])
 
     def attention(self):
         """FlexAttention (plain and left-padded, global and window + meta, with gradients; a prefill chunk

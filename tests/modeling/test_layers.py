@@ -7,7 +7,8 @@ import torch
 from helpers import EPS64
 
 from hymba.config import HymbaConfig
-from hymba.modeling.layers import MLP, RMSNorm, RotaryEmbedding, apply_rotary, rope_inv_freq
+from hymba.modeling.layers import MLP, RMSNorm, RotaryEmbedding, rope_inv_freq
+from hymba.ops.rotary import apply_rotary
 
 
 def test_rmsnorm_by_hand():
@@ -128,7 +129,7 @@ def test_split_last_dim_backward_stays_one_opaque_concatenation_under_torch_comp
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
 
-    from hymba.modeling.layers import apply_rotary, split_last_dim
+    from hymba.modeling.layers import split_last_dim
 
     graphs = []
 

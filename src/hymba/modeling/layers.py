@@ -1,5 +1,5 @@
-"""The small building blocks: RMSNorm, rotary position embedding (default and NTK), the MLP, and the split of
-the mixer's input projection."""
+"""The small building blocks: RMSNorm, the rotary position embedding's tables (default and NTK; the rotation itself
+is a kernel, `ops.rotary`), the MLP, and the split of the mixer's input projection."""
 
 from __future__ import annotations
 
@@ -116,16 +116,6 @@ class _SplitLastDim(torch.autograd.Function):
         like = next(g for g in grads if g is not None)
         parts = [g if g is not None else like.new_zeros(*like.shape[:-1], n) for g, n in zip(grads, ctx.sizes)]
         return _concat_last_dim(parts), None
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [batch, heads, T, d]; cos/sin [batch, T, d]. Rotate-half (non-interleaved) convention."""
-    return x * cos[:, None] + rotate_half(x) * sin[:, None]
 
 
 class MLP(nn.Module):

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import HymbaConfig
 from ..ops import Kernels
-from .layers import RMSNorm, apply_rotary, split_last_dim
+from .layers import RMSNorm, split_last_dim
 
 
 @dataclass
@@ -116,15 +116,15 @@ class HymbaMixer(nn.Module):
         q = self._heads(parts[0], self.num_heads, self.head_dim)
         if norms is not None:
             q = norms.q_norm(q)
-        if self.rope:
-            q = apply_rotary(q, ctx.cos, ctx.sin)
+        k = v = None
         if self.makes_kv:
             k = self._heads(parts[1], self.num_kv_heads, self.head_dim)
             v = self._heads(parts[2], self.num_kv_heads, self.v_head_dim)
             if norms is not None:
                 k = norms.k_norm(k)
-            if self.rope:
-                k = apply_rotary(k, ctx.cos, ctx.sin)
+        if self.rope:
+            q, k = ctx.kernels.rotary(q, k, ctx.cos, ctx.sin)
+        if self.makes_kv:
             kv = (k, v) if ctx.cache is None else ctx.cache.attention_kv(self.layer_idx, k, v)
         else:
             kv = shared_kv

@@ -9,6 +9,7 @@ A `Kernels` bundle is chosen once per device (see `get_kernels`); the model call
   (A = -exp(A_log): the parameter as stored, derived inside the step)
 - `build_attention_mask(q_pos, k_pos, window, num_meta, dtype) -> mask` (opaque to the model; once per forward)
 - `attention(q, k, v, mask, scale) -> out`
+- `rotary(q, k, cos, sin) -> (q, k)`, the rotary embedding of a layer's queries and keys (k may be None)
 
 The reference bundle is plain torch and runs anywhere; faster bundles register themselves with
 `register_kernels` (`registry.py`) and are checked against it. `gpu/` registers the CUDA bundle; importing it

@@ -9,6 +9,7 @@ import torch
 
 from .attention import build_sdpa_mask, sdpa_attention
 from .conv import causal_conv1d_ref, causal_conv1d_step_ref
+from .rotary import rotary_ref
 from .scan import selective_scan_chunked, selective_state_step
 
 
@@ -21,6 +22,7 @@ class Kernels:
     ssm_step: Callable
     build_attention_mask: Callable
     attention: Callable
+    rotary: Callable = rotary_ref
     traceable: bool = True  # torch.compile traces every member without a graph break
 
 
@@ -32,6 +34,7 @@ REFERENCE = Kernels(
     ssm_step=selective_state_step,
     build_attention_mask=build_sdpa_mask,
     attention=sdpa_attention,
+    rotary=rotary_ref,
 )
 
 # name -> factory returning a Kernels, or raising ImportError/RuntimeError when unavailable here.

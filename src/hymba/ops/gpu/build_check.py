@@ -30,6 +30,7 @@ def kernel_cases():
     """(label, kernel, signature overrides, constexprs, num_warps) for each launch the library makes."""
     from ..attention import decode_triton as dec
     from ..conv import triton_conv as conv
+    from ..rotary import triton_rotary as rot
     from ..scan.triton import backward, forward, launch, segments, step
 
     act = {n: "*bf16" for n in ("u_ptr", "dt_ptr", "z_ptr", "dy_ptr", "du_ptr", "ddt_ptr", "dz_ptr", "y_ptr")}
@@ -70,6 +71,9 @@ def kernel_cases():
         cases.append((f"conv backward, input HAS_INIT={init}", conv._conv_bwd_input_kernel, {},
                       dict(K=4, BL=conv.BL, BD=conv.BD, HAS_INIT=init), 4))
     cases.append(("conv step", conv._conv_step_kernel, {}, dict(K=4, BD=conv.BD, HAS_BIAS=True, SILU=True), 4))
+    for dt, rnd in (("*bf16", True), ("*fp32", False)):
+        sig = {n: dt for n in ("q_ptr", "k_ptr", "cos_ptr", "sin_ptr", "qo_ptr", "ko_ptr")}
+        cases.append((f"rotary {dt}", rot._rotary_kernel, sig, dict(HALF=32, BHALF=32, BH=32, ROUND=rnd), 4))
     # a Python float argument is an fp32 scalar when launched directly, an fp64 one from a torch.compile'd
     # graph (the compiled decode step)
     def decode_sig(dt: str, **scalars) -> dict:
