@@ -185,6 +185,26 @@ class Checker:
             y2 = causal_conv1d_step_ref(xs.double(), st2, w.double(), b.double())
             self.record(f"conv step (in place) {str(dtype)[6:]}", dict(y=rel(y, y2), state=rel(st, st2)), TOL[dtype])
         self.rotary()
+        self.norms()
+
+    def norms(self):
+        """The fused norm groups at hymba-1.5b's widths (decode and prefill rows) against float64."""
+        from hymba.ops.norm import norm_average_ref, segment_norms_ref
+        from hymba.ops.norm.triton_norm import norm_average_triton, segment_norms_triton
+
+        for dtype in self.dtypes:
+            for rows in (64, 2000):
+                a, b = (torch.randn(rows, 3200, device=self.dev).to(dtype) for _ in range(2))
+                wa, wb = (torch.rand(3200, device=self.dev).add(0.5).to(dtype) for _ in range(2))
+                got = norm_average_triton(a, b, wa, wb, 1e-6, 1e-6)
+                want = norm_average_ref(*(t.double() for t in (a, b, wa, wb)), 1e-6, 1e-6)
+                x = torch.randn(rows, 132, device=self.dev).to(dtype)
+                ws = [torch.rand(n, device=self.dev).add(0.5).to(dtype) for n in (100, 16, 16)]
+                parts = segment_norms_triton(x, (100, 16, 16), ws, [1e-6] * 3)
+                exact = segment_norms_ref(x.double(), (100, 16, 16), [w.double() for w in ws], [1e-6] * 3)
+                self.record(f"norm average + dt/B/C norms {str(dtype)[6:]} rows={rows}",
+                            dict(average=rel(got, want), **{n: rel(p, e) for n, p, e in zip("dBC", parts, exact)}),
+                            TOL[dtype])
 
     def rotary(self):
         """The one-launch rotary of q and k (hymba-1.5b's heads, as views of one projection; decode and prefill

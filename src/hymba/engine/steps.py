@@ -68,6 +68,8 @@ class DecodeSteps:
             with torch.cuda.graph(graph, pool=pool_handle):
                 logits = self._step(self.model, ids, view)
             self.graphs[b] = (graph, logits)
+        for graph, _ in self.graphs.values():  # the first launch of a graph uploads it: not on a request's time
+            graph.replay()
         torch.cuda.synchronize()
 
 

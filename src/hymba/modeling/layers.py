@@ -8,16 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import HymbaConfig
+from ..ops.norm import rms_norm
 
 
 class RMSNorm(nn.Module):
-    """Variance in fp32, normalise, cast back to the input dtype, then scale (the release's exact order).
-
-    `F.rms_norm` does the first three steps (one fused kernel on CUDA instead of six elementwise ones); on the
-    CPU it is bit-identical to writing them out. When the weight has the input's dtype it scales inside that
-    kernel too (no separate broadcast multiply): the same bits in fp32, one rounding instead of two in bf16
-    (within one bf16 step of the release's order, and nearer the exact value). With another dtype (fp32
-    weights under autocast) the order matters and is kept: the fp32 weight times the bf16 normed x."""
+    """RMS norm with a learnable scale (`ops.norm.rms_norm` says how it rounds)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -25,9 +20,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == self.weight.dtype:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
-        return self.weight * F.rms_norm(x, (x.shape[-1],), eps=self.eps)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rope_inv_freq(config: HymbaConfig, length: torch.Tensor | None = None) -> torch.Tensor:

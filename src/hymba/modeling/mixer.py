@@ -101,7 +101,8 @@ class HymbaMixer(nn.Module):
         if self.use_ssm:
             ssm = self._ssm(parts[-2], parts[-1], ctx)
         if attn is not None and ssm is not None:
-            fused = (self.pre_avg_layernorm1(attn) + self.pre_avg_layernorm2(ssm)) / 2
+            n1, n2 = self.pre_avg_layernorm1, self.pre_avg_layernorm2
+            fused = ctx.kernels.norm_average(attn, ssm, n1.weight, n2.weight, n1.eps, n2.eps)
         else:
             fused = attn if attn is not None else ssm
         return self.out_proj(fused), kv
@@ -146,12 +147,16 @@ class HymbaMixer(nn.Module):
             if cache is not None:
                 conv_state.copy_(new_conv)
 
-        dt, B, C = self.x_proj[0](xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        sizes = [self.dt_rank, self.d_state, self.d_state]
         if self.inner_norms:
-            dt, B, C = self.dt_layernorm(dt), self.B_layernorm(B), self.C_layernorm(C)
+            norms = (self.dt_layernorm, self.B_layernorm, self.C_layernorm)
+            dt, B, C = ctx.kernels.segment_norms(self.x_proj[0](xc), sizes, [n.weight for n in norms],
+                                                 [n.eps for n in norms])
             # under autocast the norms return fp32; B and C go to the scan in the activations' dtype, as
             # without the norms (the fast scan reads 16-bit B/C packed, far faster than fp32)
             B, C = B.to(xc.dtype), C.to(xc.dtype)
+        else:
+            dt, B, C = self.x_proj[0](xc).split(sizes, dim=-1)
         dt = F.linear(dt, self.dt_proj[0].weight)  # the bias is added in fp32 inside the scan, before softplus
         if valid is not None:  # softplus(-inf) = 0: padding leaves the state exactly unchanged
             dt = dt.masked_fill(~valid[..., None], float("-inf"))

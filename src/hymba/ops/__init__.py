@@ -10,6 +10,8 @@ A `Kernels` bundle is chosen once per device (see `get_kernels`); the model call
 - `build_attention_mask(q_pos, k_pos, window, num_meta, dtype) -> mask` (opaque to the model; once per forward)
 - `attention(q, k, v, mask, scale) -> out`
 - `rotary(q, k, cos, sin) -> (q, k)`, the rotary embedding of a layer's queries and keys (k may be None)
+- `norm_average(a, b, weight_a, weight_b, eps_a, eps_b) -> (rms_norm(a) + rms_norm(b)) / 2`
+- `segment_norms(x, sizes, weights, eps) -> parts`, each part of x's last dim RMS-normed with its own weight
 
 The reference bundle is plain torch and runs anywhere; faster bundles register themselves with
 `register_kernels` (`registry.py`) and are checked against it. `gpu/` registers the CUDA bundle; importing it

@@ -9,6 +9,7 @@ import torch
 
 from .attention import build_sdpa_mask, sdpa_attention
 from .conv import causal_conv1d_ref, causal_conv1d_step_ref
+from .norm import norm_average_ref, segment_norms_ref
 from .rotary import rotary_ref
 from .scan import selective_scan_chunked, selective_state_step
 
@@ -23,6 +24,8 @@ class Kernels:
     build_attention_mask: Callable
     attention: Callable
     rotary: Callable = rotary_ref
+    norm_average: Callable = norm_average_ref
+    segment_norms: Callable = segment_norms_ref
     traceable: bool = True  # torch.compile traces every member without a graph break
 
 
@@ -35,6 +38,8 @@ REFERENCE = Kernels(
     build_attention_mask=build_sdpa_mask,
     attention=sdpa_attention,
     rotary=rotary_ref,
+    norm_average=norm_average_ref,
+    segment_norms=segment_norms_ref,
 )
 
 # name -> factory returning a Kernels, or raising ImportError/RuntimeError when unavailable here.

@@ -25,6 +25,7 @@ def build_triton_kernels(conv: str = "auto", require_cuda: bool = True) -> Kerne
 
     from ..attention.flex import build_flex_mask, flex_attention
     from ..conv.triton_conv import causal_conv1d_triton, conv_step_triton, fla_causal_conv1d
+    from ..norm.triton_norm import norm_average_triton, segment_norms_triton
     from ..rotary.triton_rotary import rotary_triton
     from ..scan.triton import selective_scan_triton, ssm_step_triton
 
@@ -46,6 +47,8 @@ def build_triton_kernels(conv: str = "auto", require_cuda: bool = True) -> Kerne
         build_attention_mask=build_flex_mask if require_cuda else functools.partial(build_flex_mask, decode_kernel=True),
         attention=flex_attention,
         rotary=rotary_triton,
+        norm_average=norm_average_triton,
+        segment_norms=segment_norms_triton,
         traceable=conv_name != "fla",  # fla-core's conv runs outside torch.compile (a graph break)
     )
 

@@ -30,6 +30,7 @@ def kernel_cases():
     """(label, kernel, signature overrides, constexprs, num_warps) for each launch the library makes."""
     from ..attention import decode_triton as dec
     from ..conv import triton_conv as conv
+    from ..norm import triton_norm as norm
     from ..rotary import triton_rotary as rot
     from ..scan.triton import backward, forward, launch, segments, step
 
@@ -74,6 +75,12 @@ def kernel_cases():
     for dt, rnd in (("*bf16", True), ("*fp32", False)):
         sig = {n: dt for n in ("q_ptr", "k_ptr", "cos_ptr", "sin_ptr", "qo_ptr", "ko_ptr")}
         cases.append((f"rotary {dt}", rot._rotary_kernel, sig, dict(HALF=32, BHALF=32, BH=32, ROUND=rnd), 4))
+        sig = {n: dt for n in ("a_ptr", "b_ptr", "wa_ptr", "wb_ptr", "y_ptr")}
+        cases.append((f"norm average {dt}", norm._norm_average_kernel, dict(sig, eps_a="fp32", eps_b="fp32"),
+                      dict(BD=4096, ROUND=rnd), 8))
+        sig = {n: dt for n in ("x_ptr", "w0_ptr", "w1_ptr", "w2_ptr", "y_ptr")}
+        cases.append((f"dt/B/C norms {dt}", norm._three_norms_kernel,
+                      dict(sig, eps0="fp32", eps1="fp32", eps2="fp32"), dict(B0=128, B1=16, B2=16), 4))
     # a Python float argument is an fp32 scalar when launched directly, an fp64 one from a torch.compile'd
     # graph (the compiled decode step)
     def decode_sig(dt: str, **scalars) -> dict:
