@@ -26,9 +26,9 @@ def reduction_slack(n: int) -> float:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(3, 1, 40), (2, 5, 3200)])
 def test_norm_average_matches_float64(dtype, shape):
-    """(n_a + n_b) / 2 with each normed branch and their sum rounded to the dtype: within eps (|n_a| + |n_b| +
-    |n_a + n_b|) / 2 of float64 (eps, not eps / 2: the interpreter truncates to bf16), plus the fp32 reduction's
-    slack; torch's own kernels obey the same bound."""
+    """(n_a + n_b) / 2 with each normed branch and their sum rounded at most to the dtype (the kernel: in fp32,
+    then once; torch: each to the dtype): within eps (|n_a| + |n_b| + |n_a + n_b|) / 2 of float64 (eps, not
+    eps / 2: the interpreter truncates to bf16), plus the fp32 reduction's slack; torch's kernels obey the same."""
     g = torch.Generator().manual_seed(shape[-1])
     a, b = (torch.randn(*shape, generator=g).to(dtype) for _ in range(2))
     wa, wb = (torch.rand(shape[-1], generator=g).add(0.5).to(dtype) for _ in range(2))

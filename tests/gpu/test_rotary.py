@@ -38,9 +38,10 @@ def layout(t: torch.Tensor) -> tuple:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("B,T,H,Hk,d", [(3, 1, 5, 1, 16), (2, 7, 30, 5, 8), (1, 4, 3, 0, 32)])
 def test_rotary_matches_the_float64_rotation(dtype, B, T, H, Hk, d):
-    """Each output is x1 c1 - x2 s1 (or x2 c2 + x1 s2): two products and their sum, each rounded to the dtype,
-    so within eps (|x1 c1| + |x2 s1| + |y|) of the float64 value on the same inputs and tables (eps, not eps / 2:
-    the interpreter truncates to bf16 where a GPU rounds to nearest). torch's own rotation obeys the same bound."""
+    """Each output is x1 c1 - x2 s1 (or x2 c2 + x1 s2): two products and their sum, each rounded at most to the
+    dtype (the kernel: in fp32, then once to the dtype; torch: each to the dtype), so within
+    eps (|x1 c1| + |x2 s1| + |y|) of the float64 value on the same inputs and tables (eps, not eps / 2: the
+    interpreter truncates to bf16 where a GPU rounds to nearest). torch's own rotation obeys the same bound."""
     q, k = heads_of_a_projection(B, T, H, Hk, d, dtype)
     k = k if Hk else None
     cos, sin = tables(B, T, d, dtype)

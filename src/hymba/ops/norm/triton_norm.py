@@ -2,8 +2,9 @@
 a halving for the average): in a decode step of the 1.5B model that is 160 launches fewer.
 
 One program per row (a token): every norm of the group reduces its own part of the row in fp32, scales it by
-its weight, and rounds once to the dtype, as torch's fused `rms_norm` kernel does; the average rounds each
-normed branch and their sum as torch's separate kernels do. Inference only: with gradients, weights of
+its weight, and rounds once to the dtype, as torch's fused `rms_norm` kernel does; the average sums the two
+normed branches in fp32 and rounds once (torch rounds each branch and the sum: within a unit of the last
+place of the reference, and nearer the exact value). Inference only: with gradients, weights of
 another dtype (autocast) or under torch.compile (which fuses the reference itself), the reference runs.
 """
 
@@ -29,19 +30,13 @@ def _normed(x_ptr, w_ptr, cols, mask, n, eps):
 
 
 @triton.jit
-def _norm_average_kernel(a_ptr, b_ptr, wa_ptr, wb_ptr, y_ptr, D, s_a, s_b, s_y, eps_a, eps_b,
-                         BD: tl.constexpr, ROUND: tl.constexpr):
+def _norm_average_kernel(a_ptr, b_ptr, wa_ptr, wb_ptr, y_ptr, D, s_a, s_b, s_y, eps_a, eps_b, BD: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BD)
     m = cols < D
     na = _normed(a_ptr + row * s_a, wa_ptr, cols, m, D, eps_a)
     nb = _normed(b_ptr + row * s_b, wb_ptr, cols, m, D, eps_b)
-    dt = y_ptr.dtype.element_ty
-    if ROUND:  # 16-bit: each normed branch and their sum rounded, as torch's separate kernels round them
-        total = (na.to(dt).to(tl.float32) + nb.to(dt).to(tl.float32)).to(dt).to(tl.float32)
-    else:
-        total = na + nb
-    tl.store(y_ptr + row * s_y + cols, (total * 0.5).to(dt), mask=m)
+    tl.store(y_ptr + row * s_y + cols, ((na + nb) * 0.5).to(y_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -84,7 +79,7 @@ def norm_average_triton(a, b, weight_a, weight_b, eps_a: float, eps_b: float) ->
     if y2.shape[0]:
         _norm_average_kernel[(y2.shape[0],)](a2, b2, weight_a, weight_b, y2, D, a2.stride(0), b2.stride(0),
                                              y2.stride(0), float(eps_a), float(eps_b), BD=triton.next_power_of_2(D),
-                                             ROUND=a.dtype != torch.float32, num_warps=8 if D > 2048 else 4)
+                                             num_warps=8 if D > 2048 else 4)
     return y
 
 

@@ -4,9 +4,9 @@ kernels per tensor: two products, a negation, a concatenation and a sum).
 Each program rotates one (batch row, position) pair for a block of heads, the query heads and then the key
 heads of the same position, reading the halves (x1, x2) of each head and the rows of the cos/sin tables:
     out1 = x1 * cos1 - x2 * sin1,    out2 = x2 * cos2 + x1 * sin2
-With 16-bit inputs every product and the sum are rounded to the input's dtype as torch's elementwise kernels
-round them, so the result is bit-identical to the reference (`rotary_ref`). Inference only: with gradients,
-or under torch.compile (which fuses the reference itself), the reference runs.
+The arithmetic is fp32 with one rounding to the input's dtype at the end (torch's kernels round each product
+and the sum: within a unit of the last place of the reference, and nearer the exact value). Inference only:
+with gradients, or under torch.compile (which fuses the reference itself), the reference runs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .reference import rotary_ref
 @triton.jit
 def _rotary_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr,
                    T, H, Hk, s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_ob, s_oh, s_ot, s_pb, s_ph, s_pt, s_cb, s_ct,
-                   HALF: tl.constexpr, BHALF: tl.constexpr, BH: tl.constexpr, ROUND: tl.constexpr):
+                   HALF: tl.constexpr, BHALF: tl.constexpr, BH: tl.constexpr):
     bt = tl.program_id(0)
     b = (bt // T).to(tl.int64)
     t = (bt % T).to(tl.int64)
@@ -47,12 +47,8 @@ def _rotary_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr,
     dt = x1.dtype
     x1 = x1.to(tl.float32)
     x2 = x2.to(tl.float32)
-    if ROUND:  # 16-bit: each product rounded to the dtype before the sum, as torch's separate kernels do
-        y1 = (x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)
-        y2 = (x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)
-    else:
-        y1 = x1 * c1 - x2 * s1
-        y2 = x2 * c2 + x1 * s2
+    y1 = x1 * c1 - x2 * s1
+    y2 = x2 * c2 + x1 * s2
     o_off = b * s_ob + qh[:, None] * s_oh + t * s_ot + j[None, :]
     p_off = b * s_pb + kh[:, None] * s_ph + t * s_pt + j[None, :]
     tl.store(qo_ptr + o_off, y1.to(dt), mask=mq)
@@ -90,5 +86,5 @@ def rotary_triton(q: torch.Tensor, k: torch.Tensor | None, cos: torch.Tensor, si
         q, kk, cos, sin, qo, ko, T, H, Hk,
         q.stride(0), q.stride(1), q.stride(2), kk.stride(0), kk.stride(1), kk.stride(2),
         qo.stride(0), qo.stride(1), qo.stride(2), ko.stride(0), ko.stride(1), ko.stride(2), cos.stride(0), cos.stride(1),
-        HALF=half, BHALF=triton.next_power_of_2(half), BH=BH, ROUND=q.dtype != torch.float32, num_warps=4)
+        HALF=half, BHALF=triton.next_power_of_2(half), BH=BH, num_warps=4)
     return qo, (ko if k is not None else None)
