@@ -1,5 +1,6 @@
 """A chat-shaped request through the public API: a 128-token prompt, 256 new tokens, batch 1 and 8,
-hymba-1.5b with random bf16 weights, generate's defaults (a CUDA graph from 16 new tokens). Reports the
+hymba-1.5b with random bf16 weights, generate's direct path (cuda_graph=True: a CUDA graph per call; on CUDA
+generate's default is the shared engine, which `engine_chat` measures). Reports the
 end-to-end tokens/s of the whole call (prefill, graph capture, 256 steps), the decode tokens/s by the
 decode protocol (common.decode_protocol, 255 steps), and the time to the first token.
 """

@@ -1,5 +1,6 @@
 """generate(): cached decoding against repeated full forwards, batches, chunked prefill, stopping, streaming."""
 
+import functools
 import importlib
 
 import pytest
@@ -8,6 +9,7 @@ from helpers import assert_model_as_accurate, random_weights, two_group_config
 
 from hymba import HymbaConfig, HymbaForCausalLM
 from hymba.engine.generate import generate
+from hymba.errors import InputError
 
 generate_module = importlib.import_module("hymba.engine.generate")  # (the package exports the function)
 
@@ -121,14 +123,16 @@ def test_left_padded_batch_gives_each_row_what_it_gets_alone(tiny_model):
                                  lambda m: teacher_forced(m, alone, torch.tensor([p]))[0], msg=f"row {i}")
 
 
-def test_rows_finish_independently_at_their_eos(tiny_model):
+@pytest.mark.parametrize("engine", [False, True])
+def test_rows_finish_independently_at_their_eos(engine, tiny_model):
+    gen = functools.partial(generate, engine=engine)  # the direct path, or the shared engine
     prompts = [prompt_of(n, 512, seed=10 + n) for n in (4, 9, 6)]
-    free = [generate(tiny_model, torch.tensor([p]), max_new_tokens=20, eos_token_id=[])[0, len(p):].tolist()
+    free = [gen(tiny_model, torch.tensor([p]), max_new_tokens=20, eos_token_id=[])[0, len(p):].tolist()
             for p in prompts]
     eos = free[0][3]  # row 0 ends after 4 tokens (or earlier if that token came before)
     cut = [f[:f.index(eos) + 1] if eos in f else f for f in free]
     ids, mask = left_pad(prompts, pad=0)
-    out = generate(tiny_model, ids, mask, max_new_tokens=20, eos_token_id=eos, pad_token_id=7, return_dict=True)
+    out = gen(tiny_model, ids, mask, max_new_tokens=20, eos_token_id=eos, pad_token_id=7, return_dict=True)
     new = out.sequences[:, ids.shape[1]:]
     assert new.shape[1] == max(map(len, cut))
     for i, c in enumerate(cut):
@@ -137,21 +141,25 @@ def test_rows_finish_independently_at_their_eos(tiny_model):
         assert out.num_new_tokens[i] == len(c)
 
 
-def test_several_eos_ids_and_min_new_tokens(tiny_model):
+@pytest.mark.parametrize("engine", [False, True])
+def test_several_eos_ids_and_min_new_tokens(engine, tiny_model):
+    gen = functools.partial(generate, engine=engine)  # the direct path, or the shared engine
     p = prompt_of(5, 512, seed=20)
-    free = generate(tiny_model, torch.tensor([p]), max_new_tokens=12, eos_token_id=[])[0, 5:].tolist()
-    out = generate(tiny_model, torch.tensor([p]), max_new_tokens=12, eos_token_id=[999 % 512, free[2]])
+    free = gen(tiny_model, torch.tensor([p]), max_new_tokens=12, eos_token_id=[])[0, 5:].tolist()
+    out = gen(tiny_model, torch.tensor([p]), max_new_tokens=12, eos_token_id=[999 % 512, free[2]])
     assert out[0, 5:].tolist() == free[:free.index(free[2]) + 1]
     # min_new_tokens forbids the eos tokens for the first steps, so the first token changes
     first = free[0]
-    out = generate(tiny_model, torch.tensor([p]), max_new_tokens=3, eos_token_id=first, min_new_tokens=2)
+    out = gen(tiny_model, torch.tensor([p]), max_new_tokens=3, eos_token_id=first, min_new_tokens=2)
     assert out[0, 5] != first and out.shape[1] == 8
 
 
-def test_generation_stops_when_every_row_is_done(tiny_model):
+@pytest.mark.parametrize("engine", [False, True])
+def test_generation_stops_when_every_row_is_done(engine, tiny_model):
+    gen = functools.partial(generate, engine=engine)  # the direct path, or the shared engine
     p = prompt_of(5, 512, seed=21)
-    free = generate(tiny_model, torch.tensor([p, p]), max_new_tokens=10, eos_token_id=[])
-    out = generate(tiny_model, torch.tensor([p, p]), max_new_tokens=10, eos_token_id=int(free[0, 5]))
+    free = gen(tiny_model, torch.tensor([p, p]), max_new_tokens=10, eos_token_id=[])
+    out = gen(tiny_model, torch.tensor([p, p]), max_new_tokens=10, eos_token_id=int(free[0, 5]))
     assert out.shape == (2, 6)
 
 
@@ -178,17 +186,19 @@ def test_meta_prefix_is_computed_once_across_calls(monkeypatch):
     assert runs.count(model.config.num_memory_tokens) == 1 and len(runs) == 1 + 3 * (3 + 3)
 
 
-def test_stop_strings_end_a_row_at_the_token_completing_them(checkpoint):
+@pytest.mark.parametrize("engine", [False, True])
+def test_stop_strings_end_a_row_at_the_token_completing_them(engine, checkpoint):
+    gen = functools.partial(generate, engine=engine)  # the direct path, or the shared engine
     model, tok = checkpoint
     prompts = ["The quick brown", "Meta tokens"]
     ids, mask = tok(prompts)
-    free = generate(model, ids, mask, max_new_tokens=30, eos_token_id=[])
+    free = gen(model, ids, mask, max_new_tokens=30, eos_token_id=[])
     text0 = tok.decode(free[0, ids.shape[1]:])
     stop = text0[8:11]
     assert len(stop) == 3 and stop not in text0[:10]  # a stop string that first appears in the middle
     gen0 = free[0, ids.shape[1]:].tolist()
     k = next(i for i in range(1, 31) if stop in tok.decode(gen0[:i], skip_special_tokens=False))
-    out = generate(model, ids, mask, max_new_tokens=30, eos_token_id=[], stop_strings=[stop, "@@nowhere@@"],
+    out = gen(model, ids, mask, max_new_tokens=30, eos_token_id=[], stop_strings=[stop, "@@nowhere@@"],
                    tokenizer=tok, return_dict=True)
     assert out.sequences[0, ids.shape[1]:ids.shape[1] + k].tolist() == gen0[:k]
     assert out.num_new_tokens[0] == k and out.finish_reasons[0] == "stop_string"
@@ -197,13 +207,15 @@ def test_stop_strings_end_a_row_at_the_token_completing_them(checkpoint):
     if stop not in text1:
         assert out.finish_reasons[1] == "length" and out.sequences[1].tolist() == free[1].tolist()
     with pytest.raises(ValueError, match="tokenizer"):
-        generate(model, ids, mask, max_new_tokens=3, stop_strings=["x"])
+        gen(model, ids, mask, max_new_tokens=3, stop_strings=["x"])
 
 
-def test_streamer_and_callback_see_every_token(tiny_model):
+@pytest.mark.parametrize("engine", [False, True])
+def test_streamer_and_callback_see_every_token(engine, tiny_model):
+    gen = functools.partial(generate, engine=engine)  # the direct path, or the shared engine
     prompts = [prompt_of(n, 512, seed=40 + n) for n in (3, 8)]
     ids, mask = left_pad(prompts, pad=0)
-    free = generate(tiny_model, ids, mask, max_new_tokens=8, eos_token_id=[])
+    free = gen(tiny_model, ids, mask, max_new_tokens=8, eos_token_id=[])
     eos = int(free[0, ids.shape[1] + 2])
     steps, ended = [], []
 
@@ -214,16 +226,16 @@ def test_streamer_and_callback_see_every_token(tiny_model):
         def end(self):
             ended.append(True)
 
-    out = generate(tiny_model, ids, mask, max_new_tokens=8, eos_token_id=eos, pad_token_id=1, streamer=Recorder())
+    out = gen(tiny_model, ids, mask, max_new_tokens=8, eos_token_id=eos, pad_token_id=1, streamer=Recorder())
     assert ended == [True] and len(steps) == out.shape[1] - ids.shape[1]
-    gen = out[:, ids.shape[1]:].tolist()
+    new = out[:, ids.shape[1]:].tolist()
     for step, tokens in enumerate(steps):
         for row in range(2):
-            finished_before = eos in gen[row][:step]
-            assert tokens[row] == (None if finished_before else gen[row][step])
+            finished_before = eos in new[row][:step]
+            assert tokens[row] == (None if finished_before else new[row][step])
     assert None in steps[-1]  # row 0 finished early and was reported as such
     calls = []
-    generate(tiny_model, ids, mask, max_new_tokens=8, eos_token_id=[], streamer=calls.append)
+    gen(tiny_model, ids, mask, max_new_tokens=8, eos_token_id=[], streamer=calls.append)
     assert [c for c in calls] == free[:, ids.shape[1]:].T.tolist()
 
 
@@ -241,9 +253,11 @@ def test_sampling_is_reproducible_from_a_seed(tiny_model):
     assert torch.equal(greedy, top1)
 
 
-def test_greedy_is_deterministic(tiny_model):
+@pytest.mark.parametrize("engine", [False, True])
+def test_greedy_is_deterministic(engine, tiny_model):
+    gen = functools.partial(generate, engine=engine)  # the direct path, or the shared engine
     ids = torch.tensor([prompt_of(6, 512, seed=51)])
-    assert torch.equal(generate(tiny_model, ids, max_new_tokens=10), generate(tiny_model, ids, max_new_tokens=10))
+    assert torch.equal(gen(tiny_model, ids, max_new_tokens=10), gen(tiny_model, ids, max_new_tokens=10))
 
 
 def test_bad_inputs_are_named(tiny_model):
@@ -338,3 +352,66 @@ def test_failed_capture_falls_back_to_eager_steps(tiny_model, monkeypatch):
     with pytest.warns(UserWarning, match="decoding eagerly"):
         out = generate(tiny_model, torch.tensor([[5, 6]]), max_new_tokens=18, eos_token_id=[], cuda_graph=True)
     assert out.tolist() == generate(tiny_model, torch.tensor([[5, 6]]), max_new_tokens=18, eos_token_id=[]).tolist()
+
+
+def test_the_engine_path_equals_the_direct_path(tiny_model, monkeypatch):
+    """Greedy on the shared engine = greedy on the direct path: a ragged batch with more prompts than the
+    engine has rows (two wait for a free one), end-of-sequence ids, min_new_tokens and a repetition penalty."""
+    shared = importlib.import_module("hymba.engine.shared")
+    monkeypatch.setattr(shared, "MAX_ROWS", 8)
+    shared.release_engine(tiny_model)
+    prompts = [prompt_of(n, 512, seed=60 + n) for n in (3, 17, 5, 9, 2, 11, 6, 4, 8, 13)]
+    ids, mask = left_pad(prompts, pad=0)
+    free = generate(tiny_model, ids, mask, max_new_tokens=12, eos_token_id=[])
+    eos = [int(free[0, ids.shape[1] + 4]), int(free[3, ids.shape[1] + 1])]
+    kw = dict(max_new_tokens=12, min_new_tokens=2, eos_token_id=eos, pad_token_id=5, repetition_penalty=1.3,
+              return_dict=True)
+    direct = generate(tiny_model, ids, mask, engine=False, **kw)
+    on_engine = generate(tiny_model, ids, mask, engine=True, **kw)
+    assert torch.equal(direct.sequences, on_engine.sequences)
+    assert direct.finish_reasons == on_engine.finish_reasons and "eos" in direct.finish_reasons
+    assert direct.num_new_tokens == on_engine.num_new_tokens
+    assert tiny_model._generate_engine[1].pool.num_slots == 8
+
+
+def test_the_engine_is_kept_and_rebuilt_only_when_needed(monkeypatch):
+    shared = importlib.import_module("hymba.engine.shared")
+    tiny_model = make(HymbaConfig.from_preset("tiny"), seed=8)
+    built = []
+    original = shared.Engine
+    monkeypatch.setattr(shared, "Engine", lambda *a, **k: built.append(k["max_num_seqs"]) or original(*a, **k))
+    ids = torch.tensor([prompt_of(6, 512, seed=70)])
+    for batch in (1, 3, 8, 2):  # up to 8 rows: one engine
+        generate(tiny_model, ids.expand(batch, -1), max_new_tokens=3, engine=True)
+    assert built == [8]
+    generate(tiny_model, ids.expand(9, -1), max_new_tokens=3, engine=True)  # more rows
+    generate(tiny_model, ids, max_new_tokens=3, engine=True, eos_token_id=[3])  # other end-of-sequence ids
+    with torch.no_grad():
+        tiny_model.lm_head.weight.mul_(1.5)  # new weights: a new meta-token prefix
+    generate(tiny_model, ids, max_new_tokens=3, engine=True, eos_token_id=[3])
+    assert built == [8, 16, 16, 16]
+    shared.release_engine(tiny_model)
+    assert "_generate_engine" not in tiny_model.__dict__
+
+
+def test_sampling_on_the_engine_is_reproducible_from_a_seed(tiny_model):
+    ids = torch.tensor([prompt_of(6, 512, seed=50)] * 3)
+    kw = dict(max_new_tokens=15, do_sample=True, temperature=1.2, top_k=50, top_p=0.95, eos_token_id=[], engine=True)
+    a = generate(tiny_model, ids, seed=123, **kw)
+    assert torch.equal(a, generate(tiny_model, ids, seed=123, **kw))
+    assert not torch.equal(a, generate(tiny_model, ids, seed=124, **kw))
+    assert not torch.equal(a[0], a[1])  # rows draw independently
+    greedy = generate(tiny_model, ids[:1], max_new_tokens=15, eos_token_id=[], engine=True)
+    top1 = generate(tiny_model, ids[:1], max_new_tokens=15, eos_token_id=[], do_sample=True, top_k=1, seed=0,
+                    engine=True)
+    assert torch.equal(greedy, top1)
+
+
+def test_the_engine_refuses_what_only_the_direct_path_does(tiny_model):
+    ids = torch.tensor([prompt_of(6, 512, seed=71)])
+    with pytest.raises(InputError, match="output_logits"):
+        generate(tiny_model, ids, max_new_tokens=3, engine=True, output_logits=True)
+    with pytest.raises(InputError, match="generator"):
+        generate(tiny_model, ids, max_new_tokens=3, engine=True, do_sample=True, generator=torch.Generator())
+    with pytest.raises(InputError, match="max_position_embeddings"):
+        generate(tiny_model, ids, max_new_tokens=tiny_model.config.max_position_embeddings, engine=True)

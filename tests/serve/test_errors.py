@@ -150,3 +150,17 @@ def test_a_draining_server_refuses_new_work_with_503(server):
     finally:
         server.app.state.draining = False
     assert_still_serving(server)
+
+
+@pytest.mark.parametrize("given, taken", [("100", 64), ("16", 16), ("5", 16), ("4096", 4096)])
+def test_serve_takes_a_prefill_chunk_as_generate_does(given, taken):
+    """`hymba serve --prefill-chunk-size` takes a size down to a power of two >= 16, as `hymba generate` does."""
+    import argparse
+
+    from hymba.cli import serve as serve_cli
+    from hymba.cli.options import chunk_size
+
+    parser = argparse.ArgumentParser()
+    serve_cli.add_arguments(parser)
+    args = parser.parse_args(["--model", "somewhere", "--prefill-chunk-size", given])
+    assert args.prefill_chunk_size == taken == chunk_size(given)

@@ -7,7 +7,7 @@ import argparse
 
 from ..errors import HymbaError
 from .generate import add_model_arguments
-from .options import non_empty, non_negative_float, non_negative_int, positive_int
+from .options import chunk_size, non_empty, non_negative_float, non_negative_int, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,8 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-seqs", type=positive_int, default=64, help="requests decoding at once")
     p.add_argument("--max-model-len", type=positive_int, default=None, metavar="N",
                    help="prompt + generated tokens of one request (default: the model's context)")
-    p.add_argument("--prefill-chunk-size", type=positive_int, default=None, metavar="N",
-                   help="prompt tokens per prefill step, a power of two >= 16 (default: 2048 on CUDA, else 512)")
+    p.add_argument("--prefill-chunk-size", type=chunk_size, default=None, metavar="N",
+                   help="prompt tokens per prefill step, taken down to a power of two >= 16 (default: 2048 on "
+                        "CUDA, else 512)")
     p.add_argument("--max-waiting", type=positive_int, default=256,
                    help="requests queued for a slot before new ones get 429")
     p.add_argument("--drain-timeout", type=non_negative_float, default=30.0, metavar="SECONDS",

@@ -9,8 +9,9 @@ from .generate import GenerateOutput, generate
 from .llm import LLM
 from .loading import load_model_and_tokenizer
 from .params import CompletionOutput, RequestOutput, SamplingParams
+from .shared import release_engine
 from .streaming import IncrementalDecoder, StopStringMatcher, TextStreamer
 
 __all__ = ["LLM", "AsyncEngine", "CompletionOutput", "Delta", "Engine", "EngineBusyError", "EngineStoppedError",
            "GenerateOutput", "IncrementalDecoder", "Request", "RequestOutput", "SamplingParams", "StopStringMatcher",
-           "TextStreamer", "generate", "load_model_and_tokenizer", "new_cache", "prefill"]
+           "TextStreamer", "generate", "load_model_and_tokenizer", "new_cache", "prefill", "release_engine"]

@@ -1,4 +1,5 @@
-"""Batched generation with the hybrid cache.
+"""Batched generation: on CUDA by default on the continuous-batching engine kept for the model (`shared`),
+otherwise directly on a cache of the call's own (below), which also gives per-step logits.
 
     prompts [B, L] (left padded) -> cache = new_cache(model, B, L + max_new_tokens)   (meta prefix copied in)
         -> prefill chunk by chunk (peak activation memory bounded by the chunk, not the prompt)
@@ -27,6 +28,7 @@ from ..errors import GenerationError, InputError
 from .cache import new_cache, prefill
 from .cuda_graph import CUDAGraphDecoder
 from .sampling import SelectionParams, apply_repetition_penalty, select_next_tokens, suppress_tokens
+from .shared import decode_on_engine
 from .streaming import IncrementalDecoder, StopStringMatcher, Streamer
 
 
@@ -188,11 +190,12 @@ def generate(
     stop_strings: str | Sequence[str] | None = None,
     tokenizer=None,
     streamer: Streamer | Callable[[list[int | None]], None] | None = None,
-    prefill_chunk_size: int = 512,
+    prefill_chunk_size: int | None = None,
     return_dict: bool = False,
     output_logits: bool = False,
     cuda_graph: bool | None = None,
     compile_step: bool | str = False,
+    engine: bool | None = None,
 ) -> torch.Tensor | GenerateOutput:
     """Generate continuations of a batch of prompts; returns sequences [B, L + steps] (or a GenerateOutput).
 
@@ -204,10 +207,16 @@ def generate(
     none) ends a row and is kept in the output; it is suppressed for the first `min_new_tokens` steps.
     `stop_strings` end a row as soon as its generated text (decoded with `tokenizer`) contains one; the token
     completing it is kept. `streamer`: an object with put(tokens_per_row)/end(), or a callable taking
-    tokens_per_row (None for rows already finished). Prompts longer than `prefill_chunk_size` are prefilled
-    chunk by chunk, with the same result. `cuda_graph`: decode steps as a CUDA graph replay (default: on CUDA
-    when max_new_tokens >= CUDA_GRAPH_MIN_NEW_TOKENS; falls back to eager steps, with a warning, if the
-    capture fails). `compile_step`: the graph replays the step as torch.compile made it (fewer, fused
+    tokens_per_row (None for rows already finished). Prompts longer than `prefill_chunk_size` (default 512;
+    the engine's own on the engine) are prefilled chunk by chunk, with the same result.
+
+    `engine`: run the call on the continuous-batching engine kept for the model (`shared`; built at the first
+    call, then no call at any batch size or prompt length compiles or captures anything). The default on CUDA,
+    unless the call asks for what only the direct path gives: `output_logits`, a `generator`, `cuda_graph`
+    or `compile_step` (or would run past max_position_embeddings). Its sampling draws from per-row seeds
+    (`seed`, or fresh ones), so it differs from the direct path's draws; greedy output is the same.
+    The direct path: `cuda_graph`: decode steps as a CUDA graph replay (default: on CUDA when max_new_tokens
+    >= CUDA_GRAPH_MIN_NEW_TOKENS; falls back to eager steps, with a warning, if the capture fails). `compile_step`: the graph replays the step as torch.compile made it (fewer, fused
     kernels); needs the CUDA graph; True or a mode of `cuda_graph.STEP_COMPILE_MODES`. It compiles for each
     new batch size and total length (minutes for a 1.5B model), so it pays off for long
     generations at a size that repeats.
@@ -216,10 +225,15 @@ def generate(
     device = model.device
     if max_new_tokens < 0 or min_new_tokens < 0:
         raise InputError(f"max_new_tokens ({max_new_tokens}) and min_new_tokens ({min_new_tokens}) must be >= 0")
-    if prefill_chunk_size < 1:
+    if prefill_chunk_size is not None and prefill_chunk_size < 1:
         raise InputError(f"prefill_chunk_size must be >= 1, got {prefill_chunk_size}")
     if seed is not None and generator is not None:
         raise InputError("pass seed or generator, not both")
+    direct_only = [name for name, asked in (("output_logits", output_logits), ("generator", generator is not None),
+                                            ("cuda_graph", cuda_graph is not None), ("compile_step", compile_step))
+                   if asked]
+    if engine and direct_only:
+        raise InputError(f"engine=True runs on the shared engine, which does not take {', '.join(direct_only)}")
     if cuda_graph is None:
         cuda_graph = device.type == "cuda" and (max_new_tokens >= CUDA_GRAPH_MIN_NEW_TOKENS or compile_step)
     if compile_step and not cuda_graph:
@@ -245,6 +259,23 @@ def generate(
                       f"max_position_embeddings ({limit}): tokens beyond it are generated at positions the model "
                       "was not configured for", stacklevel=2)
     return_dict = return_dict or output_logits
+    if engine is None:
+        engine = device.type == "cuda" and not direct_only and longest + max_new_tokens <= limit
+    elif engine and longest + max_new_tokens > limit:
+        raise InputError(f"engine=True: a prompt of {longest} tokens and max_new_tokens={max_new_tokens} exceed the "
+                         f"model's max_position_embeddings ({limit})")
+    if engine and max_new_tokens > 0:
+        got = decode_on_engine(
+            model, [row[ok].tolist() for row, ok in zip(input_ids, valid)], eos=eos, pad_token_id=pad_token_id,
+            max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
+            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
+            stop_strings=stop_strings, tokenizer=tokenizer, prefill_chunk_size=prefill_chunk_size,
+            emit=lambda tokens: _emit(streamer, tokens))
+        if streamer is not None and hasattr(streamer, "end"):
+            streamer.end()
+        return _finish(input_ids, got["new"], got["reasons"], got["counts"], None, got["matched"],
+                       got["prefill_seconds"], got["decode_seconds"], return_dict)
+    prefill_chunk_size = prefill_chunk_size or 512
     if generator is None and seed is not None and do_sample:
         generator = torch.Generator(device=device).manual_seed(seed)
 

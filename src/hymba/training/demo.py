@@ -180,7 +180,8 @@ def run_demo(out: str = "runs/demo", minutes: float | None = None, device: str =
     ids = torch.tensor([tok.encode(prompt)], device=dev)
     with torch.no_grad():
         seqs = generate(model, ids, max_new_tokens=demo["sample_tokens"], min_new_tokens=demo["sample_tokens"],
-                              do_sample=True, temperature=demo["temperature"], top_k=demo["top_k"], seed=seed)
+                              do_sample=True, temperature=demo["temperature"], top_k=demo["top_k"], seed=seed,
+                        engine=False)  # one sample: no engine to build for it
     continuation = tok.decode(seqs[0, ids.shape[1]:].tolist())
     log(f"[4/4] sampled continuation (temperature {demo['temperature']}, top-k {demo['top_k']}):")
     log("      " + "-" * 72)
