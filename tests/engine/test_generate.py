@@ -415,3 +415,22 @@ def test_the_engine_refuses_what_only_the_direct_path_does(tiny_model):
         generate(tiny_model, ids, max_new_tokens=3, engine=True, do_sample=True, generator=torch.Generator())
     with pytest.raises(InputError, match="max_position_embeddings"):
         generate(tiny_model, ids, max_new_tokens=tiny_model.config.max_position_embeddings, engine=True)
+
+
+def test_an_interrupted_call_leaves_the_engine_clean(tiny_model):
+    """A streamer that raises mid-way: the call's requests are cancelled, and the next call gets what it would
+    have got on a fresh engine."""
+    ids = torch.tensor([prompt_of(6, 512, seed=72), prompt_of(6, 512, seed=73)])
+    want = generate(tiny_model, ids, max_new_tokens=8, eos_token_id=[], engine=True)
+
+    def boom(tokens):
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        seen.append(tokens)
+
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        generate(tiny_model, ids, max_new_tokens=8, eos_token_id=[], engine=True, streamer=boom)
+    engine = tiny_model._generate_engine[1]
+    assert not engine.has_work() and not engine.running
+    assert torch.equal(generate(tiny_model, ids, max_new_tokens=8, eos_token_id=[], engine=True), want)

@@ -9,6 +9,7 @@ call needs more rows, other end-of-sequence ids or another prefill chunk, or the
 
 from __future__ import annotations
 
+import threading
 import time
 
 import torch
@@ -18,6 +19,7 @@ from .core import Engine
 from .params import MAX_SEED, SamplingParams
 
 MAX_ROWS = 128
+_LOCK = threading.Lock()  # calls from several threads take turns on the engines
 
 
 def _rows_for(batch: int) -> int:
@@ -67,54 +69,56 @@ def decode_on_engine(model, prompts: list[list[int]], *, eos: list[int], pad_tok
     the direct path does (None for a row that has finished). Returns the new tokens [B, steps] padded with
     `pad_token_id`, and per row the finish reason ("eos", "stop_string", "length"), token count and the stop
     string matched, with the seconds until every row had its first token and after."""
-    engine = shared_engine(model, len(prompts), eos, prefill_chunk_size)
-    engine.tokenizer = tokenizer  # (stop strings are matched on text)
-    requests = []
-    for b, ids in enumerate(prompts):
-        row_seed = None if seed is None else (seed + b * 1_000_003) % (MAX_SEED + 1)
-        params = SamplingParams(max_tokens=max_new_tokens, min_tokens=min_new_tokens,
-                                temperature=temperature if do_sample else 0.0, top_k=top_k if do_sample else 0,
-                                top_p=top_p if do_sample else 1.0, repetition_penalty=repetition_penalty,
-                                seed=row_seed, stop=stop_strings, skip_special_tokens=False)
-        requests.append(engine.add_request(ids, params))
-    t0 = time.monotonic()  # (the requests' clock)
-    emitted = 0
+    with _LOCK:  # one call at a time steps the engine
+        engine = shared_engine(model, len(prompts), eos, prefill_chunk_size)
+        engine.tokenizer = tokenizer if stop_strings else None  # (text only to match stop strings on)
+        t0 = time.monotonic()  # (the requests' clock)
+        emitted = 0
 
-    def emit_ready() -> None:
-        nonlocal emitted
-        while True:  # step `emitted` is complete once every row has its token or has finished before it
-            rows = [r.output_ids for r in requests]
-            if not any(len(o) > emitted for o in rows):
-                return
-            if any(len(o) <= emitted and not r.finished for r, o in zip(requests, rows)):
-                return
-            emit([o[emitted] if len(o) > emitted else None for o in rows])
-            emitted += 1
+        def emit_ready() -> None:
+            nonlocal emitted
+            while True:  # step `emitted` is complete once every row has its token or has finished before it
+                rows = [r.output_ids for r in requests]
+                if not any(len(o) > emitted for o in rows):
+                    return
+                if any(len(o) <= emitted and not r.finished for r, o in zip(requests, rows)):
+                    return
+                emit([o[emitted] if len(o) > emitted else None for o in rows])
+                emitted += 1
 
-    try:
-        while not all(r.finished for r in requests):
-            engine.step()
-            emit_ready()
-        while engine.has_work():
-            engine.step()
-    except BaseException:
-        engine.cancel(requests)
-        raise
-    emit_ready()
-    first = max(r.first_token_time for r in requests)
-    counts = [len(r.output_ids) for r in requests]
-    new = torch.full((len(prompts), max(counts)), pad_token_id, dtype=torch.long)
-    reasons, matched = [], []
-    for b, r in enumerate(requests):
-        new[b, :counts[b]] = torch.tensor(r.output_ids, dtype=torch.long)
-        if r.finish_reason == "stop":
-            stop_string = isinstance(r.stop_reason, str)
-            reasons.append("stop_string" if stop_string else "eos")
-            matched.append(r.stop_reason if stop_string else None)
-        elif r.finish_reason == "length":
-            reasons.append("length")
-            matched.append(None)
-        else:
-            raise GenerationError(f"row {b} ended with {r.finish_reason!r} on the engine")
-    return dict(new=new.to(model.device), reasons=reasons, counts=counts, matched=matched,
-                prefill_seconds=first - t0, decode_seconds=time.monotonic() - first)
+        requests = []
+        try:
+            for b, ids in enumerate(prompts):
+                row_seed = None if seed is None else (seed + b * 1_000_003) % (MAX_SEED + 1)
+                params = SamplingParams(max_tokens=max_new_tokens, min_tokens=min_new_tokens,
+                                        temperature=temperature if do_sample else 0.0,
+                                        top_k=top_k if do_sample else 0, top_p=top_p if do_sample else 1.0,
+                                        repetition_penalty=repetition_penalty, seed=row_seed, stop=stop_strings,
+                                        skip_special_tokens=False)
+                requests.append(engine.add_request(ids, params))
+            while not all(r.finished for r in requests):
+                engine.step()
+                emit_ready()
+            while engine.has_work():
+                engine.step()
+        except BaseException:
+            engine.cancel(requests)
+            raise
+        emit_ready()
+        first = max(r.first_token_time for r in requests)
+        counts = [len(r.output_ids) for r in requests]
+        new = torch.full((len(prompts), max(counts)), pad_token_id, dtype=torch.long)
+        reasons, matched = [], []
+        for b, r in enumerate(requests):
+            new[b, :counts[b]] = torch.tensor(r.output_ids, dtype=torch.long)
+            if r.finish_reason == "stop":
+                stop_string = isinstance(r.stop_reason, str)
+                reasons.append("stop_string" if stop_string else "eos")
+                matched.append(r.stop_reason if stop_string else None)
+            elif r.finish_reason == "length":
+                reasons.append("length")
+                matched.append(None)
+            else:
+                raise GenerationError(f"row {b} ended with {r.finish_reason!r} on the engine")
+        return dict(new=new.to(model.device), reasons=reasons, counts=counts, matched=matched,
+                    prefill_seconds=first - t0, decode_seconds=time.monotonic() - first)
