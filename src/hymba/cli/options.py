@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..engine.core import round_chunk
+
 
 def _number(kind, text: str, ok, requirement: str):
     try:
@@ -45,5 +47,4 @@ def non_empty(text: str) -> str:
 def chunk_size(text: str) -> int:
     """A prefill chunk size (>= 1), as the engine takes it: the largest power of two not above it, at least 16
     (the engine buckets prompt chunks by powers of two)."""
-    value = positive_int(text)
-    return max(16, 1 << (value.bit_length() - 1))
+    return round_chunk(positive_int(text))

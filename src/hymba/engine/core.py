@@ -34,6 +34,12 @@ from .streaming import IncrementalDecoder, StopStringMatcher
 MIN_BUCKET = 16
 
 
+def round_chunk(size: int) -> int:
+    """A prefill chunk size as the engine takes it: the largest power of two not above `size`, at least
+    MIN_BUCKET (for callers that accept any size: the CLI, `generate`)."""
+    return max(MIN_BUCKET, 1 << (max(int(size), 1).bit_length() - 1))
+
+
 def prefill_buckets(chunk: int) -> list[int]:
     """The widths a prefill chunk may have: powers of two from MIN_BUCKET up to `chunk`, and `chunk`."""
     out, w = [], MIN_BUCKET

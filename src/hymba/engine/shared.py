@@ -4,7 +4,8 @@ call at a new batch size or prompt length captures and compiles nothing (the eng
 The engine is built on the first call (its decode graphs captured and every prefill shape run, on CUDA) with
 room for the call's batch (at least 8 rows, a power of two, at most `MAX_ROWS`; more prompts wait for a free
 row) and prompts up to the model's max_position_embeddings, and rebuilt (never with fewer rows) only when a
-call needs more rows, other end-of-sequence ids or another prefill chunk, or the weights changed. `release_engine(model)` frees it.
+call needs more rows, other end-of-sequence ids or another prefill chunk, or the weights changed.
+`release_engine(model)` frees it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import time
 import torch
 
 from ..errors import GenerationError
-from .core import Engine
+from ..modeling.model import _weights_version
+from .core import Engine, round_chunk
 from .params import MAX_SEED, SamplingParams
 
 MAX_ROWS = 128
@@ -29,17 +31,9 @@ def _rows_for(batch: int) -> int:
     return rows
 
 
-def _weights_version(model) -> int:
-    return sum(p._version for p in model.parameters())
-
-
 def shared_engine(model, batch: int, eos: list[int], prefill_chunk_size: int | None) -> Engine:
     """The model's engine for a call of `batch` prompts (built, or rebuilt, when it cannot serve the call)."""
-    chunk = None
-    if prefill_chunk_size is not None:  # the engine's chunks are powers of two >= 16
-        chunk = 16
-        while chunk * 2 <= prefill_chunk_size:
-            chunk *= 2
+    chunk = round_chunk(prefill_chunk_size) if prefill_chunk_size is not None else None
     key = (model.device, model.dtype, _weights_version(model), tuple(sorted(set(eos))), chunk)
     held = model.__dict__.get("_generate_engine")
     if held is not None and held[0] == key and held[1].pool.num_slots >= min(batch, MAX_ROWS):
