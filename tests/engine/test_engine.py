@@ -321,7 +321,9 @@ def test_warm_up_runs_every_prefill_shape_even_when_max_model_len_is_shorter_tha
     """warm_up() with a chunk (64) longer than max_model_len (40): every shape runs, the staging rows are left
     clean, and the engine's greedy output still equals the oracle afterwards."""
     engine = Engine(model64, max_num_seqs=2, max_model_len=40, prefill_chunk_size=64, max_prefill_batch=2)
+    before = [t[:engine.pool.num_slots].clone() for t in engine.params.tensors()]
     assert engine.warm_up() >= 0
+    assert all(torch.equal(t[:engine.pool.num_slots], b) for t, b in zip(engine.params.tensors(), before))
     prompts = prompts_of([30, 7], 64, seed=5)
     reqs = [engine.add_request(p, SamplingParams(max_tokens=8, **GREEDY)) for p in prompts]
     run_all(engine, reqs)

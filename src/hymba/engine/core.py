@@ -430,8 +430,9 @@ class Engine:
     # ---- start-up -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def warm_up(self) -> float:
-        """Run every prefill shape once (prompt widths x group sizes), so that no request compiles or autotunes
-        anything; returns the seconds it took. The decode graphs were captured at construction."""
+        """Run every prefill shape once (prompt widths x group sizes) and the sampler in every mode, so that no
+        request compiles, autotunes or loads anything; returns the seconds it took. The decode graphs were
+        captured at construction."""
         t0 = time.perf_counter()
         S = self.pool.num_slots
         k = 1
@@ -451,6 +452,11 @@ class Engine:
                     self.pool.reset_row(row)  # any fill, and two chunks may not fit a short max_model_len)
                 self.model(ids, cache=self.pool.prefill_view(S, k, self.pool.num_meta), logits_to_keep=1)
             k *= 2
+        # the sampler's kernels once in every mode (CUDA loads a kernel at its first launch): on a staging row,
+        # whose settings no request reads (a new request's settings go to the row it decodes in)
+        logits = torch.zeros(1, self.config.vocab_size, device=self.device)
+        for mode in (BatchMode(), BatchMode(sample=True, filter=True, penalty=True, min_tokens=True)):
+            select(logits, slice(S, S + 1), self.params, mode, self.eos_t, self.token_hash)
         if self._cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
