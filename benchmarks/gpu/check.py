@@ -208,7 +208,7 @@ class Checker:
 
     def rotary(self):
         """The one-launch rotary of q and k (hymba-1.5b's heads, as views of one projection; decode and prefill
-        shapes) against float64, and no further from it than torch's own kernels (one rounding against three)."""
+        shapes) against float64; torch's own kernels' error is recorded beside it (one rounding against three)."""
         from hymba.ops.rotary import rotary_ref
         from hymba.ops.rotary.triton_rotary import rotary_triton
 

@@ -216,10 +216,10 @@ def generate(
     or `compile_step` (or would run past max_position_embeddings). Its sampling draws from per-row seeds
     (`seed`, or fresh ones), so it differs from the direct path's draws; greedy output is the same.
     The direct path: `cuda_graph`: decode steps as a CUDA graph replay (default: on CUDA when max_new_tokens
-    >= CUDA_GRAPH_MIN_NEW_TOKENS; falls back to eager steps, with a warning, if the capture fails). `compile_step`: the graph replays the step as torch.compile made it (fewer, fused
-    kernels); needs the CUDA graph; True or a mode of `cuda_graph.STEP_COMPILE_MODES`. It compiles for each
-    new batch size and total length (minutes for a 1.5B model), so it pays off for long
-    generations at a size that repeats.
+    >= CUDA_GRAPH_MIN_NEW_TOKENS; falls back to eager steps, with a warning, if the capture fails).
+    `compile_step`: the graph replays the step as torch.compile made it (fewer, fused kernels); needs the CUDA
+    graph; True or a mode of `cuda_graph.STEP_COMPILE_MODES`. It compiles for each new batch size and total
+    length (minutes for a 1.5B model), so it pays off for long generations at a size that repeats.
     """
     config = model.config
     device = model.device
@@ -265,8 +265,9 @@ def generate(
         raise InputError(f"engine=True: a prompt of {longest} tokens and max_new_tokens={max_new_tokens} exceed the "
                          f"model's max_position_embeddings ({limit})")
     if engine and max_new_tokens > 0:
+        prompts = [[t for t, ok in zip(row, keep) if ok] for row, keep in zip(input_ids.tolist(), valid.tolist())]
         got = decode_on_engine(
-            model, [row[ok].tolist() for row, ok in zip(input_ids, valid)], eos=eos, pad_token_id=pad_token_id,
+            model, prompts, eos=eos, pad_token_id=pad_token_id,
             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
             temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
             stop_strings=stop_strings, tokenizer=tokenizer, prefill_chunk_size=prefill_chunk_size,

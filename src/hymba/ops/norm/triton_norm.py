@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..dynamo import reference_path
 from .reference import norm_average_ref, segment_norms_ref
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -53,9 +54,10 @@ def _three_norms_kernel(x_ptr, w0_ptr, w1_ptr, w2_ptr, y_ptr, N0, N1, N2, s_x, s
     tl.store(y_row + N0 + N1 + c2, _normed(x_row + N0 + N1, w2_ptr, c2, c2 < N2, N2, eps2).to(dt), mask=c2 < N2)
 
 
-def _reference_only(x: torch.Tensor, weights) -> bool:
-    grads = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
-    return (grads or torch.compiler.is_compiling() or x.dtype not in _DTYPES
+def _reference_only(inputs, weights) -> bool:
+    """Gradients, a compile trace, an unsupported dtype, or weights of another dtype (autocast) or layout."""
+    x = inputs[0]
+    return (reference_path(*inputs, *weights) or x.dtype not in _DTYPES or any(t.dtype != x.dtype for t in inputs)
             or any(w.dtype != x.dtype or not w.is_contiguous() for w in weights))
 
 
@@ -67,7 +69,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 def norm_average_triton(a, b, weight_a, weight_b, eps_a: float, eps_b: float) -> torch.Tensor:
     """The `Kernels.norm_average` contract (see `norm_average_ref`) in one launch."""
-    if a.shape != b.shape or b.dtype != a.dtype or _reference_only(a, (weight_a, weight_b)) or b.requires_grad:
+    if a.shape != b.shape or _reference_only((a, b), (weight_a, weight_b)):
         return norm_average_ref(a, b, weight_a, weight_b, eps_a, eps_b)
     D = a.shape[-1]
     if weight_a.shape != (D,) or weight_b.shape != (D,):
@@ -85,7 +87,7 @@ def norm_average_triton(a, b, weight_a, weight_b, eps_a: float, eps_b: float) ->
 
 def segment_norms_triton(x, sizes: Sequence[int], weights: Sequence[torch.Tensor], eps: Sequence[float]):
     """The `Kernels.segment_norms` contract (see `segment_norms_ref`): three parts in one launch."""
-    if len(sizes) != 3 or _reference_only(x, weights):
+    if len(sizes) != 3 or _reference_only((x,), weights):
         return segment_norms_ref(x, sizes, weights, eps)
     n0, n1, n2 = (int(n) for n in sizes)
     if n0 + n1 + n2 != x.shape[-1] or [tuple(w.shape) for w in weights] != [(n0,), (n1,), (n2,)]:

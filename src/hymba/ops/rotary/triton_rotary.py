@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..dynamo import reference_path
 from .reference import rotary_ref
 
 
@@ -65,8 +66,7 @@ def _out_like(x: torch.Tensor) -> torch.Tensor:
 
 def rotary_triton(q: torch.Tensor, k: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor):
     """The `Kernels.rotary` contract (see `rotary_ref`) in one launch for q and k."""
-    grads = torch.is_grad_enabled() and (q.requires_grad or (k is not None and k.requires_grad))
-    if grads or torch.compiler.is_compiling() or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if reference_path(q, k) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return rotary_ref(q, k, cos, sin)
     B, H, T, d = q.shape
     if d % 2 or cos.shape != (B, T, d) or sin.shape != cos.shape:
@@ -74,7 +74,8 @@ def rotary_triton(q: torch.Tensor, k: torch.Tensor | None, cos: torch.Tensor, si
                          f"got {tuple(cos.shape)} and {tuple(sin.shape)}")
     if k is not None and (k.shape[0] != B or k.shape[2:] != (T, d) or k.dtype != q.dtype):
         raise ValueError(f"rotary: k {tuple(k.shape)} {k.dtype} does not match q {tuple(q.shape)} {q.dtype}")
-    if q.stride(-1) != 1 or (k is not None and k.stride(-1) != 1) or cos.stride(-1) != 1 or sin.stride() != cos.stride():
+    if (q.stride(-1) != 1 or (k is not None and k.stride(-1) != 1) or cos.stride(-1) != 1
+            or sin.stride() != cos.stride()):
         return rotary_ref(q, k, cos, sin)
     Hk = k.shape[1] if k is not None else 0
     qo = _out_like(q)
